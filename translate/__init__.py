@@ -1,0 +1,1 @@
+"""Pure Anthropic Messages <-> OpenAI chat completions translation (no mitmproxy, no I/O)."""
