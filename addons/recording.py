@@ -1,0 +1,127 @@
+"""Records every Anthropic API exchange: a pending record at the request, filled as the answer streams,
+final at its end (success, error or cancelled). Store writes and user hooks run in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from mitmproxy import ctx, http
+
+from anthropic_proxy import runtime as runtime_module
+from anthropic_proxy.exchange import Exchange
+from anthropic_proxy.hooks import AnthropicRecordCompleteHook
+from anthropic_proxy.masking import mask_headers
+from anthropic_proxy.record import HttpRequestPart, Record
+
+from .webapp import INTERNAL_FLOW
+
+logger = logging.getLogger("anthropic_proxy.recording")
+
+RECORD_ID = "anthropic_proxy.record_id"
+RECORDED_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
+SESSION_HEADER = "x-claude-code-session-id"
+
+
+def is_recorded_call(request: http.Request) -> bool:
+    return request.method == "POST" and request.path.split("?", 1)[0] in RECORDED_PATHS
+
+
+def parse_json_body(content: bytes | None) -> Any:
+    """The body as JSON when it is JSON, else as text: the record shows exactly what was sent."""
+    if not content:
+        return None
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return content.decode("utf-8", "replace")
+
+
+def session_of(headers: http.Headers, body: Any) -> str | None:
+    """Claude Code's session: its header, else the session inside `metadata.user_id` (a JSON string)."""
+    if session := headers.get(SESSION_HEADER):
+        return session
+    user_id = (body.get("metadata") or {}).get("user_id") if isinstance(body, dict) else None
+    if isinstance(user_id, str) and user_id.startswith("{"):
+        try:
+            return json.loads(user_id).get("session_id")
+        except (ValueError, AttributeError):
+            return None
+    return None
+
+
+def exchange_of(flow: http.HTTPFlow) -> Exchange | None:
+    runtime = runtime_module.current_runtime()
+    return runtime.exchanges.get(flow.id) if runtime else None
+
+
+def _is_client_gone(flow: http.HTTPFlow) -> bool:
+    message = flow.error.msg.lower() if flow.error else ""
+    return "client disconnected" in message or "client" in message and "closed" in message
+
+
+class Recorder:
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.error or not flow.live or flow.metadata.get(INTERNAL_FLOW) or not is_recorded_call(flow.request):
+            return
+        runtime = runtime_module.current_runtime()
+        if runtime is None:
+            return
+        request = flow.request
+        body = parse_json_body(request.content)
+        record = Record(
+            timestamp=datetime.fromtimestamp(request.timestamp_start, UTC),
+            request=HttpRequestPart(method=request.method, path=request.path,
+                                    headers=mask_headers(request.headers.items(multi=True)), body=body),
+            model=body.get("model") if isinstance(body, dict) else None,
+            stream=bool(body.get("stream")) if isinstance(body, dict) else False,
+            session_id=session_of(request.headers, body),
+        )
+        record.metrics.request_bytes = len(request.raw_content or b"")
+        exchange = Exchange(record, bus=runtime.bus, on_final=lambda r: self._finished(flow.id, r))
+        exchange.started -= max(0.0, time.time() - request.timestamp_start)  # count from the first byte in
+        runtime.exchanges[flow.id] = exchange
+        flow.metadata[RECORD_ID] = record.id
+        runtime.store.put(record)
+        runtime.bus.publish("started", record.summary())
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        exchange = exchange_of(flow)
+        if exchange is None or flow.response is None:
+            return
+        response = flow.response
+        exchange.response_started(response.status_code, mask_headers(response.headers.items(multi=True)))
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            response.stream = exchange.stream_tap
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        exchange = exchange_of(flow)
+        if exchange is None or flow.response is None:
+            return
+        response = flow.response
+        streamed = bool(response.stream)
+        exchange.complete(response.status_code, mask_headers(response.headers.items(multi=True)),
+                          None if streamed else response.content, streamed)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        exchange = exchange_of(flow)
+        if exchange is not None and flow.error is not None:
+            exchange.fail(flow.error.msg, cancelled=_is_client_gone(flow))
+
+    @staticmethod
+    def _finished(flow_id: str, record: Record) -> None:
+        runtime = runtime_module.current_runtime()
+        if runtime is None:
+            return
+        runtime.exchanges.pop(flow_id, None)
+        runtime.store.put(record)
+        runtime.bus.publish("ended", record.summary())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.create_task(ctx.master.addons.trigger_event(AnthropicRecordCompleteHook(record)))

@@ -1,0 +1,129 @@
+"""Options, start-up and shutdown: the proxy's settings, its listen address and its shared runtime."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from mitmproxy import ctx, exceptions
+from mitmproxy.addonmanager import Loader
+from mitmproxy.proxy import mode_specs
+
+from anthropic_proxy import runtime as runtime_module
+from anthropic_proxy.environment import DEFAULT_STATE_DIR, environment
+from anthropic_proxy.runtime import ProxySettings
+
+logger = logging.getLogger("anthropic_proxy")
+
+DEFAULT_PORT = 8082
+DEFAULT_HOST = "127.0.0.1"
+PROXY_MODES = ("anthropic", "openrouter")
+_LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warn", "warn": "warn", "error": "error",
+               "critical": "error"}
+# Options this design depends on: per-request routing needs lazy upstream connections, and the
+# web app's DNS-rebinding check needs the Host the client really sent.
+_REQUIRED_MITM_OPTIONS = {"connection_strategy": "lazy", "keep_host_header": True}
+_LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::", ""}
+
+
+def check_upstream(url: str, option: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise exceptions.OptionsError(f"{option} must be an http(s) URL such as https://api.anthropic.com "
+                                      f"(got {url!r})")
+
+
+def _is_own_address(url: str, listen_host: str, listen_port: int) -> bool:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = (parts.hostname or "").lower()
+    own_hosts = _LOOPBACK_NAMES | {listen_host.lower()}
+    return port == listen_port and (host in own_hosts or host.startswith("127."))
+
+
+class Startup:
+    """Declares the proxy's options and keeps the shared runtime in step with them."""
+
+    def __init__(self) -> None:
+        self.manages_mode = False
+
+    def load(self, loader: Loader) -> None:
+        env = environment
+        loader.add_option("anthropic_upstream", str,
+                          env.get("ANTHROPIC_UPSTREAM_URL", "https://api.anthropic.com"),
+                          "Where Anthropic API calls go in anthropic mode (env ANTHROPIC_UPSTREAM_URL).")
+        loader.add_option("openrouter_base_url", str, env.get("OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1"),
+                          "OpenRouter's API base URL for openrouter mode (env OPENROUTER_BASE_URL).")
+        loader.add_option("proxy_mode", str, env.get("PROXY_MODE", "anthropic"),
+                          "anthropic: pass calls through to anthropic_upstream; openrouter: translate them "
+                          "to OpenRouter (env PROXY_MODE).", choices=PROXY_MODES)
+        loader.add_option("state_dir", str, env.get("ANTHROPIC_PROXY_HOME", DEFAULT_STATE_DIR),
+                          "Folder for config.json and the record store (env ANTHROPIC_PROXY_HOME).")
+        loader.add_option("request_timeout", float, float(env.get("REQUEST_TIMEOUT") or 600),
+                          "Seconds an upstream may stay silent before the exchange fails (env REQUEST_TIMEOUT).")
+        loader.add_option("max_records", int, env.get_int("MAX_RECORDS", 50_000),
+                          "Keep at most this many records; the oldest go first (env MAX_RECORDS).")
+        loader.add_option("retention_days", int, env.get_int("RETENTION_DAYS", 30),
+                          "Delete records older than this many days (env RETENTION_DAYS).")
+        level = env.get("LOG_LEVEL").lower()
+        if level:
+            if level not in _LOG_LEVELS:
+                raise exceptions.OptionsError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)} (got {level!r})")
+            loader.master.options.update(termlog_verbosity=_LOG_LEVELS[level])
+        loader.master.options.update(**_REQUIRED_MITM_OPTIONS)
+        # No --mode given: this is a reverse proxy for Anthropic on loopback, not a forward proxy on *:8080.
+        self.manages_mode = list(loader.master.options.mode) == ["regular"]
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        for option in ("anthropic_upstream", "openrouter_base_url"):
+            if option in updated:
+                check_upstream(getattr(opts, option), option)
+        if opts.request_timeout <= 0:
+            raise exceptions.OptionsError("request_timeout must be a positive number of seconds")
+        if opts.max_records < 1 or opts.retention_days < 1:
+            raise exceptions.OptionsError("max_records and retention_days must be at least 1")
+        host, port = self.listen_address()
+        if _is_own_address(opts.anthropic_upstream, host, port):
+            raise exceptions.OptionsError(
+                f"anthropic_upstream {opts.anthropic_upstream} is this proxy's own address ({host}:{port}): "
+                "requests would loop forever. Set ANTHROPIC_UPSTREAM_URL (not ANTHROPIC_BASE_URL) to the real API."
+            )
+        runtime = runtime_module.open_runtime(Path(opts.state_dir), max_records=opts.max_records,
+                                              retention_days=opts.retention_days)
+        runtime.settings = ProxySettings(
+            proxy_mode=opts.proxy_mode, anthropic_upstream=opts.anthropic_upstream.rstrip("/"),
+            openrouter_base_url=opts.openrouter_base_url.rstrip("/"), listen_host=host, listen_port=port,
+            request_timeout=opts.request_timeout,
+        )
+
+    def listen_address(self) -> tuple[str, int]:
+        opts = ctx.options
+        if self.manages_mode:
+            return (opts.listen_host or environment.get("HOST", DEFAULT_HOST),
+                    opts.listen_port or environment.get_int("PORT", DEFAULT_PORT))
+        mode = mode_specs.ProxyMode.parse(opts.mode[0])
+        return mode.listen_host(opts.listen_host) or "0.0.0.0", mode.listen_port(opts.listen_port) or 8080
+
+    def running(self) -> None:
+        # Must stay sync: an async running() stops mitmproxy's hot reload of the script.
+        if self.manages_mode and list(ctx.options.mode) == ["regular"]:
+            host, port = self.listen_address()
+            # proxyserver re-binds when `mode` changes while running.
+            ctx.options.update(mode=[f"reverse:{ctx.options.anthropic_upstream}"], listen_host=host,
+                               listen_port=port)
+            logger.info("anthropic-proxy listening on http://%s:%d -> %s", host, port, ctx.options.anthropic_upstream)
+
+    def requestheaders(self, flow) -> None:
+        # Until the switch above lands, mitmproxy briefly listens as a forward proxy: never act as one.
+        if self.manages_mode and isinstance(flow.client_conn.proxy_mode, mode_specs.RegularMode):
+            flow.kill()
+
+    def done(self) -> None:
+        if ctx.master.should_exit.is_set():  # shutdown, not a script reload
+            runtime = runtime_module.current_runtime()
+            if runtime is not None:
+                for exchange in list(runtime.exchanges.values()):
+                    exchange.fail("the proxy shut down before this exchange finished", cancelled=False)
+                runtime_module.close_runtime()

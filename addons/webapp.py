@@ -1,0 +1,68 @@
+"""Serves the web app (health, monitor, config, JSON API) on the proxy's own port.
+
+Everything outside the Anthropic API paths is re-targeted to the web app, an aiohttp server on a
+private loopback port inside mitmproxy's event loop. Its responses stream through mitmproxy, so
+Server-Sent Events reach the browser live (mitmproxy's ASGIApp would buffer them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from mitmproxy import http
+
+from anthropic_proxy import runtime as runtime_module
+from anthropic_proxy.webui.app import INTERNAL_HEADER, create_app
+
+logger = logging.getLogger("anthropic_proxy.webapp")
+
+INTERNAL_FLOW = "anthropic_proxy.internal"
+ORIGINAL_HOST_HEADER = "x-anthropic-proxy-host"
+
+
+def is_api_path(path: str) -> bool:
+    return path == "/v1" or path.startswith(("/v1/", "/v1?"))
+
+
+class WebApp:
+    def __init__(self) -> None:
+        self._ready = asyncio.Event()
+
+    def running(self) -> None:
+        runtime = runtime_module.current_runtime()
+        if runtime is not None and runtime.web_port is not None:
+            self._ready.set()  # started before a script reload; still serving
+            return
+        asyncio.get_running_loop().create_task(self._start())
+
+    async def _start(self) -> None:
+        runtime = runtime_module.current_runtime()
+        assert runtime is not None, "Startup.configure opens the runtime before running()"
+        runner = web.AppRunner(create_app(runtime), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, reuse_address=True)
+        await site.start()
+        runtime.web_port = runner.addresses[0][1]
+        runtime.web_runner = runner
+        self._ready.set()
+        logger.debug("web app on internal port %d", runtime.web_port)
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live or is_api_path(flow.request.path):
+            return
+        await self._ready.wait()
+        runtime = runtime_module.current_runtime()
+        assert runtime is not None and runtime.web_port is not None
+        flow.metadata[INTERNAL_FLOW] = True
+        flow.marked = ""
+        flow.comment = "anthropic-proxy web app"
+        request = flow.request
+        request.headers[ORIGINAL_HOST_HEADER] = request.host_header or ""
+        request.headers[INTERNAL_HEADER] = runtime.internal_token
+        request.scheme, request.host, request.port = "http", "127.0.0.1", runtime.web_port
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(INTERNAL_FLOW) and flow.response is not None:
+            flow.response.stream = True  # live events must not wait for the end of the response

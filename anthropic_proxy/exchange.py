@@ -1,0 +1,186 @@
+"""One recorded API exchange in flight: the record plus the state that fills it as bytes pass.
+
+Pure (no mitmproxy): the Recorder addon feeds it request and response facts, and hands its
+`stream_tap` to mitmproxy as the streaming callable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from .live import LiveBus
+from .record import Chunk, HttpResponsePart, Record, RecordError, Usage
+from .translate.accumulate import MessageAccumulator
+from .translate.sse import SSEDecoder
+
+logger = logging.getLogger("anthropic_proxy.exchange")
+
+_PROGRESS_INTERVAL = 0.5  # seconds between two live "progressed" events of one record
+
+
+class StreamTransform(Protocol):
+    """Turns upstream stream bytes into the client's Anthropic stream (the OpenRouter translator)."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+    def finish(self) -> bytes: ...
+    def fail(self, message: str, error_type: str = "api_error") -> bytes: ...
+
+
+def _event_data(data: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return data
+
+
+class Exchange:
+    def __init__(self, record: Record, *, bus: LiveBus, on_final: Callable[[Record], None]) -> None:
+        self.record = record
+        self.started = time.monotonic()
+        self.transform: StreamTransform | None = None
+        self._bus = bus
+        self._on_final = on_final
+        self._client_events = SSEDecoder()
+        self._upstream_events = SSEDecoder()
+        self._accumulator = MessageAccumulator()
+        self._stream_ended = False
+        self._last_progress = 0.0
+
+    def elapsed_ms(self) -> float:
+        return round((time.monotonic() - self.started) * 1000, 2)
+
+    # --- response -------------------------------------------------------------------------------
+
+    def response_started(self, status: int, headers: dict[str, str]) -> None:
+        self.record.metrics.ttfb_ms = self.elapsed_ms()
+        self.record.response = HttpResponsePart(status=status, headers=headers)
+
+    def stream_tap(self, data: bytes) -> bytes | Iterable[bytes]:
+        """mitmproxy's streaming callable: forward (or translate) each chunk, recording what the client gets.
+
+        Returning b"" mid-stream would end a chunked HTTP/1.1 response, so "nothing yet" is `[]`.
+        """
+        end = not data
+        if end and self._stream_ended:
+            return b""  # HTTP/2 upstreams can signal the end twice
+        self._stream_ended = end
+        try:
+            out = self._transformed(data, end)
+            self._observe_client_bytes(out, end)
+        except Exception as exc:  # a recording bug must never cost the client a byte
+            logger.exception("stream tap failed for record %s", self.record.id)
+            if self.transform is None:
+                return data
+            out = self.transform.fail(f"anthropic-proxy failed to translate the stream: {exc}")
+        if end:
+            return out
+        return out if out else []
+
+    def _transformed(self, data: bytes, end: bool) -> bytes:
+        if self.transform is None:
+            return data
+        self._observe_upstream_bytes(data, end)
+        return self.transform.finish() if end else self.transform.feed(data)
+
+    def _observe_upstream_bytes(self, data: bytes, end: bool) -> None:
+        events = self._upstream_events.flush() if end else self._upstream_events.feed(data)
+        t_ms = self.elapsed_ms()
+        for event in events:
+            self.record.upstream_chunks.append(Chunk(t_ms=t_ms, event=event.event, data=_event_data(event.data)))
+
+    def _observe_client_bytes(self, out: bytes, end: bool) -> None:
+        metrics = self.record.metrics
+        metrics.response_bytes += len(out)
+        events = list(self._client_events.feed(out)) if out else []
+        if end:
+            events.extend(self._client_events.flush())
+        t_ms = self.elapsed_ms()
+        for event in events:
+            data = _event_data(event.data)
+            self.record.chunks.append(Chunk(t_ms=t_ms, event=event.event, data=data))
+            if isinstance(data, dict):
+                self._accumulator.add(data)
+        metrics.chunk_count = len(self.record.chunks)
+        if events and self._bus.has_subscribers and time.monotonic() - self._last_progress > _PROGRESS_INTERVAL:
+            self._last_progress = time.monotonic()
+            self._refresh_from_stream()
+            self._bus.publish("progressed", self.record.summary())
+
+    def _refresh_from_stream(self) -> None:
+        message = self._accumulator.message
+        if message:
+            self.record.message = message
+            self.record.usage = Usage.from_anthropic(message.get("usage"))
+            self.record.stop_reason = message.get("stop_reason")
+
+    # --- endings --------------------------------------------------------------------------------
+
+    def complete(self, status: int, headers: dict[str, str], body: bytes | None, streamed: bool) -> None:
+        """The whole response passed. Decide the record's final state from what the client received."""
+        record = self.record
+        if record.response is None:
+            self.response_started(status, headers)
+        assert record.response is not None
+        record.response.headers = headers
+        if streamed:
+            self._accumulator.finish()
+            self._refresh_from_stream()
+            if self._accumulator.error:
+                self._end("error", _record_error(self._accumulator.error))
+            elif not self._accumulator.stopped:
+                self._end("error", RecordError(type="incomplete_stream",
+                                               message="the stream ended before message_stop"))
+            else:
+                self._end("success")
+            return
+        record.metrics.response_bytes = len(body or b"")
+        parsed = _parse_body(body)
+        record.response.body = parsed
+        if not 200 <= status < 300:
+            error = parsed.get("error") if isinstance(parsed, dict) else None
+            self._end("error", _record_error(error) if isinstance(error, dict)
+                      else RecordError(type="http_error", message=f"upstream answered HTTP {status}"))
+            return
+        if isinstance(parsed, dict):
+            if parsed.get("type") == "message":
+                record.message = parsed
+                record.stop_reason = parsed.get("stop_reason")
+                record.usage = Usage.from_anthropic(parsed.get("usage"))
+            elif "input_tokens" in parsed:  # count_tokens
+                record.usage = Usage(input_tokens=parsed.get("input_tokens") or 0)
+        self._end("success")
+
+    def fail(self, message: str, *, cancelled: bool) -> None:
+        """The exchange broke off: the client left (`cancelled`) or the upstream failed (`error`)."""
+        if self.record.is_final:
+            return
+        self._accumulator.finish()
+        self._refresh_from_stream()
+        if cancelled:
+            self._end("cancelled", RecordError(type="client_disconnected", message=message))
+        else:
+            self._end("error", RecordError(type="upstream_error", message=message))
+
+    def _end(self, status: str, error: RecordError | None = None) -> None:
+        record = self.record
+        record.status = status  # type: ignore[assignment]
+        record.error = error
+        record.metrics.duration_ms = self.elapsed_ms()
+        self._on_final(record)
+
+
+def _parse_body(body: bytes | None) -> Any:
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body.decode("utf-8", "replace")
+
+
+def _record_error(error: dict[str, Any]) -> RecordError:
+    return RecordError(type=str(error.get("type") or "api_error"), message=str(error.get("message") or ""))

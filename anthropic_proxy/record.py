@@ -1,0 +1,121 @@
+"""The flow record: one per Anthropic API exchange, the unit the store, the web app and users' addons share.
+
+JSON field names are camelCase (the web API's contract); Python attributes are snake_case.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+Status = Literal["pending", "success", "error", "cancelled"]
+Provider = Literal["anthropic", "openrouter"]
+FINAL_STATUSES: frozenset[str] = frozenset({"success", "error", "cancelled"})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, validate_assignment=False)
+
+
+class HttpRequestPart(_Model):
+    method: str
+    path: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: Any = None
+
+
+class HttpResponsePart(_Model):
+    status: int | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: Any = None
+
+
+class Usage(_Model):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+    @classmethod
+    def from_anthropic(cls, usage: dict[str, Any] | None) -> Usage:
+        usage = usage or {}
+        return cls(**{name: usage.get(name) or 0 for name in cls.model_fields})
+
+
+class Metrics(_Model):
+    duration_ms: float | None = None
+    ttfb_ms: float | None = None
+    chunk_count: int = 0
+    request_bytes: int = 0
+    response_bytes: int = 0
+
+
+class Chunk(_Model):
+    t_ms: float
+    event: str | None
+    data: Any
+
+
+class RecordError(_Model):
+    type: str
+    message: str
+
+
+class Record(_Model):
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    provider: Provider = "anthropic"
+    status: Status = "pending"
+    model: str | None = None
+    upstream_model: str | None = None
+    stream: bool = False
+    stop_reason: str | None = None
+    session_id: str | None = None
+    request: HttpRequestPart
+    upstream_request: Any = None
+    response: HttpResponsePart | None = None
+    message: dict[str, Any] | None = None
+    usage: Usage = Field(default_factory=Usage)
+    cost_usd: float | None = None
+    metrics: Metrics = Field(default_factory=Metrics)
+    chunks: list[Chunk] = Field(default_factory=list)
+    upstream_chunks: list[Chunk] = Field(default_factory=list)
+    error: RecordError | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def summary(self) -> dict[str, Any]:
+        """The record without its bulky parts (bodies, chunks): what lists and live events carry."""
+        data = self.model_dump(
+            mode="json",
+            by_alias=True,
+            exclude={"upstream_request": True, "chunks": True, "upstream_chunks": True,
+                     "request": {"body"}, "response": {"body"}, "message": True},
+        )
+        data["preview"] = text_preview(self)
+        return data
+
+
+def text_preview(record: Record, limit: int = 160) -> str:
+    """The last user text of the request: what a person recognises a request by in a list."""
+    body = record.request.body
+    if not isinstance(body, dict):
+        return ""
+    for message in reversed(body.get("messages") or []):
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content[:limit]
+        if isinstance(content, list):
+            texts = [b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"]
+            texts = [t for t in texts if t and not t.startswith("<system-reminder>")]
+            if texts:
+                return texts[-1][:limit]
+    return ""

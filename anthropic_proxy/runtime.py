@@ -1,0 +1,78 @@
+"""Process-wide state shared by the addons and the web app.
+
+It lives in this installed module, not in the `-s` script, so it survives mitmproxy's hot reload of
+the script: in-flight exchanges, the store and the web server carry on while the addons are replaced.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from aiohttp.web import AppRunner
+
+from . import __version__
+from .exchange import Exchange
+from .live import LiveBus
+from .store import Store
+
+
+class ProxySettings(BaseModel):
+    """The options that matter outside mitmproxy (web app, health), as last validated by `configure`."""
+
+    proxy_mode: str = "anthropic"
+    anthropic_upstream: str = "https://api.anthropic.com"
+    openrouter_base_url: str = "https://openrouter.ai/api/v1"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8082
+    request_timeout: int = 600
+
+
+@dataclass
+class Runtime:
+    state_dir: Path
+    store: Store
+    settings: ProxySettings = field(default_factory=ProxySettings)
+    bus: LiveBus = field(default_factory=LiveBus)
+    exchanges: dict[str, Exchange] = field(default_factory=dict)  # by mitmproxy flow id
+    # Proves to the internal web server that a request came through the proxy's own checks.
+    internal_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    web_port: int | None = None
+    web_runner: AppRunner | None = None
+    version: str = __version__
+
+    def close(self) -> None:
+        self.store.close()
+
+
+_current: Runtime | None = None
+
+
+def open_runtime(state_dir: Path, *, max_records: int, retention_days: int) -> Runtime:
+    """The runtime for `state_dir`, reusing the live one across script reloads."""
+    global _current
+    state_dir = state_dir.expanduser().resolve()
+    if _current is not None and _current.state_dir == state_dir:
+        _current.store.max_records, _current.store.retention_days = max_records, retention_days
+        return _current
+    if _current is not None:
+        _current.close()
+    _current = Runtime(state_dir=state_dir,
+                       store=Store(state_dir, max_records=max_records, retention_days=retention_days))
+    return _current
+
+
+def current_runtime() -> Runtime | None:
+    return _current
+
+
+def close_runtime() -> None:
+    global _current
+    if _current is not None:
+        _current.close()
+        _current = None

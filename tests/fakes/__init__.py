@@ -1,0 +1,1 @@
+"""Fake upstream services used by the integration tests."""
