@@ -130,7 +130,8 @@ def http(proxy, sent_requests) -> Iterator[httpx.Client]:
         req.read()
         sent_requests.append(req)
 
-    with httpx.Client(base_url=proxy.url, trust_env=False, timeout=20, event_hooks={"request": [capture]}) as c:
+    hooks = {"request": [capture]}
+    with httpx.Client(base_url=proxy.url, trust_env=False, timeout=20, event_hooks=hooks) as c:
         yield c
 
 

@@ -114,6 +114,7 @@ class ProxyProcess:
         self.health_info: dict[str, Any] | None = None
         self._run = 0
         self._http = httpx.Client(trust_env=False, timeout=5)
+        self._final_cache: dict[str, dict[str, Any]] = {}
 
     # ---- process ---------------------------------------------------------------------------------------
     @property
@@ -183,6 +184,7 @@ class ProxyProcess:
     def restart(self, *, timeout: float = 15.0) -> ProxyProcess:
         """Stop (SIGTERM) and start again on the same port, state_dir and confdir."""
         self.stop()
+        self._final_cache.clear()
         deadline = time.monotonic() + 10
         while True:  # the port can take a moment to be bindable again
             try:
@@ -226,11 +228,22 @@ class ProxyProcess:
 
     def records(self, predicate: Callable[[dict[str, Any]], bool] | None = None,
                 limit: int = 100) -> list[dict[str, Any]]:
-        """Full records (newest first) among the newest `limit`, optionally filtered by `predicate`."""
+        """Full records (newest first) among the newest `limit`, optionally filtered by `predicate`.
+
+        The predicate sees the list item when it carries request headers (summaries do), else the full
+        record; full records of final status are cached (they no longer change).
+        """
         out = []
         for item in self.list_records(limit=limit).get("data", []):
-            record = item if "request" in item else self.get_record(item["id"])
-            if record is not None and (predicate is None or predicate(record)):
+            cached = self._final_cache.get(item["id"])
+            if cached is None and predicate is not None and "request" in item and not predicate(item):
+                continue
+            record = cached or self.get_record(item["id"])
+            if record is None:
+                continue
+            if record.get("status") in FINAL_STATUSES:
+                self._final_cache[record["id"]] = record
+            if predicate is None or predicate(record):
                 out.append(record)
         return out
 
@@ -267,8 +280,7 @@ class ProxyProcess:
             seen = found
             ok = len(found) >= count and (not final or all(r.get("status") in FINAL_STATUSES for r in found))
             if ok:
-                full = [self.get_record(r["id"]) or r for r in found]
-                return list(reversed(full))
+                return list(reversed(found))
             if time.monotonic() > deadline:
                 summary = [(r.get("id"), r.get("status")) for r in seen]
                 raise AssertionError(

@@ -25,7 +25,6 @@ from fakes.anthropic_upstream import (
     TOOL_INPUT,
     USAGE_START,
     Exchange,
-    FakeAnthropic,
 )
 from fakes.harness import DATA_DIR, FAKE_API_KEY, FINAL_STATUSES, by_tag, headers_get, json_body
 
@@ -42,7 +41,7 @@ SECRET_MIDDLE = FAKE_API_KEY[10:-4]
 MASKED_KEY = FAKE_API_KEY[:10] + "..." + FAKE_API_KEY[-4:]
 
 
-# ---- helpers ------------------------------------------------------------------------------------------------
+# ---- helpers -----------------------------------------------------------------------------------------------
 def wire_headers(req: Any) -> list[tuple[str, str]]:
     """The headers an httpx/httpx2 request put on the wire, in order."""
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in req.headers.raw]
@@ -92,7 +91,7 @@ def sse_events(raw: bytes) -> list[tuple[str | None, str]]:
     return out
 
 
-# ---- start-up ------------------------------------------------------------------------------------------------
+# ---- start-up ----------------------------------------------------------------------------------------------
 def test_health(proxy, fake_anthropic):
     info = proxy.health()
     assert info["status"] == "ok"
@@ -119,7 +118,7 @@ def test_listens_on_loopback_only(proxy):
         httpx.get(f"http://{ip}:{proxy.port}/health", timeout=2, trust_env=False)
 
 
-# ---- non-streaming requests ----------------------------------------------------------------------------------
+# ---- non-streaming requests --------------------------------------------------------------------------------
 def test_create_forwards_request_unchanged(client, sent_requests, fake_anthropic, test_tag):
     message = client.messages.create(
         model=MODEL,
@@ -135,15 +134,17 @@ def test_create_forwards_request_unchanged(client, sent_requests, fake_anthropic
     assert_forwarded_unchanged(sent, ex)
     assert ex.raw_path == "/v1/messages"
     assert ex.header("x-custom-header") == "custom value; with=odd chars"
-    assert ex.header("x-api-key") == FAKE_API_KEY
+    assert ex.header("authorization") == f"Bearer {FAKE_API_KEY}"  # how this SDK sends api_key
     body = ex.json()
     assert body["unknown_field"] == {"nested": [1, 2.5, None, "ü"]}
     assert body["context_management"] == {"edits": []}
 
 
 def test_beta_messages_keep_query_and_beta_header(client, sent_requests, fake_anthropic, test_tag):
+    # Claude Code (the TypeScript SDK) adds ?beta=true to beta calls; the Python SDK does not, so ask for it.
     betas = ["interleaved-thinking-2025-05-14", "context-1m-2025-08-07"]
-    message = client.beta.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, betas=betas)
+    message = client.beta.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, betas=betas,
+                                          extra_query={"beta": "true"})
     assert message.content[0].text == FINAL_TEXT
     sent = only(sent_requests, "SDK request")
     ex = only(fake_anthropic.tagged(test_tag), "upstream request")
@@ -168,7 +169,8 @@ def test_response_status_headers_and_body_unchanged(client, fake_anthropic, test
 @pytest.mark.parametrize("fixture", CLAUDE_CODE_FIXTURES, ids=lambda p: p.stem.removeprefix("claude_code_"))
 def test_claude_code_request_bytes_unchanged(fixture: Path, http, sent_requests, fake_anthropic, test_tag):
     captured = json.loads(fixture.read_text())
-    headers = {k: v for k, v in captured["headers"].items() if k.lower() not in HOP_BY_HOP | {"content-length"}}
+    dropped = HOP_BY_HOP | {"content-length"}
+    headers = {k: v for k, v in captured["headers"].items() if k.lower() not in dropped}
     if "x-api-key" in headers:
         headers["x-api-key"] = FAKE_API_KEY
     if "authorization" in headers:
@@ -205,7 +207,7 @@ def test_other_v1_paths_pass_through(http, sent_requests, fake_anthropic, test_t
     assert r.content == bytes(ex.sent)
 
 
-# ---- streaming -------------------------------------------------------------------------------------------------
+# ---- streaming ---------------------------------------------------------------------------------------------
 def test_stream_text(client, sent_requests, fake_anthropic, test_tag):
     with client.messages.stream(model=MODEL, max_tokens=64, messages=MESSAGES) as stream:
         text = "".join(stream.text_stream)
@@ -294,7 +296,7 @@ def test_count_tokens(client, sent_requests, fake_anthropic, proxy, test_tag):
     assert json_body(record["response"]["body"]) == {"input_tokens": len(ex.body) // 4}
 
 
-# ---- errors from the upstream ------------------------------------------------------------------------------------
+# ---- errors from the upstream ------------------------------------------------------------------------------
 def test_rate_limit_passed_through(client, fake_anthropic, proxy, test_tag):
     with pytest.raises(anthropic.RateLimitError) as info:
         client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES,
@@ -306,7 +308,7 @@ def test_rate_limit_passed_through(client, fake_anthropic, proxy, test_tag):
     assert err.response.headers["anthropic-ratelimit-requests-remaining"] == "0"
     assert err.response.headers["request-id"] == f"req_fake_{ex.seq:06d}"
     assert err.response.content == bytes(ex.sent)
-    assert err.body["type"] == "rate_limit_error"
+    assert err.body["error"]["type"] == "rate_limit_error"
     record = proxy.wait_record(by_tag(test_tag))
     assert record["status"] == "error"
     assert record["response"]["status"] == 429
@@ -339,7 +341,7 @@ def test_overloaded_529_passed_through(client, fake_anthropic, proxy, test_tag):
     ex = only(fake_anthropic.tagged(test_tag), "upstream request")
     assert info.value.status_code == 529
     assert info.value.response.content == bytes(ex.sent)
-    assert info.value.body["type"] == "overloaded_error"
+    assert info.value.body["error"]["type"] == "overloaded_error"
     record = proxy.wait_record(by_tag(test_tag))
     assert record["status"] == "error"
     assert record["response"]["status"] == 529
@@ -386,12 +388,14 @@ def test_upstream_cut_mid_stream(http, fake_anthropic, proxy, test_tag):
 
 
 def test_upstream_cut_seen_by_sdk(client, fake_anthropic, test_tag):
-    with pytest.raises((anthropic.APIError, sdk_httpx.HTTPError)):  # noqa: PT012
-        with client.messages.stream(model=MODEL, max_tokens=64, messages=MESSAGES,
-                                    extra_headers={"x-fake-scenario": "cut"}) as stream:
-            for _ in stream:
-                pass
-            stream.get_final_message()
+    with (
+        pytest.raises((anthropic.APIError, sdk_httpx.HTTPError)),
+        client.messages.stream(model=MODEL, max_tokens=64, messages=MESSAGES,
+                               extra_headers={"x-fake-scenario": "cut"}) as stream,
+    ):
+        for _ in stream:
+            pass
+        stream.get_final_message()
     assert only(fake_anthropic.tagged(test_tag)).cut
 
 
@@ -424,7 +428,7 @@ def test_client_disconnect_closes_upstream(proxy, fake_anthropic, test_tag):
     assert ex.client_disconnected and not ex.completed
 
 
-# ---- records -----------------------------------------------------------------------------------------------------
+# ---- records -----------------------------------------------------------------------------------------------
 def test_record_of_non_streaming_request(client, sent_requests, fake_anthropic, proxy, test_tag):
     raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=64, messages=MESSAGES,
                                                    metadata={"user_id": "user-1"})
@@ -451,7 +455,7 @@ def test_record_of_non_streaming_request(client, sent_requests, fake_anthropic, 
     assert 0 <= metrics["ttfbMs"] <= metrics["durationMs"]
     assert metrics["requestBytes"] == len(sent.content)
     assert metrics["responseBytes"] == len(ex.sent)
-    assert headers_get(record["request"]["headers"], "x-api-key") == MASKED_KEY
+    assert headers_get(record["request"]["headers"], "authorization") == f"Bearer {MASKED_KEY}"
     assert_no_secret(record)
     # the same record through the list
     listed = proxy.list_records(limit=50)
@@ -498,15 +502,16 @@ def test_record_of_streamed_tool_use(client, sent_requests, fake_anthropic, prox
     assert_no_secret(record)
 
 
-def test_authorization_header_masked(http, sent_requests, fake_anthropic, proxy, test_tag):
-    headers = {"authorization": f"Bearer {FAKE_API_KEY}", "anthropic-version": "2023-06-01",
-               "x-test-tag": test_tag}
-    r = http.post("/v1/messages", json={"model": MODEL, "max_tokens": 8, "messages": MESSAGES}, headers=headers)
+def test_x_api_key_masked_in_record(http, fake_anthropic, proxy, test_tag):
+    # Claude Code's default: x-api-key (the Python SDK sends Authorization: Bearer, see the test above).
+    headers = {"x-api-key": FAKE_API_KEY, "anthropic-version": "2023-06-01", "x-test-tag": test_tag}
+    body = {"model": MODEL, "max_tokens": 8, "messages": MESSAGES, "stream": True}
+    r = http.post("/v1/messages", json=body, headers=headers)
     assert r.status_code == 200
     ex = only(fake_anthropic.tagged(test_tag))
-    assert ex.header("authorization") == f"Bearer {FAKE_API_KEY}"  # unmasked on the wire
+    assert ex.header("x-api-key") == FAKE_API_KEY  # unmasked on the wire
     record = proxy.wait_record(by_tag(test_tag))
-    assert headers_get(record["request"]["headers"], "authorization")
+    assert headers_get(record["request"]["headers"], "x-api-key") == MASKED_KEY
     assert_no_secret(record)
 
 
@@ -530,7 +535,7 @@ def test_record_api_list_and_detail(client, proxy, test_tag):
     missing.json()
 
 
-# ---- restart ---------------------------------------------------------------------------------------------------
+# ---- restart -----------------------------------------------------------------------------------------------
 def test_restart_keeps_records(start_proxy, fake_anthropic, test_tag):
     p = start_proxy()
     url = p.url
@@ -538,7 +543,8 @@ def test_restart_keeps_records(start_proxy, fake_anthropic, test_tag):
     with httpx.Client(base_url=url, trust_env=False, timeout=20) as c:
         done = c.post("/v1/messages", json=base, headers={"x-test-tag": test_tag + "-a"})
         assert done.status_code == 200
-        streamed = c.post("/v1/messages", json={**base, "stream": True}, headers={"x-test-tag": test_tag + "-b"})
+        streamed = c.post("/v1/messages", json={**base, "stream": True},
+                          headers={"x-test-tag": test_tag + "-b"})
         assert streamed.status_code == 200
     before = [p.wait_record(by_tag(test_tag + s)) for s in ("-a", "-b")]
 
