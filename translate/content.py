@@ -58,7 +58,8 @@ class Parts:
         elif kind == "document":
             self._document(block, where)
         elif kind == "search_result":
-            body = "\n".join(str(b.get("text") or "") for b in block.get("content") or () if isinstance(b, dict))
+            inner = [b for b in block.get("content") or () if isinstance(b, dict)]
+            body = "\n".join(str(b.get("text") or "") for b in inner)
             self.text(f"{block.get('title') or ''}\n{block.get('source') or ''}\n{body}".strip(), block)
         else:
             self.dropped.add(f"{where}: unsupported content block type {kind!r}")
@@ -93,7 +94,8 @@ class Parts:
                 if kind == "base64"
                 else str(source.get("url") or "")
             )
-            part: dict[str, Any] = {"type": "file", "file": {"filename": title or "document.pdf", "file_data": data}}
+            file = {"filename": title or "document.pdf", "file_data": data}
+            part: dict[str, Any] = {"type": "file", "file": file}
             self.apply_cache_control(part, block)
             self.parts.append(part)
         else:

@@ -33,6 +33,7 @@ class History:
         self._dropped = dropped
         self.messages: list[dict[str, Any]] = []
         self._unanswered: list[str] = []  # tool_call ids of the last assistant message still without a result
+        self._deferred: list[dict[str, Any]] = []  # system messages waiting for those results
 
     def _parts(self) -> Parts:
         return Parts(keep_cache_control=self._keep_cache_control, dropped=self._dropped)
@@ -55,7 +56,6 @@ class History:
             self._answer_missing()
             self._assistant(blocks, where)
         else:
-            self._answer_missing()
             self._system(blocks, where)
 
     def finish(self) -> list[dict[str, Any]]:
@@ -63,22 +63,11 @@ class History:
         return self.messages
 
     def _answer_missing(self) -> None:
-        for call_id in self._unanswered:
-            self._dropped.add("tool_use without a tool_result: answered with a placeholder result")
-            self.messages.append({"role": "tool", "tool_call_id": call_id, "content": MISSING_RESULT})
-        self._unanswered = []
+        self._answer({}, self._parts(), "")
 
-    def _system(self, blocks: list[dict[str, Any]], where: str) -> None:
-        parts = self._parts()
-        for block in blocks:
-            parts.block(block, where)
-        if parts.parts:
-            self.messages.append({"role": "system", "content": parts.content()})
-
-    def _user(self, blocks: list[dict[str, Any]], where: str) -> None:
-        results = {b.get("tool_use_id"): b for b in blocks if b.get("type") == "tool_result"}
-        # Results in the order of the calls; calls left unanswered get a placeholder.
-        follow_up = self._parts()
+    def _answer(self, results: dict[Any, dict[str, Any]], follow_up: Parts, where: str) -> None:
+        """Tool messages for the open calls, in call order (a placeholder for a missing result), then the
+        system messages that waited for them. Used results are removed from `results`."""
         for call_id in self._unanswered:
             result = results.pop(call_id, None)
             if result is None:
@@ -87,6 +76,21 @@ class History:
             else:
                 self.messages.append(self._tool_message(call_id, result, follow_up, where))
         self._unanswered = []
+        self.messages.extend(self._deferred)
+        self._deferred = []
+
+    def _system(self, blocks: list[dict[str, Any]], where: str) -> None:
+        parts = self._parts()
+        for block in blocks:
+            parts.block(block, where)
+        if parts.parts:
+            message = {"role": "system", "content": parts.content()}
+            (self._deferred if self._unanswered else self.messages).append(message)
+
+    def _user(self, blocks: list[dict[str, Any]], where: str) -> None:
+        results = {b.get("tool_use_id"): b for b in blocks if b.get("type") == "tool_result"}
+        follow_up = self._parts()
+        self._answer(results, follow_up, where)
         parts = self._parts()
         parts.parts.extend(follow_up.parts)
         for block in blocks:
@@ -101,7 +105,9 @@ class History:
         if parts.parts:
             self.messages.append({"role": "user", "content": parts.content()})
 
-    def _tool_message(self, call_id: str, result: dict[str, Any], follow_up: Parts, where: str) -> dict[str, Any]:
+    def _tool_message(
+        self, call_id: str, result: dict[str, Any], follow_up: Parts, where: str
+    ) -> dict[str, Any]:
         parts = self._parts()
         self._result_content(result, parts, where)
         # Tool messages carry text only; images of a result follow in the user message.
@@ -144,7 +150,8 @@ class History:
                 tool_calls.append({"id": str(block.get("id")), "type": "function", "function": {
                     "name": shorten_tool_name(str(block.get("name") or "")), "arguments": arguments}})
             elif kind in ("thinking", "redacted_thinking"):
-                restored = (details_from_thinking if kind == "thinking" else details_from_redacted)(block, len(details))
+                restore = details_from_thinking if kind == "thinking" else details_from_redacted
+                restored = restore(block, len(details))
                 if restored is not None:
                     details.extend(restored)
                 elif block.get("thinking"):

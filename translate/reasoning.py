@@ -107,3 +107,32 @@ def details_from_redacted(block: dict[str, Any], position: int) -> list[dict[str
         return _decode(data)
     # Redacted thinking from the real Anthropic API: OpenRouter's name for it is an encrypted detail.
     return [{"type": "reasoning.encrypted", "data": data, "format": ANTHROPIC_FORMAT, "index": position}]
+
+
+def reasoning_blocks(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Complete reasoning_details (a non-streaming response) -> thinking / redacted_thinking blocks.
+
+    Grouped the way the stream translator groups them as they arrive: text details open a thinking
+    block that also takes the details after them; encrypted details with no text before them become
+    redacted_thinking."""
+    blocks: list[dict[str, Any]] = []
+    segment: list[dict[str, Any]] = []
+    position = 0
+
+    def close_segment() -> None:
+        nonlocal segment, position
+        if segment:
+            thinking = "".join(detail_text(d) for d in segment)
+            blocks.append({"type": "thinking", "thinking": thinking,
+                           "signature": thinking_signature(segment, thinking, position)})
+            position += len(segment)
+            segment = []
+
+    for detail in details:
+        if segment or is_text_detail(detail):
+            segment.append(detail)
+        else:
+            blocks.append({"type": "redacted_thinking", "data": encode_details([detail])})
+            position += 1
+    close_segment()
+    return blocks
