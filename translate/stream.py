@@ -143,7 +143,8 @@ class StreamTranslator:
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.upstream_usage = usage
-        for choice in chunk.get("choices") or ():
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
                 self._on_choice(choice)
                 if self._state is _State.FINISHED:
