@@ -92,10 +92,8 @@ def translate_error(status: int, body: bytes, headers: Mapping[str, str]) -> Ant
         status = code
     elif status < 400:
         status = 500
-    if error:
-        message = upstream_error_message(error)
-    else:
-        message = body.decode("utf-8", "replace")[:500] or f"HTTP {status}"
+    fallback = body.decode("utf-8", "replace")[:500] or f"HTTP {status}"
+    message = upstream_error_message(error) if error else fallback
     out_headers: dict[str, str] = {}
     retry_after = next((value for key, value in headers.items() if key.lower() == "retry-after"), None)
     if retry_after:

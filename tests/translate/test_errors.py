@@ -113,11 +113,7 @@ def test_fail_is_idempotent_and_ends_the_stream():
         "error",
         anthropic_error_body("overloaded_error", "proxy lost the upstream connection"),
     )
-    assert (
-        translator.fail("again") == b""
-        and translator.finish() == b""
-        and translator.feed(b"data: {}\n\n") == b""
-    )
+    assert translator.fail("again") == b"" and translator.finish() == b"" and translator.feed(b"data: {}\n\n") == b""
 
 
 def test_garbage_never_raises():

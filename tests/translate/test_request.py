@@ -139,9 +139,7 @@ def test_results_follow_the_calls_in_call_order_and_user_text_comes_after():
 def test_orphan_tool_result_becomes_user_text():
     body = {
         "model": "m",
-        "messages": [
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "ghost", "content": "late"}]}
-        ],
+        "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "ghost", "content": "late"}]}],
     }
     result = translate_request(body, upstream_model=OTHER)
     assert result.body["messages"] == [
@@ -263,9 +261,7 @@ def test_sampling_parameters_are_passed_unchanged():
         "metadata": {"user_id": "u-1"},
     }
     result = translate_request(body, upstream_model=OTHER)
-    assert {
-        k: result.body[k] for k in ("max_tokens", "stop", "temperature", "top_p", "top_k", "user", "stream")
-    } == {
+    assert {k: result.body[k] for k in ("max_tokens", "stop", "temperature", "top_p", "top_k", "user", "stream")} == {
         "max_tokens": 200000,
         "stop": ["END"],
         "temperature": 0.3,

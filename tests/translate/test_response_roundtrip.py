@@ -35,9 +35,7 @@ def test_non_streaming_response(path):
     upstream = body["choices"][0]["message"]
     kinds = [b["type"] for b in message["content"]]
     assert kinds == sorted(kinds, key=["thinking", "redacted_thinking", "text", "tool_use"].index)
-    assert "".join(b["text"] for b in message["content"] if b["type"] == "text") == (
-        upstream["content"] or ""
-    )
+    assert "".join(b["text"] for b in message["content"] if b["type"] == "text") == (upstream["content"] or "")
     assert [(b["id"], b["name"], b["input"]) for b in message["content"] if b["type"] == "tool_use"] == [
         (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
         for c in upstream.get("tool_calls") or []
@@ -48,10 +46,7 @@ def test_non_streaming_response(path):
     assert message["id"] == body["id"] and message["model"] == "claude-haiku-4-5"
     usage = body["usage"]
     assert message["usage"]["output_tokens"] == usage["completion_tokens"]
-    assert (
-        message["usage"]["input_tokens"] + message["usage"]["cache_read_input_tokens"]
-        == usage["prompt_tokens"]
-    )
+    assert message["usage"]["input_tokens"] + message["usage"]["cache_read_input_tokens"] == usage["prompt_tokens"]
 
 
 def _first_turn_message(follow_up: Path) -> dict:
@@ -108,17 +103,14 @@ def test_reasoning_and_tool_calls_round_trip(follow_up):
             {
                 "role": "user",
                 "content": [
-                    {"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": m["content"]}
-                    for m in results
+                    {"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": m["content"]} for m in results
                 ],
             },
         ],
     }
     out = translate_request(anthropic_request, upstream_model=recorded["model"]).body
     sent = next(m for m in out["messages"] if m["role"] == "assistant")
-    calls = [
-        (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in sent["tool_calls"]
-    ]
+    calls = [(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in sent["tool_calls"]]
     assert calls == [
         (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
         for c in recorded_assistant["tool_calls"]

@@ -81,11 +81,7 @@ def summarize(content: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "text": "".join(b["text"] for b in content if b["type"] == "text"),
         "reasoning": "".join(b["thinking"] for b in content if b["type"] == "thinking"),
-        "tools": [
-            {"id": b["id"], "name": b["name"], "input": b["input"]}
-            for b in content
-            if b["type"] == "tool_use"
-        ],
+        "tools": [{"id": b["id"], "name": b["name"], "input": b["input"]} for b in content if b["type"] == "tool_use"],
         "encrypted": [d["data"] for d in details if d["type"] == "reasoning.encrypted"],
         "signatures": [d["signature"] for d in details if d.get("signature")],
         "detail_text": "".join(d.get("text") or d.get("summary") or "" for d in details),

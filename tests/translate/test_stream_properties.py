@@ -72,13 +72,9 @@ def upstream_stream(draw) -> tuple[bytes, dict]:
             }
             chunks.append({"delta": {"content": "", "reasoning": None, "reasoning_details": [detail]}})
         elif kind == "tool":
-            arguments = json.dumps(
-                draw(st.dictionaries(st.text(max_size=5), st.integers() | _text, max_size=3))
-            )
+            arguments = json.dumps(draw(st.dictionaries(st.text(max_size=5), st.integers() | _text, max_size=3)))
             cut_points = sorted(draw(st.lists(st.integers(0, len(arguments)), max_size=4)))
-            fragments = [
-                arguments[a:b] for a, b in zip([0, *cut_points], [*cut_points, len(arguments)], strict=True)
-            ]
+            fragments = [arguments[a:b] for a, b in zip([0, *cut_points], [*cut_points, len(arguments)], strict=True)]
             index = tool_base + n_tools
             call_id = f"call_{n_tools}"
             name = draw(st.sampled_from(["Read", "Bash", "Edit"]))
@@ -124,9 +120,7 @@ def upstream_stream(draw) -> tuple[bytes, dict]:
     if draw(st.booleans()):
         lines.append("data: [DONE]\n\n")
     expected["stop_reason"] = (
-        "tool_use"
-        if n_tools
-        else {"stop": "end_turn", "length": "max_tokens", "tool_calls": "end_turn"}[finish]
+        "tool_use" if n_tools else {"stop": "end_turn", "length": "max_tokens", "tool_calls": "end_turn"}[finish]
     )
     expected["usage"] = usage
     return "".join(lines).encode(), expected
@@ -167,10 +161,7 @@ def interleaved_tools(draw) -> tuple[bytes, list]:
     ]
     tails = [{"tool_calls": [{"index": i, "function": {"arguments": b}}]} for i, _, _, b, _ in calls]
     order = draw(st.permutations(tails))
-    lines = [
-        f"data: {json.dumps({'id': 'g', 'choices': [{'index': 0, 'delta': d}]})}\n\n"
-        for d in [*deltas, *order]
-    ]
+    lines = [f"data: {json.dumps({'id': 'g', 'choices': [{'index': 0, 'delta': d}]})}\n\n" for d in [*deltas, *order]]
     last = {
         "id": "g",
         "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
