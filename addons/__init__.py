@@ -9,5 +9,6 @@ from .webapp import WebApp
 
 
 def all_addons() -> list[object]:
-    """The proxy's addons in hook order: options first, then the web app, recording, routing."""
-    return [Startup(), WebApp(), Recorder(), Router()]
+    """The proxy's addons in hook order. The Router runs before the Recorder so that the record sees both
+    the client's call (kept in the Route) and the answer as the client finally gets it."""
+    return [Startup(), WebApp(), Router(), Recorder()]

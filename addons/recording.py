@@ -3,7 +3,6 @@ final at its end (success, error or cancelled). Store writes and user hooks run 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -16,19 +15,15 @@ from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy.exchange import Exchange
 from anthropic_proxy.hooks import AnthropicRecordCompleteHook
 from anthropic_proxy.masking import mask_headers
+from anthropic_proxy.openrouter_route import ClientRequest
 from anthropic_proxy.record import HttpRequestPart, Record
 
-from .webapp import INTERNAL_FLOW
+from .routing import API_CALL
 
 logger = logging.getLogger("anthropic_proxy.recording")
 
 RECORD_ID = "anthropic_proxy.record_id"
-RECORDED_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 SESSION_HEADER = "x-claude-code-session-id"
-
-
-def is_recorded_call(request: http.Request) -> bool:
-    return request.method == "POST" and request.path.split("?", 1)[0] in RECORDED_PATHS
 
 
 def parse_json_body(content: bytes | None) -> Any:
@@ -61,29 +56,36 @@ def exchange_of(flow: http.HTTPFlow) -> Exchange | None:
 
 def _is_client_gone(flow: http.HTTPFlow) -> bool:
     message = flow.error.msg.lower() if flow.error else ""
-    return "client disconnected" in message or "client" in message and "closed" in message
+    return "client disconnected" in message or ("client" in message and "closed" in message)
 
 
 class Recorder:
     def request(self, flow: http.HTTPFlow) -> None:
-        if flow.error or not flow.live or flow.metadata.get(INTERNAL_FLOW) or not is_recorded_call(flow.request):
+        if flow.error or not flow.live or not flow.metadata.get(API_CALL):
             return
         runtime = runtime_module.current_runtime()
         if runtime is None:
             return
-        request = flow.request
-        body = parse_json_body(request.content)
+        route = runtime.routes.get(flow.id)
+        client = route.client if route else ClientRequest(flow.request.method, flow.request.path,
+                                                          flow.request.headers.items(multi=True),
+                                                          flow.request.content or b"")
+        body = parse_json_body(client.content)
         record = Record(
-            timestamp=datetime.fromtimestamp(request.timestamp_start, UTC),
-            request=HttpRequestPart(method=request.method, path=request.path,
-                                    headers=mask_headers(request.headers.items(multi=True)), body=body),
+            timestamp=datetime.fromtimestamp(flow.request.timestamp_start, UTC),
+            request=HttpRequestPart(method=client.method, path=client.path, headers=mask_headers(client.headers),
+                                    body=body),
+            provider="openrouter" if route else "anthropic",
             model=body.get("model") if isinstance(body, dict) else None,
+            upstream_model=route.upstream_model if route else None,
+            upstream_request=route.upstream_body if route else None,
             stream=bool(body.get("stream")) if isinstance(body, dict) else False,
-            session_id=session_of(request.headers, body),
+            session_id=session_of(flow.request.headers, body),
         )
-        record.metrics.request_bytes = len(request.raw_content or b"")
+        record.metrics.request_bytes = len(client.content)
         exchange = Exchange(record, bus=runtime.bus, on_final=lambda r: self._finished(flow.id, r))
-        exchange.started -= max(0.0, time.time() - request.timestamp_start)  # count from the first byte in
+        exchange.started -= max(0.0, time.time() - flow.request.timestamp_start)  # count from the first byte in
+        exchange.transform = route.translator if route else None
         runtime.exchanges[flow.id] = exchange
         flow.metadata[RECORD_ID] = record.id
         runtime.store.put(record)
@@ -104,6 +106,9 @@ class Recorder:
             return
         response = flow.response
         streamed = bool(response.stream)
+        route = runtime_module.current_runtime().routes.get(flow.id)
+        if route is not None and route.upstream_response is not None:
+            exchange.record.upstream_response = parse_json_body(route.upstream_response)
         exchange.complete(response.status_code, mask_headers(response.headers.items(multi=True)),
                           None if streamed else response.content, streamed)
 
@@ -118,10 +123,7 @@ class Recorder:
         if runtime is None:
             return
         runtime.exchanges.pop(flow_id, None)
+        runtime.routes.pop(flow_id, None)
         runtime.store.put(record)
         runtime.bus.publish("ended", record.summary())
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        loop.create_task(ctx.master.addons.trigger_event(AnthropicRecordCompleteHook(record)))
+        runtime.spawn(ctx.master.addons.trigger_event(AnthropicRecordCompleteHook(record)))

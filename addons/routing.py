@@ -1,23 +1,67 @@
-"""Sends each Anthropic API call to its upstream."""
+"""Sends each Anthropic API call to its upstream: Anthropic unchanged, or OpenRouter translated."""
 
 from __future__ import annotations
 
+import json
 from urllib.parse import urlsplit
 
+from anthropic_proxy.translate.errors import anthropic_error_body
+from anthropic_proxy.translate.tokens import estimate_input_tokens
 from mitmproxy import http
 
 from anthropic_proxy import runtime as runtime_module
+from anthropic_proxy.environment import environment
+from anthropic_proxy.openrouter_route import (
+    MISSING_KEY_MESSAGE,
+    ClientRequest,
+    LocalAnswer,
+    Route,
+    parse_messages_request,
+    plan_messages_call,
+    translate_full_response,
+    upstream_headers,
+)
+from anthropic_proxy.runtime import Runtime
 
 from .webapp import INTERNAL_FLOW
 
+MESSAGES_PATH = "/v1/messages"
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+# flow.metadata key set on the calls that are recorded (and translated in openrouter mode): their client path.
+API_CALL = "anthropic_proxy.api_call"
+
+
+def json_response(status: int, body: dict, headers: dict[str, str] | None = None) -> http.Response:
+    headers = {"content-type": "application/json", **(headers or {})}
+    return http.Response.make(status, json.dumps(body).encode(), headers)
+
+
+def route_of(flow: http.HTTPFlow) -> Route | None:
+    runtime = runtime_module.current_runtime()
+    return runtime.routes.get(flow.id) if runtime else None
+
 
 class Router:
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        path = flow.request.path.split("?", 1)[0]
+        if flow.request.method == "POST" and path in (MESSAGES_PATH, COUNT_TOKENS_PATH):
+            flow.metadata[API_CALL] = path
+
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or flow.metadata.get(INTERNAL_FLOW):
             return
         runtime = runtime_module.current_runtime()
         if runtime is None:
             return
+        config = runtime.config.current  # this call keeps this snapshot, whatever changes meanwhile
+        api_call = flow.metadata.get(API_CALL)
+        if config.mode == "openrouter" and api_call:
+            self._to_openrouter(flow, runtime, api_call)
+        else:
+            self._to_anthropic(flow, runtime)
+
+    @staticmethod
+    def _to_anthropic(flow: http.HTTPFlow, runtime: Runtime) -> None:
         upstream = urlsplit(runtime.settings.anthropic_upstream)
         request = flow.request
         # Setting scheme/host/port also fixes the Host header and SNI; the path and query stay byte-exact.
@@ -26,3 +70,64 @@ class Router:
         request.port = upstream.port or (443 if upstream.scheme == "https" else 80)
         if upstream.path.rstrip("/"):
             request.path = upstream.path.rstrip("/") + request.path
+
+    @staticmethod
+    def _to_openrouter(flow: http.HTTPFlow, runtime: Runtime, path: str) -> None:
+        request = flow.request
+        config = runtime.config.current
+        route = Route(client=ClientRequest(request.method, request.path, request.headers.items(multi=True),
+                                           request.content or b""))
+        runtime.routes[flow.id] = route
+        try:
+            body = parse_messages_request(route.client.content)
+            if path == COUNT_TOKENS_PATH:
+                # OpenRouter has no token counting endpoint: answer from the local estimate.
+                raise LocalAnswer(200, {"input_tokens": estimate_input_tokens(body)})
+            api_key = environment.get("OPENROUTER_API_KEY")
+            if not api_key:
+                raise LocalAnswer(401, anthropic_error_body("authentication_error", MISSING_KEY_MESSAGE))
+            plan_messages_call(route, body, config)
+        except LocalAnswer as answer:
+            flow.response = json_response(answer.status, answer.body, answer.headers)
+            return
+        assert route.translated is not None
+        target = f"{runtime.settings.openrouter_base_url}/chat/completions"
+        request.headers.clear()
+        request.headers.update(upstream_headers(config, api_key, route.translated.stream))
+        request.host_header = urlsplit(target).netloc
+        request.url = target
+        request.content = json.dumps(route.translated.body, ensure_ascii=False).encode()
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        route = route_of(flow)
+        response = flow.response
+        if route is None or route.translator is None or response is None:
+            return
+        if 200 <= response.status_code < 300 and response.headers.get("content-type", "").startswith(
+                "text/event-stream"):
+            # The Recorder streams it through route.translator; the body changes, so do these headers.
+            for name in ("content-length", "content-encoding"):
+                response.headers.pop(name, None)
+            response.headers["content-type"] = "text/event-stream; charset=utf-8"
+            response.headers["cache-control"] = "no-cache"
+            if response.http_version == "HTTP/1.1" and flow.request.http_version == "HTTP/1.1":
+                response.headers["transfer-encoding"] = "chunked"
+        else:
+            route.translator = None  # an error answer comes whole: the response hook translates it
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        route = route_of(flow)
+        response = flow.response
+        if route is None or response is None or response.stream or route.translated is None:
+            return
+        content = response.content or b""
+        route.upstream_response = content
+        status, body, headers = translate_full_response(route, response.status_code, content,
+                                                        dict(response.headers))
+        flow.response = json_response(status, body, {**_passed_headers(response), **headers})
+
+
+def _passed_headers(response: http.Response) -> dict[str, str]:
+    """Upstream headers worth keeping on a translated answer (rate limits, retry hints, request ids)."""
+    return {k: v for k, v in response.headers.items()
+            if k.lower() in ("retry-after", "x-request-id") or k.lower().startswith("x-ratelimit")}

@@ -55,9 +55,10 @@ class Startup:
                           "Where Anthropic API calls go in anthropic mode (env ANTHROPIC_UPSTREAM_URL).")
         loader.add_option("openrouter_base_url", str, env.get("OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1"),
                           "OpenRouter's API base URL for openrouter mode (env OPENROUTER_BASE_URL).")
-        loader.add_option("proxy_mode", str, env.get("PROXY_MODE", "anthropic"),
-                          "anthropic: pass calls through to anthropic_upstream; openrouter: translate them "
-                          "to OpenRouter (env PROXY_MODE).", choices=PROXY_MODES)
+        loader.add_option("proxy_mode", str, env.get("PROXY_MODE"),
+                          "anthropic: pass calls through to anthropic_upstream; openrouter: translate them to "
+                          "OpenRouter. Empty: the mode saved in state_dir/config.json (env PROXY_MODE).",
+                          choices=("", *PROXY_MODES))
         loader.add_option("state_dir", str, env.get("ANTHROPIC_PROXY_HOME", DEFAULT_STATE_DIR),
                           "Folder for config.json and the record store (env ANTHROPIC_PROXY_HOME).")
         loader.add_option("request_timeout", float, float(env.get("REQUEST_TIMEOUT") or 600),
@@ -92,8 +93,10 @@ class Startup:
             )
         runtime = runtime_module.open_runtime(Path(opts.state_dir), max_records=opts.max_records,
                                               retention_days=opts.retention_days)
+        if "proxy_mode" in updated and opts.proxy_mode:
+            runtime.config.update({"mode": opts.proxy_mode})
         runtime.settings = ProxySettings(
-            proxy_mode=opts.proxy_mode, anthropic_upstream=opts.anthropic_upstream.rstrip("/"),
+            anthropic_upstream=opts.anthropic_upstream.rstrip("/"),
             openrouter_base_url=opts.openrouter_base_url.rstrip("/"), listen_host=host, listen_port=port,
             request_timeout=opts.request_timeout,
         )

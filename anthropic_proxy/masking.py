@@ -14,7 +14,8 @@ SECRET_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization",
 # Anthropic (sk-ant-...), OpenRouter (sk-or-v1-...), OpenAI-style (sk-...) keys, and any bearer token.
 _KEY_PATTERN = re.compile(
     r"(?P<bearer>\b[Bb]earer\s+)?(?P<key>sk-[A-Za-z0-9][A-Za-z0-9_\-]{15,})"
-    r"|(?P<bearer2>\b[Bb]earer\s+)(?P<token>[A-Za-z0-9._~+/=\-]{16,})"
+    # a token never contains "..." (that is how a masked one looks), so masking twice changes nothing
+    r"|(?P<bearer2>\b[Bb]earer\s+)(?P<token>(?:[A-Za-z0-9_~+/=\-]|\.(?!\.)){16,})"
 )
 
 

@@ -84,6 +84,7 @@ class Record(_Model):
     metrics: Metrics = Field(default_factory=Metrics)
     chunks: list[Chunk] = Field(default_factory=list)
     upstream_chunks: list[Chunk] = Field(default_factory=list)
+    upstream_response: Any = None  # OpenRouter's raw answer when it was not streamed
     error: RecordError | None = None
 
     @property
@@ -95,7 +96,7 @@ class Record(_Model):
         data = self.model_dump(
             mode="json",
             by_alias=True,
-            exclude={"upstream_request": True, "chunks": True, "upstream_chunks": True,
+            exclude={"upstream_request": True, "upstream_response": True, "chunks": True, "upstream_chunks": True,
                      "request": {"body"}, "response": {"body"}, "message": True},
         )
         data["preview"] = text_preview(self)

@@ -6,45 +6,62 @@ the script: in-flight exchanges, the store and the web server carry on while the
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from aiohttp.web import AppRunner
+    from .openrouter_route import Route
 
 from . import __version__
 from .exchange import Exchange
 from .live import LiveBus
+from .openrouter_api import ModelCatalog
+from .proxy_config import ConfigStore
 from .store import Store
 
 
 class ProxySettings(BaseModel):
     """The options that matter outside mitmproxy (web app, health), as last validated by `configure`."""
 
-    proxy_mode: str = "anthropic"
     anthropic_upstream: str = "https://api.anthropic.com"
     openrouter_base_url: str = "https://openrouter.ai/api/v1"
     listen_host: str = "127.0.0.1"
     listen_port: int = 8082
     request_timeout: int = 600
+    # Required by the web pages and API when set; the proxy must set one when it listens beyond loopback.
+    web_token: str | None = None
 
 
 @dataclass
 class Runtime:
     state_dir: Path
     store: Store
+    config: ConfigStore
+    catalog: ModelCatalog
     settings: ProxySettings = field(default_factory=ProxySettings)
     bus: LiveBus = field(default_factory=LiveBus)
     exchanges: dict[str, Exchange] = field(default_factory=dict)  # by mitmproxy flow id
+    routes: dict[str, Route] = field(default_factory=dict)  # by mitmproxy flow id, calls sent to OpenRouter
     # Proves to the internal web server that a request came through the proxy's own checks.
     internal_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     web_port: int | None = None
-    web_runner: AppRunner | None = None
+    web_runner: web.AppRunner | None = None
     version: str = __version__
+
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` in the background, keeping a reference so the task is not collected mid-way."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     def close(self) -> None:
         self.store.close()
@@ -63,7 +80,8 @@ def open_runtime(state_dir: Path, *, max_records: int, retention_days: int) -> R
     if _current is not None:
         _current.close()
     _current = Runtime(state_dir=state_dir,
-                       store=Store(state_dir, max_records=max_records, retention_days=retention_days))
+                       store=Store(state_dir, max_records=max_records, retention_days=retention_days),
+                       config=ConfigStore(state_dir), catalog=ModelCatalog(state_dir))
     return _current
 
 
@@ -76,3 +94,6 @@ def close_runtime() -> None:
     if _current is not None:
         _current.close()
         _current = None
+
+
+RUNTIME_KEY = web.AppKey("runtime", Runtime)

@@ -1,0 +1,113 @@
+"""The user's proxy configuration: mode, model mapping, extra OpenRouter headers, kept in config.json.
+
+Never a secret: the OpenRouter key stays in the environment. Each `ProxyConfig` is immutable, so a
+request keeps the snapshot it started with however the configuration changes meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .translate.models import ModelMapping
+
+logger = logging.getLogger("anthropic_proxy.config")
+
+CONFIG_FILE = "config.json"
+ProxyMode = Literal["anthropic", "openrouter"]
+
+
+class ModelMap(ModelMapping):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("sonnet", "opus", "haiku", "default")
+    @classmethod
+    def _model_id(cls, value: str) -> str:
+        value = value.strip()
+        if not value or any(c.isspace() for c in value):
+            raise ValueError("a model id is a non-empty name without spaces, e.g. anthropic/claude-sonnet-4.5")
+        return value
+
+
+def _default_headers() -> dict[str, str]:
+    return {"HTTP-Referer": "https://github.com/anthropic-proxy/anthropic-proxy", "X-Title": "anthropic-proxy"}
+
+
+class ProxyConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: ProxyMode = "anthropic"
+    models: ModelMap = Field(default_factory=ModelMap)
+    headers: dict[str, str] = Field(default_factory=_default_headers)
+
+    @field_validator("headers")
+    @classmethod
+    def _safe_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not name or any(c in name for c in " :\r\n") or "\r" in value or "\n" in value:
+                raise ValueError(f"invalid header {name!r}: names have no spaces or colons, values no line breaks")
+            if name.lower() in ("authorization", "x-api-key", "host", "content-length"):
+                raise ValueError(f"header {name!r} is set by the proxy itself")
+        return headers
+
+
+class ConfigError(ValueError):
+    """An update that does not validate; the message says why, field by field."""
+
+
+def _describe(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors())
+
+
+class ConfigStore:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / CONFIG_FILE
+        self.current = self._read()
+
+    def _read(self) -> ProxyConfig:
+        if not self.path.is_file():
+            return ProxyConfig()
+        try:
+            return ProxyConfig.model_validate_json(self.path.read_bytes())
+        except (ValidationError, OSError) as exc:
+            logger.error("ignoring %s, it is not a valid configuration: %s", self.path, exc)
+            return ProxyConfig()
+
+    def update(self, patch: Any) -> ProxyConfig:
+        """Apply a partial update (`{"models": {"haiku": ...}}` changes only haiku) and save it."""
+        if not isinstance(patch, dict):
+            raise ConfigError("the body must be a JSON object such as {\"mode\": \"openrouter\"}")
+        merged = self.current.model_dump()
+        for key, value in patch.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict) and key == "models":
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+        try:
+            config = ProxyConfig.model_validate(merged)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+        self._save(config)
+        return config
+
+    def reset(self) -> ProxyConfig:
+        self._save(ProxyConfig())
+        return self.current
+
+    def reload(self) -> ProxyConfig:
+        self.current = self._read()
+        return self.current
+
+    def _save(self, config: ProxyConfig) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".config-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            json.dump(config.model_dump(), file, indent=2)
+        os.replace(tmp, self.path)
+        self.current = config
