@@ -1,9 +1,8 @@
-"""Translate the recordings once per test session; several test modules check the same outputs."""
+"""Make the shared test modules next to this file (helpers.py, sdk.py) importable by the tests."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-# tests/translate/helpers.py is imported as a plain module by the test files next to it.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
