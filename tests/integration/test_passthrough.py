@@ -33,7 +33,7 @@ try:  # the SDK's own HTTP library (anthropic >= 2 ships the httpx fork `httpx2`
 except ImportError:  # pragma: no cover
     sdk_httpx = httpx
 
-MODEL = "claude-sonnet-4-5-20250929"
+MODEL = "claude-opus-4-8"
 MESSAGES = [{"role": "user", "content": "Hello, how are you?"}]
 HOP_BY_HOP = {"host", "connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"}
 CLAUDE_CODE_FIXTURES = sorted((DATA_DIR / "claude_code").glob("claude_code_request_*.json"))
