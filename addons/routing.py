@@ -6,6 +6,7 @@ import json
 from urllib.parse import urlsplit
 
 from anthropic_proxy.translate.errors import anthropic_error_body
+from anthropic_proxy.translate.reasoning import SIGNATURE_PREFIX, strip_openrouter_reasoning
 from anthropic_proxy.translate.tokens import estimate_input_tokens
 from mitmproxy import http
 
@@ -27,6 +28,7 @@ from .webapp import INTERNAL_FLOW
 
 MESSAGES_PATH = "/v1/messages"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+_OPENROUTER_SIGNATURE = SIGNATURE_PREFIX.encode()
 # flow.metadata key set on the calls that are recorded (and translated in openrouter mode): their client path.
 API_CALL = "anthropic_proxy.api_call"
 
@@ -70,6 +72,8 @@ class Router:
         request.port = upstream.port or (443 if upstream.scheme == "https" else 80)
         if upstream.path.rstrip("/"):
             request.path = upstream.path.rstrip("/") + request.path
+        if flow.metadata.get(API_CALL) == MESSAGES_PATH and _OPENROUTER_SIGNATURE in (request.content or b""):
+            _strip_openrouter_reasoning(request)
 
     @staticmethod
     def _to_openrouter(flow: http.HTTPFlow, runtime: Runtime, path: str) -> None:
@@ -125,6 +129,17 @@ class Router:
         status, body, headers = translate_full_response(route, response.status_code, content,
                                                         dict(response.headers))
         flow.response = json_response(status, body, {**_passed_headers(response), **headers})
+
+
+def _strip_openrouter_reasoning(request: http.Request) -> None:
+    """History from openrouter mode carries reasoning signatures Anthropic never issued: drop those blocks
+    (the only change passthrough ever makes to a body, and only when such blocks are present)."""
+    try:
+        body = json.loads(request.content or b"")
+    except ValueError:
+        return
+    if isinstance(body, dict) and strip_openrouter_reasoning(body):
+        request.content = json.dumps(body, ensure_ascii=False).encode()
 
 
 def _passed_headers(response: http.Response) -> dict[str, str]:

@@ -136,3 +136,30 @@ def reasoning_blocks(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
             position += 1
     close_segment()
     return blocks
+
+
+def strip_openrouter_reasoning(body: dict[str, Any]) -> int:
+    """Remove the thinking blocks this proxy made from OpenRouter reasoning (their signature or data carries
+    `SIGNATURE_PREFIX`) from a Messages request's history; returns how many were removed.
+
+    The real Anthropic API rejects a signature it did not issue, so a conversation that started in
+    openrouter mode and goes on in anthropic mode must not send them. A block whose signature Anthropic
+    issued (it passed through OpenRouter unchanged) is kept.
+    """
+    removed = 0
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        kept = [block for block in content if not _is_openrouter_reasoning(block)]
+        removed += len(content) - len(kept)
+        message["content"] = kept
+    return removed
+
+
+def _is_openrouter_reasoning(block: Any) -> bool:
+    if not isinstance(block, dict):
+        return False
+    value = block.get("signature") if block.get("type") == "thinking" else (
+        block.get("data") if block.get("type") == "redacted_thinking" else None)
+    return isinstance(value, str) and value.startswith(SIGNATURE_PREFIX)

@@ -1,0 +1,218 @@
+"""Cost of anthropic-proxy over bare mitmproxy, measured side by side in one run.
+
+Three proxies in reverse mode in front of one fake upstream (a separate process):
+  bare        plain mitmdump (the JSON baseline)
+  bare+stream mitmdump plus a three-line addon that only turns streaming on (the SSE baseline: bare
+              mitmdump would buffer a whole event stream)
+  addon       mitmdump -s addons/proxy.py (recording to SQLite; web app on the same port)
+Requests alternate between the proxies (interleaved, random order each round), so drift in the
+machine's load hits all of them alike. Prints a table; ratios are addon / baseline.
+
+    .venv/bin/python bench/bench_proxy.py [--rounds 300] [--streams 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SSE_EVENTS = 100
+STREAM_ADDON = "def responseheaders(flow):\n    flow.response.stream = True\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- the fake upstream (runs in its own process) -------------------------------------------------
+
+def serve(port: int) -> None:
+    from aiohttp import web
+
+    message = {"id": "msg_bench", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+               "content": [{"type": "text", "text": "Hello! " * 20}], "stop_reason": "end_turn",
+               "stop_sequence": None, "usage": {"input_tokens": 20, "output_tokens": 40}}
+    events = [("message_start", {"type": "message_start", "message": {**message, "content": [],
+                                                                      "stop_reason": None}})]
+    events.append(("content_block_start", {"type": "content_block_start", "index": 0,
+                                           "content_block": {"type": "text", "text": ""}}))
+    events += [("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                        "delta": {"type": "text_delta", "text": f"word{i} "}})
+               for i in range(SSE_EVENTS - 5)]
+    events += [("content_block_stop", {"type": "content_block_stop", "index": 0}),
+               ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                  "usage": {"output_tokens": 95}}),
+               ("message_stop", {"type": "message_stop"})]
+    sse = [f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events]
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if not body.get("stream"):
+            return web.json_response(message)
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(0, len(sse), 10):  # ten events per write, like a fast model
+            await response.write(b"".join(sse[i:i + 10]))
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+# --- measurement ---------------------------------------------------------------------------------
+
+def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def wait_ready(url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.post(url + "/v1/messages", json={"model": "m"}, timeout=2)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise SystemExit(f"{url} did not come up")
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def measure_latency(targets: dict[str, str], rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Per target: JSON round-trip times and SSE time-to-first-byte / total, in ms."""
+    results = {name: {"json": [], "ttfb": [], "sse": []} for name in targets}
+    clients = {name: httpx.Client(base_url=url, timeout=30) for name, url in targets.items()}
+    body_json = {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+    body_sse = {**body_json, "stream": True}
+    for _ in range(rounds):
+        order = list(targets)
+        random.shuffle(order)
+        for name in order:
+            client = clients[name]
+            t0 = time.perf_counter()
+            client.post("/v1/messages", json=body_json).raise_for_status()
+            results[name]["json"].append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            with client.stream("POST", "/v1/messages", json=body_sse) as response:
+                first = None
+                for _chunk in response.iter_raw():
+                    first = first or time.perf_counter()
+            results[name]["ttfb"].append((first - t0) * 1000)
+            results[name]["sse"].append((time.perf_counter() - t0) * 1000)
+    for client in clients.values():
+        client.close()
+    return results
+
+
+async def streams_per_second(url: str, total: int, concurrency: int) -> float:
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        queue = list(range(total))
+
+        async def worker() -> None:
+            while queue:
+                queue.pop()
+                async with client.stream("POST", "/v1/messages", json=body) as response:
+                    async for _ in response.aiter_raw():
+                        pass
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return total / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=300, help="latency rounds per proxy (default 300)")
+    parser.add_argument("--streams", type=int, default=200, help="streams per throughput run (default 200)")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
+
+    tmp = Path(tempfile.mkdtemp(prefix="anthropic-proxy-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "OPENROUTER_"))}
+    env["HOME"] = str(tmp)
+    (tmp / "stream_on.py").write_text(STREAM_ADDON)
+    upstream = free_port()
+    ports = {"bare": free_port(), "bare+stream": free_port(), "addon": free_port()}
+    common = ["--mode", f"reverse:http://127.0.0.1:{upstream}", "--set", "connection_strategy=lazy",
+              "--set", "termlog_verbosity=error", "--set", "flow_detail=0"]
+    procs = [start([sys.executable, __file__, "--serve", str(upstream)], env)]
+    procs.append(start([str(BIN / "mitmdump"), *common, "-p", str(ports["bare"]),
+                        "--set", f"confdir={tmp}/c1"], env))
+    procs.append(start([str(BIN / "mitmdump"), *common, "-p", str(ports["bare+stream"]),
+                        "-s", str(tmp / "stream_on.py"), "--set", f"confdir={tmp}/c2"], env))
+    procs.append(start([str(BIN / "mitmdump"), *common, "-p", str(ports["addon"]), "-s",
+                        str(ROOT / "addons" / "proxy.py"), "--set", f"state_dir={tmp}/state",
+                        "--set", f"anthropic_upstream=http://127.0.0.1:{upstream}",
+                        "--set", f"confdir={tmp}/c3"], env))
+    try:
+        targets = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        for url in targets.values():
+            wait_ready(url)
+        measure_latency(targets, 20)  # warm-up
+        latency = measure_latency(targets, args.rounds)
+        throughput = {name: {} for name in targets}
+        for concurrency in (10, 50):
+            for name in random.sample(list(targets), len(targets)):
+                throughput[name][concurrency] = asyncio.run(
+                    streams_per_second(targets[name], args.streams, concurrency))
+        report(latency, throughput, args)
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=10)
+
+
+def report(latency: dict, throughput: dict, args: argparse.Namespace) -> None:
+    def row(label: str, ours: float, base: float, unit: str) -> str:
+        return f"| {label} | {base:.2f} {unit} | {ours:.2f} {unit} | {ours / base:.2f}x |"
+
+    ours, bare, bare_stream = latency["addon"], latency["bare"], latency["bare+stream"]
+    print(f"{args.rounds} interleaved rounds; SSE answers of {SSE_EVENTS} events; "
+          f"{args.streams} streams per throughput run; Python {sys.version.split()[0]}, {os.cpu_count()} cores")
+    print("| measure | baseline | anthropic-proxy | ratio |")
+    print("|---|---|---|---|")
+    for p in (50, 99):
+        print(row(f"JSON round trip p{p} (baseline: bare mitmdump)", percentile(ours["json"], p),
+                  percentile(bare["json"], p), "ms"))
+    for p in (50, 99):
+        print(row(f"SSE time to first byte p{p} (baseline: mitmdump + stream)", percentile(ours["ttfb"], p),
+                  percentile(bare_stream["ttfb"], p), "ms"))
+    print(row("SSE whole stream p50 (baseline: mitmdump + stream)", statistics.median(ours["sse"]),
+              statistics.median(bare_stream["sse"]), "ms"))
+    for concurrency in (10, 50):
+        print(row(f"streams/s at concurrency {concurrency} (baseline: mitmdump + stream)",
+                  throughput["addon"][concurrency], throughput["bare+stream"][concurrency], "/s"))
+
+
+if __name__ == "__main__":
+    main()
