@@ -20,6 +20,7 @@ Scenarios (headers that tune them in brackets):
 - `stream`         streamed text (message_start with cache usage, ping, text deltas, message_delta, stop)
 - `stream_tool`    streamed thinking (thinking_delta + signature_delta), text (a multi-byte character split
                    across two writes) and tool_use (input_json_delta fragments, one event split mid-line)
+- `message_gzip`   `message`, gzip-compressed with content-encoding: gzip (as api.anthropic.com may answer)
 - `count_tokens`   {"input_tokens": len(body) // 4}
 - `rate_limit`     429 rate_limit_error with retry-after [x-fake-retry-after, default "7"]
 - `overloaded`     529 overloaded_error
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import itertools
 import json
 import logging
@@ -298,10 +300,13 @@ class FakeAnthropic:
 
     def _json(
         self, ex: Exchange, status: int, payload: Any, headers: dict[str, str] | None = None,
-        reason: str | None = None,
+        reason: str | None = None, compress: bool = False,
     ) -> web.Response:
         body = json.dumps(payload, ensure_ascii=False).encode()
         all_headers = {**self._base_headers(ex), **(headers or {}), "content-type": "application/json"}
+        if compress:
+            body = gzip.compress(body, mtime=0)
+            all_headers["content-encoding"] = "gzip"
         resp = web.Response(status=status, reason=reason, body=body, headers=all_headers)
         ex.status = status
         ex.response_headers = list(all_headers.items())
@@ -317,7 +322,12 @@ class FakeAnthropic:
     async def _scenario_not_found(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
         return self._json(ex, 404, _error("not_found_error", f"Not found: {request.path}"))
 
-    async def _scenario_message(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
+    async def _scenario_message_gzip(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
+        return await self._scenario_message(request, ex, compress=True)
+
+    async def _scenario_message(
+        self, request: web.Request, ex: Exchange, compress: bool = False
+    ) -> web.StreamResponse:
         message = {
             "model": self._model(ex),
             "id": f"msg_fake_{ex.seq:06d}",
@@ -335,7 +345,7 @@ class FakeAnthropic:
                 "service_tier": "standard",
             },
         }
-        return self._json(ex, 200, message)
+        return self._json(ex, 200, message, compress=compress)
 
     async def _scenario_count_tokens(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
         return self._json(ex, 200, {"input_tokens": len(ex.body) // 4})

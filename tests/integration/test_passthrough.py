@@ -166,8 +166,26 @@ def test_response_status_headers_and_body_unchanged(client, fake_anthropic, test
     assert raw.parse().usage.output_tokens == 29
 
 
+def test_compressed_response_passed_through_and_recorded(http, fake_anthropic, proxy, test_tag):
+    """A gzip answer reaches the client still compressed, byte for byte; the record holds the message."""
+    headers = {"x-test-tag": test_tag, "x-fake-scenario": "message_gzip", "x-api-key": FAKE_API_KEY,
+               "accept-encoding": "gzip"}
+    body = {"model": MODEL, "max_tokens": 64, "messages": MESSAGES}
+    with http.stream("POST", "/v1/messages", json=body, headers=headers) as r:
+        received = b"".join(r.iter_raw())
+        assert r.headers.get("content-encoding") == "gzip"
+    ex = only(fake_anthropic.tagged(test_tag), "upstream request")
+    assert ex.header("accept-encoding") == "gzip"
+    assert received == bytes(ex.sent)
+    record = proxy.wait_record(by_tag(test_tag))
+    assert record["status"] == "success"
+    assert record["message"]["content"][0]["text"] == FINAL_TEXT
+    assert record["usage"]["outputTokens"] == 29
+
+
 @pytest.mark.parametrize("fixture", CLAUDE_CODE_FIXTURES, ids=lambda p: p.stem.removeprefix("claude_code_"))
-def test_claude_code_request_bytes_unchanged(fixture: Path, http, sent_requests, fake_anthropic, test_tag):
+def test_claude_code_request_bytes_unchanged(fixture: Path, http, sent_requests, fake_anthropic, proxy,
+                                              test_tag):
     captured = json.loads(fixture.read_text())
     dropped = HOP_BY_HOP | {"content-length"}
     headers = {k: v for k, v in captured["headers"].items() if k.lower() not in dropped}
@@ -185,6 +203,10 @@ def test_claude_code_request_bytes_unchanged(fixture: Path, http, sent_requests,
     assert ex.body == body
     assert ex.raw_path == f"{captured['path']}?beta=true"
     assert r.content == bytes(ex.sent)
+    record = proxy.wait_record(by_tag(test_tag))
+    assert record["status"] == "success"
+    assert json_body(record["request"]["body"]) == captured["body"]  # role: "system" messages included
+    assert record["model"] == captured["body"]["model"]
 
 
 def test_claude_code_fixtures_include_system_role_messages():
