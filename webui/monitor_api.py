@@ -1,0 +1,278 @@
+"""/api/monitor/*: the records, their stats, live events, export, analysis, clear.
+
+Every endpoint takes the same filters (`status`, `model`, `provider`, `session`, `q`, `timeRange` or
+`from`/`to`) and applies them to ALL matching records in the store, never to one page only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from ..record import FINAL_STATUSES, Record
+from ..runtime import RUNTIME_KEY as RUNTIME
+from ..runtime import Runtime
+from ..store import RecordFilter, _search_text, parse_time_range, record_json
+from .common import error_response
+from .security import token_required
+
+routes = web.RouteTableDef()
+
+STATUSES = frozenset({"pending", *FINAL_STATUSES})
+HEARTBEAT_SECONDS = 15.0
+EXPORT_BATCH = 200
+STREAMS = web.AppKey("monitor_streams", set)
+
+
+# ---- filters ------------------------------------------------------------------------------------------------
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    body = json.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": message}})
+    return web.HTTPBadRequest(text=body, content_type="application/json")
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _bad_request(f"{name} must be a whole number") from None
+    return max(lo, min(hi, value))
+
+
+def parse_instant(value: str, name: str) -> datetime:
+    """An ISO 8601 time (naive means UTC) or a Unix time in seconds or milliseconds."""
+    try:
+        number = float(value)
+    except ValueError:
+        pass
+    else:
+        return datetime.fromtimestamp(number / 1000 if number > 1e11 else number, UTC)
+    try:
+        instant = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise _bad_request(f"{name} must be an ISO 8601 time or a Unix time (got {value!r})") from None
+    return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+
+
+def record_filter(request: web.Request) -> RecordFilter:
+    query = request.query
+    status = query.get("status") or None
+    if status == "all":
+        status = None
+    if status is not None and status not in STATUSES:
+        raise _bad_request(f"status must be one of all, {', '.join(sorted(STATUSES))} (got {status!r})")
+    try:
+        since = parse_time_range(query.get("timeRange"))
+    except ValueError as exc:
+        raise _bad_request(str(exc)) from None
+    if query.get("from"):
+        since = max(filter(None, (since, parse_instant(query["from"], "from"))))
+    until = parse_instant(query["to"], "to") if query.get("to") else None
+    return RecordFilter(status=status, model=query.get("model") or None, provider=query.get("provider") or None,
+                        session=query.get("session") or None, q=(query.get("q") or "").strip() or None,
+                        since=since, until=until)
+
+
+def filter_view(flt: RecordFilter) -> dict[str, Any]:
+    return {"status": flt.status, "model": flt.model, "provider": flt.provider, "session": flt.session, "q": flt.q,
+            "from": flt.since.isoformat() if flt.since else None, "to": flt.until.isoformat() if flt.until else None}
+
+
+def summary_matches(summary: dict[str, Any], flt: RecordFilter, search_text: str | None) -> bool:
+    """The store's filter, applied to one live event's record summary (and its search text)."""
+    for key, wanted in (("status", flt.status), ("model", flt.model), ("provider", flt.provider),
+                        ("sessionId", flt.session)):
+        if wanted and summary.get(key) != wanted:
+            return False
+    if flt.since or flt.until:
+        try:
+            ts = datetime.fromisoformat(str(summary.get("timestamp")))
+        except ValueError:
+            return False
+        if (flt.since and ts < flt.since) or (flt.until and ts > flt.until):
+            return False
+    if flt.q:
+        text = search_text if search_text is not None else str(summary.get("preview") or "").lower()
+        return flt.q.lower() in text
+    return True
+
+
+def _in_flight(runtime: Runtime, record_id: str) -> Record | None:
+    return next((e.record for e in list(runtime.exchanges.values()) if e.record.id == record_id), None)
+
+
+# ---- records ------------------------------------------------------------------------------------------------
+@routes.get("/api/monitor/requests")
+async def list_requests(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    page = _int_param(request, "page", 1, 1, 1_000_000)
+    limit = _int_param(request, "limit", 50, 1, 500)
+    data, total = await asyncio.to_thread(runtime.store.query, record_filter(request), page=page, limit=limit)
+    return web.json_response({"data": data, "total": total, "page": page, "limit": limit})
+
+
+@routes.get("/api/monitor/requests/{id}")
+async def get_request(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    record_id = request.match_info["id"]
+    # A record still in flight is fresher in memory than in the store.
+    record = _in_flight(runtime, record_id) or await asyncio.to_thread(runtime.store.get, record_id)
+    if record is None:
+        return error_response(404, f"no record with id {record_id!r}", "not_found_error")
+    return web.Response(text=record_json(record), content_type="application/json")
+
+
+@routes.get("/api/monitor/stats")
+async def stats(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    flt = record_filter(request)
+    figures = await asyncio.to_thread(runtime.store.aggregate, flt)
+    facets = await asyncio.to_thread(runtime.store.facets)
+    return web.json_response({**figures, "inFlight": len(runtime.exchanges), "facets": facets,
+                              "filters": filter_view(flt)})
+
+
+@routes.post("/api/monitor/clear")
+async def clear(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    deleted = await asyncio.to_thread(runtime.store.clear)
+    runtime.bus.publish("cleared", {})
+    return web.json_response({"deleted": deleted})
+
+
+# ---- live events ----------------------------------------------------------------------------------------------
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+@routes.get("/api/monitor/stream")
+async def stream(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: `started`, `progressed`, `ended` (data: `{"type", "record": summary}`), `cleared`,
+    `lagged` (events were lost: re-read the list). With filters, an event is sent when its record matches,
+    or when an earlier event of that record was sent (so a client learns that it left the filter)."""
+    runtime = request.app[RUNTIME]
+    flt = record_filter(request)
+    filtered = any(filter_view(flt).values())
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                           "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    queue = runtime.bus.subscribe()
+    streams: set[asyncio.Queue[Any]] = request.app[STREAMS]
+    streams.add(queue)
+    sent_ids: set[str] = set()
+    try:
+        await response.write(b"retry: 2000\n" + _sse("hello", {"inFlight": len(runtime.exchanges)}))
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), HEARTBEAT_SECONDS)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")  # also finds out when the client has gone
+                continue
+            if event is None:  # the app is shutting down
+                break
+            if filtered and not _event_wanted(runtime, event, flt, sent_ids):
+                continue
+            await response.write(_sse(event["type"], event))
+    except (ConnectionError, RuntimeError):
+        pass  # the client went away
+    finally:
+        runtime.bus.unsubscribe(queue)
+        streams.discard(queue)
+    return response
+
+
+def _event_wanted(runtime: Runtime, event: dict[str, Any], flt: RecordFilter, sent_ids: set[str]) -> bool:
+    summary = event.get("record") or {}
+    record_id = summary.get("id")
+    if event["type"] in ("cleared", "lagged") or not record_id:
+        return True
+    record = _in_flight(runtime, record_id) if flt.q else None
+    if summary_matches(summary, flt, _search_text(record) if record else None) or record_id in sent_ids:
+        sent_ids.add(record_id)
+        return True
+    return False
+
+
+async def close_streams(app: web.Application) -> None:
+    for queue in list(app[STREAMS]):
+        queue.put_nowait(None)
+
+
+# ---- export, analysis, config -----------------------------------------------------------------------------------
+def _take(records: Iterator[Record], count: int) -> list[Record]:
+    batch: list[Record] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) >= count:
+            break
+    return batch
+
+
+@routes.get("/api/monitor/export")
+async def export(request: web.Request) -> web.StreamResponse:
+    """Every matching record in full (keys masked), oldest first, streamed from the store in batches.
+    `format=ndjson` (default: one record per line) or `format=json` (one array)."""
+    runtime = request.app[RUNTIME]
+    flt = record_filter(request)
+    fmt = request.query.get("format", "ndjson")
+    if fmt not in ("ndjson", "json"):
+        raise _bad_request(f"format must be ndjson or json (got {fmt!r})")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    response = web.StreamResponse(headers={
+        "Content-Type": "application/x-ndjson; charset=utf-8" if fmt == "ndjson" else "application/json",
+        "Content-Disposition": f'attachment; filename="anthropic-proxy-records-{stamp}.{fmt}"',
+    })
+    await response.prepare(request)
+    records = runtime.store.iter_records(flt)
+    first = True
+    if fmt == "json":
+        await response.write(b"[")
+    while batch := await asyncio.to_thread(_take, records, EXPORT_BATCH):
+        if fmt == "ndjson":
+            await response.write("".join(record_json(r) + "\n" for r in batch).encode())
+        else:
+            await response.write(("" if first else ",\n").encode() + ",\n".join(map(record_json, batch)).encode())
+        first = False
+    if fmt == "json":
+        await response.write(b"]\n")
+    await response.write_eof()
+    return response
+
+
+@routes.get("/api/monitor/analyze")
+async def analyze(request: web.Request) -> web.Response:
+    """A first summary of the matching records (the analysis issue extends it)."""
+    runtime = request.app[RUNTIME]
+    flt = record_filter(request)
+    figures = await asyncio.to_thread(runtime.store.aggregate, flt)
+    details = await asyncio.to_thread(runtime.store.analyze, flt)
+    return web.json_response({"filters": filter_view(flt), "generatedAt": datetime.now(UTC).isoformat(),
+                              "stats": figures, **details})
+
+
+@routes.get("/api/monitor/config")
+async def monitor_config(request: web.Request) -> web.Response:
+    """What the monitor page shows about the proxy itself (no secrets)."""
+    runtime = request.app[RUNTIME]
+    settings = runtime.settings
+    store = runtime.store
+    return web.json_response({
+        "mode": runtime.config.current.mode, "version": runtime.version,
+        "listenHost": settings.listen_host, "listenPort": settings.listen_port,
+        "anthropicUpstream": settings.anthropic_upstream, "openrouterBaseUrl": settings.openrouter_base_url,
+        "maxRecords": store.max_records, "retentionDays": store.retention_days,
+        "tokenRequired": token_required(settings), "inFlight": len(runtime.exchanges),
+    })
+
+
+def install(app: web.Application) -> None:
+    app[STREAMS] = set()
+    app.on_shutdown.append(close_streams)
+    app.add_routes(routes)

@@ -1,0 +1,544 @@
+// The monitor page: stats, charts, filters, the live request list and the detail view.
+// Live updates come from Server-Sent Events (/api/monitor/stream); nothing polls.
+"use strict";
+
+const FILTER_KEYS = ["status", "model", "provider", "timeRange", "q"];
+const state = {
+  filters: { status: "", model: "", provider: "", timeRange: "", q: "" },
+  page: 1,
+  limit: 50,
+  total: 0,
+  rows: new Map(), // id -> summary shown in the list
+  selected: null, // id of the record in the detail view
+  detail: null, // the full record shown in the detail view
+  showAllChunks: false,
+};
+const $ = (id) => document.getElementById(id);
+
+function filterParams(extra = {}) {
+  const params = new URLSearchParams();
+  for (const key of FILTER_KEYS) if (state.filters[key]) params.set(key, state.filters[key]);
+  for (const [k, v] of Object.entries(extra)) params.set(k, v);
+  return params;
+}
+
+// ---- throttled refreshes ----------------------------------------------------------------------------------
+function throttle(fn, wait) {
+  let timer = null;
+  let last = 0;
+  return function run() {
+    if (timer) return;
+    const delay = Math.max(0, last + wait - Date.now());
+    timer = setTimeout(async () => {
+      timer = null;
+      last = Date.now();
+      try { await fn(); } catch (err) { console.warn("refresh failed:", err.message); }
+    }, delay);
+  };
+}
+const refreshStatsSoon = throttle(loadStats, 1000);
+const refreshListSoon = throttle(loadList, 1000);
+const refreshDetailSoon = throttle(() => state.selected && loadDetail(state.selected, { quiet: true }), 500);
+
+// ---- stats + charts -----------------------------------------------------------------------------------------
+async function loadStats() {
+  const stats = await api("/api/monitor/stats?" + filterParams());
+  $("stat-total").textContent = fmt.int(stats.total);
+  $("stat-total-sub").textContent =
+    `${fmt.int(stats.success)} ok · ${fmt.int(stats.errors)} errors · ${fmt.int(stats.pending)} pending`;
+  $("stat-success").textContent = fmt.pct(stats.successRate);
+  $("stat-success-sub").textContent = stats.cancelled ? `${fmt.int(stats.cancelled)} cancelled` : "of finished requests";
+  $("stat-latency").textContent = `${fmt.ms(stats.latencyMs.p50)} / ${fmt.ms(stats.latencyMs.p95)}`;
+  $("stat-latency-sub").textContent = `average ${fmt.ms(stats.latencyMs.avg)}`;
+  const t = stats.tokens;
+  $("stat-tokens").textContent = `${fmt.compact(t.input)} / ${fmt.compact(t.output)}`;
+  $("stat-tokens-sub").textContent = `cache: ${fmt.compact(t.cacheRead)} read · ${fmt.compact(t.cacheCreation)} written`;
+  $("stat-cost").textContent = fmt.cost(stats.costUsd);
+  $("stat-cost-sub").textContent = stats.total && stats.costedRequests < stats.total
+    ? `${fmt.int(stats.total - stats.costedRequests)} requests without a price` : "";
+  updateModelOptions(stats.facets.models);
+  drawCharts(stats);
+}
+
+function updateModelOptions(models) {
+  const select = $("filter-model");
+  const current = state.filters.model;
+  const wanted = ["", ...models];
+  if (current && !wanted.includes(current)) wanted.push(current);
+  const have = Array.from(select.options, (o) => o.value);
+  if (have.join("\n") === wanted.join("\n")) return;
+  clear(select);
+  for (const model of wanted) select.append(h("option", { value: model }, model || "all"));
+  select.value = current;
+}
+
+function bucketLabel(bucketSeconds) {
+  return (t, long) => {
+    const d = new Date(t * 1000);
+    if (long) return d.toLocaleString([], { hour12: false });
+    if (bucketSeconds >= 86400) return d.toLocaleDateString([], { month: "short", day: "numeric" });
+    return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
+  };
+}
+
+function drawCharts(stats) {
+  const { bucketSeconds, points } = stats.timeline;
+  const labels = points.map((p) => p.t);
+  const tickLabel = bucketLabel(bucketSeconds);
+  stackedBars($("chart-requests"), {
+    labels, tickLabel, format: fmt.compact,
+    series: [
+      { name: "success", cls: "s1", values: points.map((p) => p.requests - p.errors) },
+      { name: "errors", cls: "s5", values: points.map((p) => p.errors) },
+    ],
+  });
+  stackedBars($("chart-tokens"), {
+    labels, tickLabel, format: fmt.compact,
+    series: [
+      { name: "input", cls: "s1", values: points.map((p) => p.inputTokens) },
+      { name: "output", cls: "s2", values: points.map((p) => p.outputTokens) },
+      { name: "cache", cls: "s4", values: points.map((p) => p.cacheTokens) },
+    ],
+  });
+  const priced = stats.byModel.some((m) => m.costUsd > 0);
+  $("chart-models-title").textContent = priced ? "Cost by model" : "Requests by model (no prices recorded)";
+  horizontalBars($("chart-models"), {
+    rows: stats.byModel.map((m) => ({ label: m.model, value: priced ? m.costUsd : m.requests }))
+      .sort((a, b) => b.value - a.value),
+    format: priced ? fmt.cost : fmt.int, cls: priced ? "s2" : "s1",
+  });
+  const hist = stats.latencyHistogram;
+  stackedBars($("chart-latency"), {
+    labels: hist.map((b) => b.fromMs), format: fmt.int,
+    tickLabel: (from, long) => {
+      const b = hist.find((x) => x.fromMs === from);
+      const text = b.toMs === null ? `≥ ${fmt.ms(from)}` : `< ${fmt.ms(b.toMs)}`;
+      return long ? `${fmt.ms(from)} – ${b.toMs === null ? "∞" : fmt.ms(b.toMs)}` : text;
+    },
+    series: [{ name: "requests", cls: "s3", values: hist.map((b) => b.count) }],
+  });
+}
+
+// ---- the list ---------------------------------------------------------------------------------------------------
+async function loadList() {
+  const data = await api("/api/monitor/requests?" + filterParams({ page: state.page, limit: state.limit }));
+  state.total = data.total;
+  state.rows = new Map(data.data.map((r) => [r.id, r]));
+  const tbody = $("rows");
+  const fresh = document.createDocumentFragment();
+  for (const record of data.data) fresh.append(rowFor(record));
+  clear(tbody).append(fresh);
+  updatePager();
+}
+
+function updatePager() {
+  const first = state.total ? (state.page - 1) * state.limit + 1 : 0;
+  const last = Math.min(state.total, state.page * state.limit, first + state.rows.size - 1);
+  $("page-info").textContent = `${fmt.int(first)}–${fmt.int(last)} of ${fmt.int(state.total)}`;
+  $("prev").disabled = state.page <= 1;
+  $("next").disabled = state.page * state.limit >= state.total;
+  const filtered = FILTER_KEYS.some((k) => state.filters[k]);
+  $("empty").hidden = state.total > 0;
+  $("empty").textContent = filtered ? "No request matches these filters."
+    : "No requests yet. Point Claude Code at this proxy (ANTHROPIC_BASE_URL) and they appear here live.";
+}
+
+function durationOf(record) {
+  if (record.metrics && record.metrics.durationMs !== null && record.metrics.durationMs !== undefined) {
+    return fmt.ms(record.metrics.durationMs);
+  }
+  return record.status === "pending" ? fmt.ms(Date.now() - new Date(record.timestamp).getTime()) : "—";
+}
+
+function rowFor(record) {
+  const u = record.usage || {};
+  const model = record.upstreamModel && record.upstreamModel !== record.model
+    ? `${record.model || "—"} → ${record.upstreamModel}` : record.model || "—";
+  const tr = h("tr", { "data-testid": "request-row", dataset: { id: record.id, status: record.status },
+    class: record.id === state.selected ? "selected" : null, tabindex: "0",
+    onclick: () => select(record.id), onkeydown: (ev) => { if (ev.key === "Enter") select(record.id); } },
+  h("td", { class: "when", title: record.timestamp }, fmt.time(record.timestamp)),
+  h("td", {}, h("span", { class: `status ${record.status}`, title: record.error ? record.error.message : record.status },
+    record.status === "pending" ? "live" : record.status)),
+  h("td", { class: "model", title: model }, model),
+  h("td", { class: "optional" }, record.provider),
+  h("td", { class: "preview optional", title: record.preview || "" }, record.preview || ""),
+  h("td", { class: "num" }, `${fmt.compact(u.inputTokens)} / ${fmt.compact(u.outputTokens)}`),
+  h("td", { class: "num" }, fmt.cost(record.costUsd)),
+  h("td", { class: "num duration" }, durationOf(record)));
+  return tr;
+}
+
+function matchesFilters(record) {
+  const f = state.filters;
+  if (f.status && record.status !== f.status) return false;
+  if (f.model && record.model !== f.model) return false;
+  if (f.provider && record.provider !== f.provider) return false;
+  if (f.q && !(record.preview || "").toLowerCase().includes(f.q.toLowerCase())) return false;
+  return true; // a time range always includes a record that is happening now
+}
+
+/** A live event: patch the visible row (or add it), then let the server's answer settle the rest. */
+function onRecordEvent(type, record) {
+  const tbody = $("rows");
+  const existing = tbody.querySelector(`tr[data-id="${CSS.escape(record.id)}"]`);
+  if (existing) {
+    state.rows.set(record.id, record);
+    existing.replaceWith(rowFor(record));
+  } else if (type === "started" && state.page === 1 && matchesFilters(record)) {
+    const row = rowFor(record);
+    row.classList.add("fresh");
+    tbody.prepend(row);
+    state.rows.set(record.id, record);
+    state.total += 1;
+    while (tbody.rows.length > state.limit) {
+      state.rows.delete(tbody.lastElementChild.dataset.id);
+      tbody.lastElementChild.remove();
+    }
+    updatePager();
+  }
+  if (record.id === state.selected) refreshDetailSoon();
+  refreshStatsSoon();
+  if (type !== "progressed") refreshListSoon();
+}
+
+setInterval(() => { // pending rows: their duration grows while you watch
+  for (const tr of $("rows").querySelectorAll('tr[data-status="pending"]')) {
+    const record = state.rows.get(tr.dataset.id);
+    if (record) tr.querySelector(".duration").textContent = durationOf(record);
+  }
+}, 1000);
+
+// ---- live events -----------------------------------------------------------------------------------------------
+function setLive(stateName, text) {
+  const el = $("live");
+  el.dataset.state = stateName;
+  el.textContent = text;
+}
+
+function connect() {
+  const events = new EventSource("/api/monitor/stream");
+  events.addEventListener("hello", () => {
+    setLive("live", "live");
+    refreshListSoon(); // catch up with whatever happened while disconnected
+    refreshStatsSoon();
+  });
+  for (const type of ["started", "progressed", "ended"]) {
+    events.addEventListener(type, (ev) => onRecordEvent(type, JSON.parse(ev.data).record));
+  }
+  events.addEventListener("cleared", () => { closeDetail(); refreshListSoon(); refreshStatsSoon(); });
+  events.addEventListener("lagged", () => { refreshListSoon(); refreshStatsSoon(); });
+  events.addEventListener("error", () => {
+    setLive(events.readyState === EventSource.CLOSED ? "offline" : "connecting",
+      events.readyState === EventSource.CLOSED ? "offline" : "reconnecting…");
+    if (events.readyState === EventSource.CLOSED) setTimeout(connect, 3000);
+  });
+}
+
+// ---- the detail view ------------------------------------------------------------------------------------------
+async function select(id) {
+  state.selected = id;
+  state.showAllChunks = false;
+  for (const tr of $("rows").querySelectorAll("tr.selected")) tr.classList.remove("selected");
+  const tr = $("rows").querySelector(`tr[data-id="${CSS.escape(id)}"]`);
+  if (tr) tr.classList.add("selected");
+  await loadDetail(id);
+}
+
+function closeDetail() {
+  state.selected = null;
+  state.detail = null;
+  $("detail").hidden = true;
+  $("content").classList.remove("with-detail");
+  for (const tr of $("rows").querySelectorAll("tr.selected")) tr.classList.remove("selected");
+}
+
+async function loadDetail(id, { quiet = false } = {}) {
+  let record;
+  try {
+    record = await api(`/api/monitor/requests/${encodeURIComponent(id)}`);
+  } catch (err) {
+    if (!quiet) toast(`Could not load the request: ${err.message}`, "error");
+    return;
+  }
+  if (state.selected !== id) return;
+  state.detail = record;
+  const pane = $("detail");
+  const scroll = pane.scrollTop;
+  clear(pane).append(renderDetail(record));
+  pane.hidden = false;
+  pane.dataset.id = record.id;
+  $("content").classList.add("with-detail");
+  if (quiet) pane.scrollTop = scroll;
+}
+
+function section(title, ...content) {
+  return [h("h4", {}, title), ...content];
+}
+
+function kv(pairs) {
+  return h("div", { class: "kv" }, pairs.filter(Boolean).map(([k, v]) =>
+    h("div", {}, h("div", { class: "k" }, k), h("div", { class: "v" }, v === null || v === undefined ? "—" : v))));
+}
+
+function renderDetail(r) {
+  const u = r.usage || {};
+  const m = r.metrics || {};
+  const frag = document.createDocumentFragment();
+  frag.append(h("div", { class: "head" },
+    h("span", { class: `status ${r.status}` }, r.status === "pending" ? "live" : r.status),
+    h("h2", {}, r.model || "(no model)"),
+    r.upstreamModel && r.upstreamModel !== r.model ? h("span", { class: "badge", title: "sent upstream as" }, "→ " + r.upstreamModel) : null,
+    h("span", { class: "badge" }, r.provider),
+    h("span", { class: "spacer" }),
+    copyButton(() => JSON.stringify(r, null, 2), "copy JSON"),
+    h("button", { type: "button", class: "copy", title: "Close", onclick: closeDetail }, "✕")));
+  frag.append(kv([
+    ["Time", new Date(r.timestamp).toLocaleString([], { hour12: false })],
+    ["Duration", fmt.ms(m.durationMs)], ["First byte", fmt.ms(m.ttfbMs)],
+    ["Input tokens", fmt.int(u.inputTokens)], ["Output tokens", fmt.int(u.outputTokens)],
+    ["Cache read", fmt.int(u.cacheReadInputTokens)], ["Cache write", fmt.int(u.cacheCreationInputTokens)],
+    ["Cost", fmt.cost(r.costUsd)], ["Stop reason", r.stopReason], ["Stream", r.stream ? `yes · ${fmt.int(m.chunkCount)} events` : "no"],
+    ["HTTP", r.response && r.response.status], ["Bytes in / out", `${fmt.bytes(m.requestBytes)} / ${fmt.bytes(m.responseBytes)}`],
+    ["Session", r.sessionId], ["Record id", r.id],
+  ]));
+  if (r.error) {
+    frag.append(...section("Error", h("div", { class: "block error" },
+      h("div", { class: "kind" }, r.error.type), h("pre", {}, r.error.message))));
+  }
+  frag.append(...section("Answer", renderAnswer(r)));
+  frag.append(...section("Request", renderRequest(r.request)));
+  if (r.upstreamRequest) {
+    frag.append(...section(["Upstream request (translated) ", copyButton(() => JSON.stringify(r.upstreamRequest, null, 2))],
+      h("details", {}, h("summary", {}, "the body sent to OpenRouter"), h("pre", {}, prettyJSON(r.upstreamRequest)))));
+  }
+  if (r.response) {
+    frag.append(...section("Response headers", headersTable(r.response.headers)));
+    if (r.response.body !== null && r.response.body !== undefined && !r.message) {
+      frag.append(h("details", {}, h("summary", {}, "response body"), h("pre", {}, prettyJSON(r.response.body))));
+    }
+  }
+  if (r.chunks && r.chunks.length) frag.append(...section(`Stream timeline (${r.chunks.length} events)`, renderTimeline(r.chunks)));
+  if (r.upstreamChunks && r.upstreamChunks.length) {
+    frag.append(h("details", {}, h("summary", {}, `upstream stream (${r.upstreamChunks.length} events, before translation)`),
+      renderTimeline(r.upstreamChunks)));
+  }
+  return frag;
+}
+
+function answerText(message) {
+  return (message.content || []).filter((b) => b.type === "text").map((b) => b.text).join("\n\n");
+}
+
+function renderAnswer(r) {
+  const message = r.message;
+  if (!message || !Array.isArray(message.content) || !message.content.length) {
+    return h("div", { class: "hint" }, r.status === "pending" ? "waiting for the answer…" : "no answer content");
+  }
+  const wrap = h("div", {});
+  const text = answerText(message);
+  if (text) wrap.append(h("div", { class: "buttons" }, copyButton(text, "copy answer text")));
+  for (const block of message.content) {
+    if (block.type === "text") {
+      wrap.append(h("div", { class: "block text" }, h("div", { class: "kind" }, "text"), h("pre", {}, block.text)));
+    } else if (block.type === "thinking" || block.type === "redacted_thinking") {
+      wrap.append(h("details", { class: "block thinking" }, h("summary", {}, block.type),
+        h("pre", {}, block.thinking || "(redacted)")));
+    } else if (block.type === "tool_use" || block.type === "server_tool_use") {
+      wrap.append(h("div", { class: "block tool" },
+        h("div", { class: "kind" }, `${block.type}: `, h("strong", {}, block.name || ""), h("span", { class: "mono" }, block.id || ""),
+          copyButton(() => JSON.stringify(block.input, null, 2), "copy input")),
+        h("pre", {}, prettyJSON(block.input))));
+    } else {
+      wrap.append(h("div", { class: "block" }, h("div", { class: "kind" }, block.type), h("pre", {}, prettyJSON(block))));
+    }
+  }
+  return wrap;
+}
+
+function lastUserText(body) {
+  const messages = (body && Array.isArray(body.messages)) ? body.messages : [];
+  for (let i = messages.length - 1; i >= 0; i--) {
+    const msg = messages[i];
+    if (msg.role !== "user") continue;
+    if (typeof msg.content === "string") return msg.content;
+    const texts = (msg.content || []).filter((b) => b.type === "text").map((b) => b.text);
+    if (texts.length) return texts.join("\n\n");
+  }
+  return "";
+}
+
+function renderRequest(request) {
+  const wrap = h("div", {});
+  const body = request.body;
+  const prompt = lastUserText(body);
+  if (prompt) {
+    wrap.append(h("div", { class: "block prompt" },
+      h("div", { class: "kind" }, "last user message", copyButton(prompt)), h("pre", {}, prettyJSON(prompt, 20000))));
+  }
+  if (body && typeof body === "object") {
+    const info = [];
+    if (Array.isArray(body.messages)) info.push(`${body.messages.length} messages`);
+    if (Array.isArray(body.tools)) info.push(`${body.tools.length} tools`);
+    if (body.max_tokens) info.push(`max_tokens ${body.max_tokens}`);
+    if (body.thinking && body.thinking.type) info.push(`thinking ${body.thinking.type}`);
+    if (info.length) wrap.append(h("div", { class: "hint" }, info.join(" · ")));
+  }
+  wrap.append(h("details", {}, h("summary", {}, `${request.method} ${request.path} · headers (secrets masked)`),
+    headersTable(request.headers)));
+  wrap.append(h("details", {}, h("summary", {}, ["request body ", copyButton(() => JSON.stringify(body, null, 2))]),
+    h("pre", {}, prettyJSON(body))));
+  return wrap;
+}
+
+function headersTable(headers) {
+  const entries = Object.entries(headers || {});
+  if (!entries.length) return h("div", { class: "hint" }, "none");
+  return h("table", { class: "headers" }, h("tbody", {}, entries.map(([k, v]) => h("tr", {}, h("td", {}, k), h("td", {}, v)))));
+}
+
+function describeChunk(data) {
+  if (!data || typeof data !== "object") return String(data ?? "");
+  switch (data.type) {
+    case "message_start": {
+      const msg = data.message || {};
+      const usage = msg.usage || {};
+      return `${msg.model || ""} · in ${usage.input_tokens ?? "?"} · cache read ${usage.cache_read_input_tokens ?? 0}`;
+    }
+    case "content_block_start": {
+      const b = data.content_block || {};
+      return `#${data.index} ${b.type}${b.name ? " " + b.name : ""}`;
+    }
+    case "content_block_delta": {
+      const d = data.delta || {};
+      if (d.type === "text_delta") return JSON.stringify(d.text);
+      if (d.type === "thinking_delta") return "thinking: " + JSON.stringify(d.thinking);
+      if (d.type === "input_json_delta") return "input: " + d.partial_json;
+      if (d.type === "signature_delta") return "signature";
+      return JSON.stringify(d);
+    }
+    case "content_block_stop": return `#${data.index}`;
+    case "message_delta": {
+      const usage = data.usage || {};
+      return `stop ${data.delta && data.delta.stop_reason} · out ${usage.output_tokens ?? "?"}`;
+    }
+    case "error": return `${data.error && data.error.type}: ${data.error && data.error.message}`;
+    default: {
+      const text = JSON.stringify(data);
+      return text.length > 300 ? text.slice(0, 300) + "…" : text;
+    }
+  }
+}
+
+function renderTimeline(chunks) {
+  const wrap = h("div", { class: "timeline" });
+  const end = Math.max(1, ...chunks.map((c) => c.tMs));
+  const svg = s("svg", { viewBox: "0 0 600 26", preserveAspectRatio: "none", role: "img",
+    "aria-label": "when each event arrived" });
+  svg.append(s("line", { x1: 0, x2: 600, y1: 13, y2: 13, class: "gridline" }));
+  chunks.forEach((c, i) => {
+    const x = (c.tMs / end) * 596 + 2;
+    const cls = i === 0 ? "tick first" : i === chunks.length - 1 ? "tick last" : "tick";
+    svg.append(s("line", { x1: x, x2: x, y1: 4, y2: 22, class: cls }, s("title", {}, `${fmt.ms(c.tMs)} ${c.event || ""}`)));
+  });
+  wrap.append(svg);
+  const limit = state.showAllChunks ? chunks.length : Math.min(chunks.length, 200);
+  for (const c of chunks.slice(0, limit)) {
+    wrap.append(h("div", { class: "tl-row" }, h("span", { class: "tl-t" }, `+${Math.round(c.tMs)} ms`),
+      h("span", { class: "tl-e" }, c.event || "(data)"), h("span", { class: "tl-d" }, describeChunk(c.data))));
+  }
+  if (limit < chunks.length) {
+    wrap.append(h("button", { type: "button", onclick: () => { state.showAllChunks = true; loadDetail(state.selected, { quiet: true }); } },
+      `show all ${fmt.int(chunks.length)} events`));
+  }
+  return wrap;
+}
+
+// ---- filters, buttons ---------------------------------------------------------------------------------------------
+function applyFilters() {
+  state.page = 1;
+  $("export").href = "/api/monitor/export?" + filterParams();
+  const url = new URL(location.href);
+  url.search = filterParams().toString();
+  history.replaceState(null, "", url);
+  return Promise.all([loadList(), loadStats()]).catch((err) => toast(err.message, "error"));
+}
+
+function readFiltersFromUrl() {
+  const params = new URLSearchParams(location.search);
+  for (const key of FILTER_KEYS) state.filters[key] = params.get(key) || "";
+  $("filter-status").value = state.filters.status;
+  $("filter-provider").value = state.filters.provider;
+  $("filter-time").value = state.filters.timeRange;
+  $("search").value = state.filters.q;
+  if (state.filters.model) updateModelOptions([state.filters.model]);
+  $("export").href = "/api/monitor/export?" + filterParams();
+}
+
+async function analyze() {
+  let result;
+  try {
+    result = await api("/api/monitor/analyze?" + filterParams());
+  } catch (err) {
+    toast(`Analysis failed: ${err.message}`, "error");
+    return;
+  }
+  const st = result.stats;
+  const body = clear($("analyze-body"));
+  body.append(kv([
+    ["Requests", fmt.int(st.total)], ["Success rate", fmt.pct(st.successRate)],
+    ["Latency p50", fmt.ms(st.latencyMs.p50)], ["Latency p95", fmt.ms(st.latencyMs.p95)],
+    ["Tokens", fmt.compact(st.tokens.total)], ["Cost", fmt.cost(st.costUsd)],
+  ]));
+  body.append(h("h4", {}, "Errors by type"));
+  body.append(result.errorsByType.length
+    ? h("ul", {}, result.errorsByType.map((e) => h("li", {}, `${e.type}: ${fmt.int(e.count)}`)))
+    : h("div", { class: "hint" }, "no errors"));
+  body.append(h("h4", {}, "Slowest requests"));
+  body.append(result.slowest.length ? h("ul", {}, result.slowest.map((r) => h("li", {},
+    h("a", { href: "#", onclick: (ev) => { ev.preventDefault(); $("analyze-dialog").close(); select(r.id); } },
+      `${fmt.ms(r.metrics.durationMs)} · ${r.model || "—"} · ${fmt.time(r.timestamp)}`))))
+    : h("div", { class: "hint" }, "nothing finished yet"));
+  $("analyze-dialog").showModal();
+}
+
+async function clearAll() {
+  if (!(await confirmDialog("Delete every record?", "This empties the record store. It cannot be undone.", "Delete all"))) return;
+  try {
+    const result = await api("/api/monitor/clear", { method: "POST" });
+    toast(`Deleted ${fmt.int(result.deleted)} records`);
+    closeDetail();
+    await Promise.all([loadList(), loadStats()]);
+  } catch (err) {
+    toast(`Clear failed: ${err.message}`, "error");
+  }
+}
+
+function wire() {
+  const bind = (id, key) => $(id).addEventListener("change", (ev) => { state.filters[key] = ev.target.value; applyFilters(); });
+  bind("filter-status", "status");
+  bind("filter-model", "model");
+  bind("filter-provider", "provider");
+  bind("filter-time", "timeRange");
+  let searchTimer = null;
+  $("search").addEventListener("input", (ev) => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => { state.filters.q = ev.target.value.trim(); applyFilters(); }, 250);
+  });
+  $("prev").addEventListener("click", () => { state.page = Math.max(1, state.page - 1); loadList(); });
+  $("next").addEventListener("click", () => { state.page += 1; loadList(); });
+  $("analyze").addEventListener("click", analyze);
+  $("analyze-close").addEventListener("click", () => $("analyze-dialog").close());
+  $("clear").addEventListener("click", clearAll);
+  document.addEventListener("keydown", (ev) => { if (ev.key === "Escape" && state.selected) closeDetail(); });
+}
+
+async function start() {
+  readFiltersFromUrl();
+  wire();
+  api("/api/monitor/config").then((c) => { $("mode-badge").textContent = `${c.mode} mode`; }).catch(() => {});
+  await Promise.all([loadList(), loadStats()]).catch((err) => toast(err.message, "error"));
+  connect();
+}
+
+document.addEventListener("DOMContentLoaded", start);
