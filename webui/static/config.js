@@ -1,0 +1,118 @@
+// The config page: proxy mode, model mapping (with OpenRouter's model list), key state, test/save/reset/reload.
+"use strict";
+
+const FAMILIES = ["sonnet", "opus", "haiku", "default"];
+const $ = (id) => document.getElementById(id);
+let models = new Map(); // id -> model info from /api/config/models
+
+function perMillion(price) {
+  const n = Number(price);
+  if (!isFinite(n)) return "?";
+  return "$" + (n * 1e6).toFixed(n * 1e6 < 1 ? 3 : 2);
+}
+
+function describeModel(m) {
+  const parts = [];
+  if (m.name) parts.push(m.name);
+  if (m.pricing) parts.push(`${perMillion(m.pricing.prompt)}/M in · ${perMillion(m.pricing.completion)}/M out`);
+  if (m.contextLength) parts.push(`${fmt.compact(m.contextLength)} context`);
+  return parts.join(" · ");
+}
+
+function showPrice(family) {
+  const id = $(`map-${family}`).value.trim();
+  const m = models.get(id);
+  $(`price-${family}`).textContent = m ? describeModel(m) : id && models.size ? "not in OpenRouter's list" : "";
+}
+
+function render(config) {
+  for (const mode of ["anthropic", "openrouter"]) {
+    $(`mode-${mode}`).setAttribute("aria-pressed", String(config.mode === mode));
+  }
+  $("mode-hint").textContent = config.mode === "openrouter"
+    ? "Claude Code's requests are translated and sent to OpenRouter. Applies to the next request."
+    : "Requests pass through to Anthropic unchanged. Applies to the next request.";
+  for (const family of FAMILIES) {
+    $(`map-${family}`).value = (config.models && config.models[family]) || "";
+    showPrice(family);
+  }
+  const key = $("key-state");
+  key.textContent = config.openrouterKeySet ? "set" : "not set";
+  key.className = "keystate " + (config.openrouterKeySet ? "yes" : "no");
+  $("base-url").textContent = config.openrouterBaseUrl || "";
+  $("anthropic-upstream").textContent = config.anthropicUpstream || "";
+  $("saved-state").textContent = `mode: ${config.mode}`;
+}
+
+async function run(action, work) {
+  try {
+    const result = await work();
+    return result;
+  } catch (err) {
+    toast(`${action} failed: ${err.message}`, "error");
+    return null;
+  }
+}
+
+async function loadConfig() {
+  const config = await run("Loading the configuration", () => api("/api/config"));
+  if (config) render(config);
+}
+
+async function loadModels(refresh = false) {
+  const result = await run("Loading OpenRouter's models", () => api("/api/config/models" + (refresh ? "?refresh=1" : "")));
+  if (!result) { $("models-state").textContent = "OpenRouter's model list is unavailable."; return; }
+  models = new Map((result.data || []).map((m) => [m.id, m]));
+  const list = clear($("models"));
+  for (const m of models.values()) list.append(h("option", { value: m.id }, describeModel(m)));
+  const when = result.fetchedAt ? new Date(result.fetchedAt).toLocaleString([], { hour12: false }) : "never";
+  $("models-state").textContent = result.error
+    ? `${result.error}. ${models.size} models from the cache.`
+    : `${fmt.int(models.size)} OpenRouter models (fetched ${when}${result.stale ? ", stale" : ""}). Type to search.`;
+  for (const family of FAMILIES) showPrice(family);
+}
+
+async function setMode(mode) {
+  const config = await run("Switching the mode", () => api("/api/config", { json: { mode } }));
+  if (config) { render(config); toast(`Mode switched to ${config.mode}`); }
+}
+
+async function save() {
+  const mapping = {};
+  for (const family of FAMILIES) mapping[family] = $(`map-${family}`).value.trim();
+  const config = await run("Saving", () => api("/api/config", { json: { models: mapping } }));
+  if (config) { render(config); toast("Model mapping saved"); }
+}
+
+async function reset() {
+  if (!(await confirmDialog("Reset the configuration?", "Mode, model mapping and headers go back to their defaults.", "Reset"))) {
+    return;
+  }
+  const config = await run("Reset", () => api("/api/config/reset", { method: "POST" }));
+  if (config) { render(config); toast("Configuration reset to the defaults"); }
+}
+
+async function reload() {
+  const config = await run("Reload", () => api("/api/config/reload", { method: "POST" }));
+  if (config) { render(config); toast("Configuration reloaded from config.json and the environment"); }
+}
+
+async function testKey() {
+  const button = $("test-key");
+  button.disabled = true;
+  const result = await run("Testing the key", () => api("/api/config/test-openrouter", { method: "POST" }));
+  button.disabled = false;
+  if (result) toast(result.message || (result.ok ? "The key works" : "The key does not work"), result.ok ? "success" : "error");
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("mode-anthropic").addEventListener("click", () => setMode("anthropic"));
+  $("mode-openrouter").addEventListener("click", () => setMode("openrouter"));
+  $("save").addEventListener("click", save);
+  $("reset").addEventListener("click", reset);
+  $("reload").addEventListener("click", reload);
+  $("test-key").addEventListener("click", testKey);
+  for (const family of FAMILIES) $(`map-${family}`).addEventListener("input", () => showPrice(family));
+  loadConfig();
+  loadModels();
+});
