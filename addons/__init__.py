@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .errorpages import ErrorPages
 from .recording import Recorder
 from .routing import Router
 from .startup import Startup
@@ -11,4 +12,4 @@ from .webapp import WebApp
 def all_addons() -> list[object]:
     """The proxy's addons in hook order. The Router runs before the Recorder so that the record sees both
     the client's call (kept in the Route) and the answer as the client finally gets it."""
-    return [Startup(), WebApp(), Router(), Recorder()]
+    return [Startup(), ErrorPages(), WebApp(), Router(), Recorder()]

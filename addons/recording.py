@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mitmproxy import ctx, http
+from mitmproxy.addonmanager import traverse
 
 from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy.exchange import Exchange
@@ -126,4 +127,10 @@ class Recorder:
         runtime.routes.pop(flow_id, None)
         runtime.store.put(record)
         runtime.bus.publish("ended", record.summary())
-        runtime.spawn(ctx.master.addons.trigger_event(AnthropicRecordCompleteHook(record)))
+        if _has_handlers(AnthropicRecordCompleteHook.name):
+            runtime.spawn(ctx.master.addons.trigger_event(AnthropicRecordCompleteHook(record)))
+
+
+def _has_handlers(hook_name: str) -> bool:
+    """Whether any loaded addon implements the hook: triggering walks every addon, so skip it when none does."""
+    return any(hasattr(addon, hook_name) for addon in traverse(ctx.master.addons.chain))

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 from urllib.parse import urlsplit
 
-from anthropic_proxy.translate.errors import anthropic_error_body
-from anthropic_proxy.translate.reasoning import SIGNATURE_PREFIX, strip_openrouter_reasoning
-from anthropic_proxy.translate.tokens import estimate_input_tokens
 from mitmproxy import http
 
 from anthropic_proxy import runtime as runtime_module
@@ -23,6 +20,9 @@ from anthropic_proxy.openrouter_route import (
     upstream_headers,
 )
 from anthropic_proxy.runtime import Runtime
+from anthropic_proxy.translate.errors import anthropic_error_body
+from anthropic_proxy.translate.reasoning import SIGNATURE_PREFIX, strip_openrouter_reasoning
+from anthropic_proxy.translate.tokens import estimate_input_tokens
 
 from .webapp import INTERNAL_FLOW
 

@@ -11,10 +11,10 @@ import asyncio
 import logging
 
 from aiohttp import web
-from anthropic_proxy.webui.app import INTERNAL_HEADER, create_app
 from mitmproxy import http
 
 from anthropic_proxy import runtime as runtime_module
+from anthropic_proxy.webui.app import INTERNAL_HEADER, create_app
 
 logger = logging.getLogger("anthropic_proxy.webapp")
 

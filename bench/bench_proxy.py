@@ -98,7 +98,7 @@ def wait_ready(url: str, timeout: float = 20) -> None:
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def measure_latency(targets: dict[str, str], rounds: int) -> dict[str, dict[str, list[float]]]:

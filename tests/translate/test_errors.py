@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import DATA, STREAMS, parse_sse, validate_events
+
 from anthropic_proxy.translate.errors import anthropic_error_body, translate_error
 from anthropic_proxy.translate.stream import StreamTranslator
-from helpers import DATA, STREAMS, parse_sse, validate_events
 
 
 @pytest.mark.parametrize(

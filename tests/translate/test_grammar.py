@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import DATA, parse_sse, validate_events
+
 from anthropic_proxy.translate.accumulate import MessageAccumulator
 from anthropic_proxy.translate.stream import StreamTranslator
-from helpers import DATA, parse_sse, validate_events
 
 ANTHROPIC = DATA / "anthropic_sse" / "anthropic"
 REAL = [

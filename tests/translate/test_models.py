@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from anthropic_proxy.translate.models import ModelMapping, map_model
 
 MAPPING = ModelMapping(sonnet="s/sonnet", opus="o/opus", haiku="h/haiku", default="d/default")

@@ -6,10 +6,11 @@ import copy
 import json
 
 import pytest
+from helpers import DATA
+
 from anthropic_proxy.translate.history import MISSING_RESULT
 from anthropic_proxy.translate.request import BILLING_LINE_PREFIX, RequestTranslationError, translate_request
 from anthropic_proxy.translate.tool_names import OPENAI_TOOL_NAME_LIMIT
-from helpers import DATA
 
 CLAUDE_CODE = sorted((DATA / "claude_code").glob("*.json"))
 ANTHROPIC = "anthropic/claude-sonnet-4.5"

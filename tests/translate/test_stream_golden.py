@@ -10,11 +10,12 @@ import json
 from typing import Any
 
 import pytest
+from helpers import STREAMS, parse_sse, upstream_chunks, validate_events
+from sdk import sdk_message
+
 from anthropic_proxy.translate.accumulate import MessageAccumulator
 from anthropic_proxy.translate.reasoning import details_from_redacted, details_from_thinking
 from anthropic_proxy.translate.stream import StreamTranslator
-from helpers import STREAMS, parse_sse, upstream_chunks, validate_events
-from sdk import sdk_message
 
 REQUESTED = "claude-sonnet-4-5-20250929"
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
-from anthropic_proxy.translate.accumulate import MessageAccumulator
-from anthropic_proxy.translate.stream import StreamTranslator
 from helpers import STREAMS, parse_sse, validate_events
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from anthropic_proxy.translate.accumulate import MessageAccumulator
+from anthropic_proxy.translate.stream import StreamTranslator
 
 RECORDINGS = [path.read_bytes() for path in STREAMS]
 

@@ -8,9 +8,10 @@ import json
 import struct
 
 import pytest
+from helpers import DATA, OPENROUTER
+
 from anthropic_proxy.translate import tokens
 from anthropic_proxy.translate.tokens import estimate_input_tokens
-from helpers import DATA, OPENROUTER
 
 
 def anthropic_body(openai_body: dict) -> dict:
