@@ -55,6 +55,16 @@ def exchange_of(flow: http.HTTPFlow) -> Exchange | None:
     return runtime.exchanges.get(flow.id) if runtime else None
 
 
+def close_upstream(flow: http.HTTPFlow) -> None:
+    """Close the flow's upstream connection from outside any hook (`flow.kill()` cannot stop a flow in
+    transit, mitmproxy issue 4711); mitmproxy then ends the flow as for an upstream cut."""
+    proxyserver = ctx.master.addons.get("proxyserver")
+    handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
+    io = handler.transports.get(flow.server_conn) if handler else None
+    if io is not None and io.writer is not None:
+        io.writer.close()
+
+
 def _is_client_gone(flow: http.HTTPFlow) -> bool:
     message = flow.error.msg.lower() if flow.error else ""
     return "client disconnected" in message or ("client" in message and "closed" in message)
@@ -87,6 +97,7 @@ class Recorder:
         exchange = Exchange(record, bus=runtime.bus, on_final=lambda r: self._finished(flow.id, r))
         exchange.started -= max(0.0, time.time() - flow.request.timestamp_start)  # count from the first byte in
         exchange.transform = route.translator if route else None
+        exchange.abort = lambda: close_upstream(flow)
         runtime.exchanges[flow.id] = exchange
         flow.metadata[RECORD_ID] = record.id
         runtime.store.put(record)
@@ -110,6 +121,8 @@ class Recorder:
         route = runtime_module.current_runtime().routes.get(flow.id)
         if route is not None and route.upstream_response is not None:
             exchange.record.upstream_response = parse_json_body(route.upstream_response)
+        if route is not None:
+            exchange.record.cost_usd = route.reported_cost()
         exchange.complete(response.status_code, mask_headers(response.headers.items(multi=True)),
                           None if streamed else response.content, streamed)
 

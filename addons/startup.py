@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -11,6 +12,7 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import mode_specs
 
 from anthropic_proxy import runtime as runtime_module
+from anthropic_proxy import watchdog
 from anthropic_proxy.environment import DEFAULT_STATE_DIR, environment
 from anthropic_proxy.runtime import ProxySettings
 
@@ -61,7 +63,8 @@ class Startup:
                           choices=("", *PROXY_MODES))
         loader.add_option("state_dir", str, env.get("ANTHROPIC_PROXY_HOME", DEFAULT_STATE_DIR),
                           "Folder for config.json and the record store (env ANTHROPIC_PROXY_HOME).")
-        loader.add_option("request_timeout", float, float(env.get("REQUEST_TIMEOUT") or 600),
+        # int: mitmproxy cannot parse float options given with --set
+        loader.add_option("request_timeout", int, env.get_int("REQUEST_TIMEOUT", 600),
                           "Seconds an upstream may stay silent before the exchange fails (env REQUEST_TIMEOUT).")
         loader.add_option("max_records", int, env.get_int("MAX_RECORDS", 50_000),
                           "Keep at most this many records; the oldest go first (env MAX_RECORDS).")
@@ -111,6 +114,9 @@ class Startup:
 
     def running(self) -> None:
         # Must stay sync: an async running() stops mitmproxy's hot reload of the script.
+        runtime = runtime_module.current_runtime()
+        if runtime is not None and runtime.watchdog is None:  # one per process, across script reloads
+            runtime.watchdog = asyncio.get_running_loop().create_task(watchdog.watch(runtime))
         if self.manages_mode and list(ctx.options.mode) == ["regular"]:
             host, port = self.listen_address()
             # proxyserver re-binds when `mode` changes while running.

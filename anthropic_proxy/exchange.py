@@ -41,6 +41,8 @@ class Exchange:
     def __init__(self, record: Record, *, bus: LiveBus, on_final: Callable[[Record], None]) -> None:
         self.record = record
         self.started = time.monotonic()
+        self.last_activity = self.started  # the request, the response headers, or the last chunk
+        self.abort: Callable[[], None] | None = None  # closes the upstream connection (set by the Recorder)
         self.transform: StreamTransform | None = None
         self._bus = bus
         self._on_final = on_final
@@ -56,6 +58,7 @@ class Exchange:
     # --- response -------------------------------------------------------------------------------
 
     def response_started(self, status: int, headers: dict[str, str]) -> None:
+        self.last_activity = time.monotonic()
         self.record.metrics.ttfb_ms = self.elapsed_ms()
         self.record.response = HttpResponsePart(status=status, headers=headers)
 
@@ -65,6 +68,7 @@ class Exchange:
         Returning b"" mid-stream would end a chunked HTTP/1.1 response, so "nothing yet" is `[]`.
         """
         end = not data
+        self.last_activity = time.monotonic()
         if end and self._stream_ended:
             return b""  # HTTP/2 upstreams can signal the end twice
         self._stream_ended = end
@@ -154,7 +158,7 @@ class Exchange:
                 record.usage = Usage(input_tokens=parsed.get("input_tokens") or 0)
         self._end("success")
 
-    def fail(self, message: str, *, cancelled: bool) -> None:
+    def fail(self, message: str, *, cancelled: bool, error_type: str = "upstream_error") -> None:
         """The exchange broke off: the client left (`cancelled`) or the upstream failed (`error`)."""
         if self.record.is_final:
             return
@@ -163,7 +167,10 @@ class Exchange:
         if cancelled:
             self._end("cancelled", RecordError(type="client_disconnected", message=message))
         else:
-            self._end("error", RecordError(type="upstream_error", message=message))
+            self._end("error", RecordError(type=error_type, message=message))
+
+    def silent_for(self, now: float) -> float:
+        return now - self.last_activity
 
     def _end(self, status: str, error: RecordError | None = None) -> None:
         record = self.record

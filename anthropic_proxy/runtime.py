@@ -34,7 +34,7 @@ class ProxySettings(BaseModel):
     openrouter_base_url: str = "https://openrouter.ai/api/v1"
     listen_host: str = "127.0.0.1"
     listen_port: int = 8082
-    request_timeout: int = 600
+    request_timeout: float = 600
     # Required by the web pages and API when set; the proxy must set one when it listens beyond loopback.
     web_token: str | None = None
 
@@ -56,6 +56,7 @@ class Runtime:
     version: str = __version__
 
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    watchdog: asyncio.Task[None] | None = None
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run `coro` in the background, keeping a reference so the task is not collected mid-way."""

@@ -545,6 +545,14 @@ class FakeAnthropic:
         ex.completed = True
         return resp
 
+    async def _scenario_silent(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
+        """Says nothing at all (no status line) for `x-fake-delay-ms`, then answers normally."""
+        delay = int(request.headers.get("x-fake-delay-ms", "5000")) / 1000
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            await asyncio.sleep(0.01)
+        return await self._scenario_message(request, ex)
+
     async def _scenario_hold(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
         hold_id = request.headers.get("x-fake-hold-id", f"hold-{ex.seq}")
         timeout = float(request.headers.get("x-fake-hold-timeout", "10"))

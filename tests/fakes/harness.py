@@ -16,7 +16,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
+
+try:  # the SDK's own HTTP library (anthropic >= 2 ships the httpx fork `httpx2`)
+    import httpx2 as sdk_httpx
+except ImportError:  # pragma: no cover
+    sdk_httpx = httpx
+
+# What the SDK raises when a stream breaks off: an API error, or its HTTP library's transport error.
+STREAM_BREAK_ERRORS: tuple[type[Exception], ...] = (anthropic.APIError, httpx.HTTPError, sdk_httpx.HTTPError)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # ANTHROPIC_PROXY_TEST_ADDON points the harness at another addon script (debugging the harness itself).

@@ -26,12 +26,15 @@ from fakes.anthropic_upstream import (
     USAGE_START,
     Exchange,
 )
-from fakes.harness import DATA_DIR, FAKE_API_KEY, FINAL_STATUSES, by_tag, headers_get, json_body
-
-try:  # the SDK's own HTTP library (anthropic >= 2 ships the httpx fork `httpx2`)
-    import httpx2 as sdk_httpx
-except ImportError:  # pragma: no cover
-    sdk_httpx = httpx
+from fakes.harness import (
+    DATA_DIR,
+    FAKE_API_KEY,
+    FINAL_STATUSES,
+    STREAM_BREAK_ERRORS,
+    by_tag,
+    headers_get,
+    json_body,
+)
 
 MODEL = "claude-opus-4-8"
 MESSAGES = [{"role": "user", "content": "Hello, how are you?"}]
@@ -411,7 +414,7 @@ def test_upstream_cut_mid_stream(http, fake_anthropic, proxy, test_tag):
 
 def test_upstream_cut_seen_by_sdk(client, fake_anthropic, test_tag):
     with (
-        pytest.raises((anthropic.APIError, sdk_httpx.HTTPError)),
+        pytest.raises(STREAM_BREAK_ERRORS),
         client.messages.stream(model=MODEL, max_tokens=64, messages=MESSAGES,
                                extra_headers={"x-fake-scenario": "cut"}) as stream,
     ):

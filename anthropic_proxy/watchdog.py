@@ -1,0 +1,37 @@
+"""Fails exchanges whose upstream stays silent longer than `request_timeout`.
+
+mitmproxy has no upstream read timeout of its own, and `flow.kill()` cannot stop a flow in transit,
+so the watchdog ends the record with the reason and closes the upstream connection (the exchange's
+`abort`); mitmproxy then finishes the client side as for any upstream failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .runtime import Runtime
+
+logger = logging.getLogger("anthropic_proxy.watchdog")
+
+
+def expire_silent(runtime: Runtime, now: float) -> int:
+    timeout = runtime.settings.request_timeout
+    expired = 0
+    for exchange in list(runtime.exchanges.values()):
+        if exchange.record.is_final or exchange.silent_for(now) <= timeout:
+            continue
+        logger.warning("record %s: the upstream sent nothing for %g s, giving up", exchange.record.id, timeout)
+        exchange.fail(f"the upstream sent nothing for {timeout:g} s (request_timeout)", cancelled=False,
+                      error_type="timeout_error")
+        if exchange.abort is not None:
+            exchange.abort()
+        expired += 1
+    return expired
+
+
+async def watch(runtime: Runtime) -> None:
+    while True:
+        await asyncio.sleep(min(1.0, runtime.settings.request_timeout / 4))
+        expire_silent(runtime, time.monotonic())
