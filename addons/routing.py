@@ -144,5 +144,6 @@ def _strip_openrouter_reasoning(request: http.Request) -> None:
 
 def _passed_headers(response: http.Response) -> dict[str, str]:
     """Upstream headers worth keeping on a translated answer (rate limits, retry hints, request ids)."""
-    return {k: v for k, v in response.headers.items()
+    # Lower-cased: the translated error adds its own `retry-after`, which must not come out twice.
+    return {k.lower(): v for k, v in response.headers.items()
             if k.lower() in ("retry-after", "x-request-id") or k.lower().startswith("x-ratelimit")}

@@ -164,6 +164,11 @@ class Exchange:
             return
         self._accumulator.finish()
         self._refresh_from_stream()
+        if self._accumulator.error:
+            # The client already got an error event (SDKs close the connection on it): that error ended the
+            # exchange, not the client leaving or the upstream going away afterwards.
+            self._end("error", _record_error(self._accumulator.error))
+            return
         if cancelled:
             self._end("cancelled", RecordError(type="client_disconnected", message=message))
         else:

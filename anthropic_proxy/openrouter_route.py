@@ -59,6 +59,18 @@ class Route:
     def upstream_body(self) -> dict[str, Any] | None:
         return self.translated.body if self.translated else None
 
+    def reported_cost(self) -> float | None:
+        """The cost in USD OpenRouter reported for this call (`usage.cost`), streamed or not."""
+        usage = self.translator.upstream_usage if self.translator else None
+        if usage is None and self.upstream_response:
+            try:
+                body = json.loads(self.upstream_response)
+            except (ValueError, UnicodeDecodeError):
+                body = None
+            usage = body.get("usage") if isinstance(body, dict) else None
+        cost = usage.get("cost") if isinstance(usage, dict) else None
+        return float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None
+
 
 def parse_messages_request(content: bytes) -> dict[str, Any]:
     try:
