@@ -119,6 +119,7 @@ class ProxyProcess:
         self.extra_args = list(extra_args)
         self.env = child_env(self.home, env)
         self.port = port or free_port()
+        self.addon_script = ADDON_SCRIPT
         self.proc: subprocess.Popen[bytes] | None = None
         self.health_info: dict[str, Any] | None = None
         self._run = 0
@@ -131,7 +132,7 @@ class ProxyProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        cmd = [str(mitmdump_path()), "-s", str(ADDON_SCRIPT),
+        cmd = [str(mitmdump_path()), "-s", str(self.addon_script),
                "--set", f"state_dir={self.state_dir}",
                "--set", f"confdir={self.confdir}",
                "--set", f"listen_port={self.port}"]

@@ -1,0 +1,171 @@
+"""The addons' hooks with mitmproxy's own test helpers (no network, no subprocess)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import taddons, tflow, tutils
+
+from anthropic_proxy import runtime as runtime_module
+from anthropic_proxy.addons import all_addons
+from anthropic_proxy.addons.recording import RECORD_ID
+from anthropic_proxy.addons.routing import API_CALL
+from anthropic_proxy.addons.startup import Startup
+from anthropic_proxy.translate.sse import encode_event
+
+KEY = "sk-ant-api03-" + "K3yM1ddl3" * 6 + "-Tail"
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[tuple[taddons.context, list]]:
+    addons = all_addons()
+    # Proxyserver declares the mitmproxy options the Startup addon sets (mode, connection_strategy, ...).
+    with taddons.context(Proxyserver(), *addons) as tctx:
+        tctx.configure(addons[0], state_dir=str(tmp_path), anthropic_upstream="https://upstream.test:8443/base")
+        yield tctx, addons
+    runtime_module.close_runtime()
+
+
+def reverse_flow() -> tflow.HTTPFlow:
+    flow = tflow.tflow()
+    flow.client_conn.proxy_mode = ProxyMode.parse("reverse:https://upstream.test:8443")
+    return flow
+
+
+def api_flow(body: dict, path: str = "/v1/messages?beta=true") -> tflow.HTTPFlow:
+    flow = reverse_flow()
+    flow.request = tutils.treq(method=b"POST", path=path.encode(), host="127.0.0.1", port=8082,
+                               headers=[(b"x-api-key", KEY.encode()), (b"content-type", b"application/json"),
+                                        (b"x-claude-code-session-id", b"session-1")],
+                               content=json.dumps(body).encode())
+    return flow
+
+
+async def run_request(addons: list, flow: tflow.HTTPFlow) -> None:
+    for addon in addons:
+        for hook in ("requestheaders", "request"):
+            if hasattr(addon, hook):
+                result = getattr(addon, hook)(flow)
+                if hasattr(result, "__await__"):
+                    await result
+
+
+def run_response(addons: list, flow: tflow.HTTPFlow, hook: str) -> None:
+    for addon in addons:
+        if hasattr(addon, hook):
+            getattr(addon, hook)(flow)
+
+
+def test_invalid_options_are_refused(proxy):
+    tctx, addons = proxy
+    with pytest.raises(exceptions.OptionsError, match="http"):
+        tctx.configure(addons[0], anthropic_upstream="ftp://example.com")
+    with pytest.raises(exceptions.OptionsError, match="request_timeout"):
+        tctx.configure(addons[0], request_timeout=0)
+
+
+def test_own_address_as_upstream_is_a_loop(proxy):
+    tctx, addons = proxy
+    startup: Startup = addons[0]
+    _, port = startup.listen_address()
+    with pytest.raises(exceptions.OptionsError, match="loop"):
+        tctx.configure(startup, anthropic_upstream=f"http://localhost:{port}")
+
+
+async def test_streamed_call_is_routed_recorded_and_passed_through_unchanged(proxy):
+    _, addons = proxy
+    body = {"model": "claude-sonnet-4-5", "stream": True, "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}]}
+    flow = api_flow(body)
+    await run_request(addons, flow)
+    assert flow.metadata[API_CALL] == "/v1/messages"
+    assert (flow.request.scheme, flow.request.host, flow.request.port) == ("https", "upstream.test", 8443)
+    assert flow.request.path == "/base/v1/messages?beta=true"
+    assert flow.request.content == json.dumps(body).encode(), "passthrough must not touch the body"
+    runtime = runtime_module.current_runtime()
+    exchange = runtime.exchanges[flow.id]
+    assert exchange.record.status == "pending" and exchange.record.id == flow.metadata[RECORD_ID]
+
+    flow.response = tutils.tresp(headers=[(b"content-type", b"text/event-stream")], content=None)
+    run_response(addons, flow, "responseheaders")
+    tap = flow.response.stream
+    assert callable(tap)
+    events = [
+        encode_event("message_start", {"type": "message_start", "message": {
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "content": [],
+            "usage": {"input_tokens": 7, "output_tokens": 1, "cache_read_input_tokens": 3}}}),
+        encode_event("content_block_start", {"type": "content_block_start", "index": 0,
+                                             "content_block": {"type": "text", "text": ""}}),
+        encode_event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                             "delta": {"type": "text_delta", "text": "héllo"}}),
+        encode_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        encode_event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                       "usage": {"output_tokens": 5}}),
+        encode_event("message_stop", {"type": "message_stop"}),
+    ]
+    stream = b"".join(events)
+    cut = stream.index("é".encode()) + 1  # split inside a UTF-8 character
+    out = [tap(stream[:cut]), tap(stream[cut:]), tap(b"")]
+    assert out[0] == stream[:cut] and out[1] == stream[cut:], "the tap must forward bytes unchanged"
+    run_response(addons, flow, "response")
+
+    record = exchange.record
+    assert record.status == "success" and record.stop_reason == "end_turn"
+    assert record.message["content"] == [{"type": "text", "text": "héllo"}]
+    assert (record.usage.input_tokens, record.usage.output_tokens, record.usage.cache_read_input_tokens) == (7, 5, 3)
+    assert record.chunks[0].event == "message_start" and record.metrics.chunk_count == 6
+    assert record.session_id == "session-1"
+    assert record.request.headers["x-api-key"] == KEY[:10] + "..." + KEY[-4:]
+    assert flow.id not in runtime.exchanges
+    runtime.store.flush()
+    assert runtime.store.get(record.id).status == "success"
+
+
+async def test_mid_stream_return_is_never_empty_bytes(proxy):
+    _, addons = proxy
+    flow = api_flow({"model": "m", "stream": True, "messages": []})
+    await run_request(addons, flow)
+    flow.response = tutils.tresp(headers=[(b"content-type", b"text/event-stream")], content=None)
+    run_response(addons, flow, "responseheaders")
+    # b"" mid-stream would end a chunked HTTP/1.1 response; an empty chunk must become [].
+    assert flow.response.stream(b"") == b""  # the real end
+    assert flow.response.stream(b"") == b""  # HTTP/2 may signal the end twice
+
+
+async def test_client_disconnect_cancels_and_upstream_cut_errors(proxy):
+    _, addons = proxy
+    runtime = runtime_module.current_runtime()
+    for message, expected in (("Client disconnected.", "cancelled"), ("peer closed connection", "error")):
+        flow = api_flow({"model": "m", "messages": []})
+        await run_request(addons, flow)
+        exchange = runtime.exchanges[flow.id]
+        flow.error = tflow.terr(message)
+        run_response(addons, flow, "error")
+        assert exchange.record.status == expected and exchange.record.error.message == message
+
+
+async def test_web_app_paths_are_not_api_calls(proxy):
+    _, addons = proxy
+    runtime = runtime_module.current_runtime()
+    runtime.web_port = 1  # pretend the web app runs
+    addons[2]._ready.set()
+    flow = reverse_flow()
+    flow.request.path = "/api/monitor/requests"
+    await run_request(addons, flow)
+    assert API_CALL not in flow.metadata and flow.id not in runtime.exchanges
+    assert (flow.request.host, flow.request.port) == ("127.0.0.1", 1)
+    assert flow.request.headers["x-anthropic-proxy-internal"] == runtime.internal_token
+
+
+async def test_forward_proxy_flows_are_refused_until_reverse_mode_is_up(proxy):
+    _, addons = proxy
+    flow = tflow.tflow()  # a regular (forward) proxy flow, as in the moment before the addon moves the server
+    await run_request(addons, flow)
+    assert not flow.live and flow.error is not None
+    assert runtime_module.current_runtime().exchanges == {}
