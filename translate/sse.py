@@ -17,6 +17,7 @@ from typing import Any
 class SSEEvent:
     event: str | None
     data: str
+    comment: bool = False
 
     def json(self) -> Any:
         return json.loads(self.data)
@@ -25,9 +26,11 @@ class SSEEvent:
 class SSEDecoder:
     """Turns a byte stream into `SSEEvent`s; comment lines (`: ...`) are skipped."""
 
-    __slots__ = ("_buffer", "_data", "_event")
+    __slots__ = ("_buffer", "_data", "_event", "_keep_comments")
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_comments: bool = False) -> None:
+        # Comments are keep-alives (`: OPENROUTER PROCESSING`); a translator may want to pass them on.
+        self._keep_comments = keep_comments
         self._buffer = b""
         self._event: str | None = None
         self._data: list[str] = []
@@ -67,7 +70,7 @@ class SSEDecoder:
             self._event, self._data = None, []
             return event
         if line.startswith(":"):
-            return None
+            return SSEEvent(None, line[1:].strip(), comment=True) if self._keep_comments else None
         name, _, value = line.partition(":")
         if value.startswith(" "):
             value = value[1:]

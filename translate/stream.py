@@ -61,7 +61,7 @@ class StreamTranslator:
         self._requested_model = requested_model
         self._tool_names = tool_names
         self._message_id = message_id
-        self._decoder = SSEDecoder()
+        self._decoder = SSEDecoder(keep_comments=True)
         self._state = _State.BEFORE_START
         self._out: list[bytes] = []
         self._next_index = 0
@@ -86,7 +86,10 @@ class StreamTranslator:
             return b""
         try:
             for event in self._decoder.feed(chunk):
-                self._on_data(event.data)
+                if event.comment:
+                    self._keepalive()
+                else:
+                    self._on_data(event.data)
                 if self._state is _State.FINISHED:
                     break
         except Exception:  # a translator bug must end the stream visibly, never crash the proxy
@@ -177,6 +180,15 @@ class StreamTranslator:
             self._finish_reason = finish_reason
             native = choice.get("native_finish_reason")
             self._native_finish_reason = native if isinstance(native, str) else None
+
+    def _keepalive(self) -> None:
+        """OpenRouter's `: OPENROUTER PROCESSING` comments keep a quiet connection open; the client must get
+        something too. Once the message has begun that is a `ping` event; before it, an SSE comment (every SSE
+        parser skips it), since message_start must come first and carry the upstream's id, not yet known."""
+        if self._state is _State.BEFORE_START:
+            self._out.append(b": keep-alive\n\n")
+        elif self._state is _State.STREAMING:
+            self._emit("ping", {})
 
     # -- message and blocks -----------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ def parse_sse(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
     """Parse our output: `event:` + one `data:` line per event (independent of translate.sse)."""
     events = []
     for block in raw.decode("utf-8").split("\n\n"):
-        if not block:
+        if not block or block.startswith(":"):  # an SSE comment (keep-alive): clients skip it
             continue
         lines = block.split("\n")
         assert len(lines) == 2 and lines[0].startswith("event: ") and lines[1].startswith("data: "), block
