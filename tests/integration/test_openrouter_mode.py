@@ -23,7 +23,7 @@ import anthropic
 import httpx
 import pytest
 from fakes.anthropic_upstream import FINAL_TEXT, FakeAnthropic
-from fakes.harness import FAKE_API_KEY, by_tag, headers_get
+from fakes.harness import DATA_DIR, FAKE_API_KEY, by_tag, headers_get
 from fakes.openrouter_upstream import (
     DEFAULT_KEY,
     ERROR_MESSAGES,
@@ -461,6 +461,8 @@ def sse_events(raw: bytes) -> list[tuple[str | None, Any]]:
                 event = line[6:].strip()
             elif line.startswith("data:"):
                 data.append(line[5:].strip())
+        if event is None and not data:  # a comment-only block (keep-alive)
+            continue
         out.append((event, json.loads("\n".join(data))))
     return out
 
@@ -629,3 +631,101 @@ def test_anthropic_stream_in_flight_survives_switch_to_openrouter(start_proxy, f
         assert result["text"] == FINAL_TEXT
         record = p.wait_record(by_tag(test_tag))
         assert record["provider"] == "anthropic" and record["status"] == "success"
+
+
+# ---- real Claude Code traffic ------------------------------------------------------------------------------
+CLAUDE_CODE_FIXTURES = sorted((DATA_DIR / "claude_code").glob("claude_code_request_*.json"))
+
+
+@pytest.fixture(scope="module")
+def claude_code_proxy(proxy_factory, fake_openrouter):
+    """Every Claude family mapped to one streamed recording, so real Claude Code requests get an answer."""
+    p = proxy_factory(options=openrouter_options(fake_openrouter), env={"OPENROUTER_API_KEY": DEFAULT_KEY})
+    target = "fake/anthropic/simple_streaming.0"
+    api_post(p, "/api/config", {"models": dict.fromkeys(("sonnet", "opus", "haiku", "default"), target)})
+    return p
+
+
+@pytest.mark.parametrize("fixture", CLAUDE_CODE_FIXTURES, ids=lambda f: f.stem.removeprefix("claude_code_"))
+def test_claude_code_requests_pass_openai_validation(fixture, claude_code_proxy, fake_openrouter, test_tag):
+    """Captured Claude Code requests (system-role messages, tool results, signed thinking, structured output)
+    translate into requests the fake accepts under OpenAI's rules, and the answer is a complete stream."""
+    captured = json.loads(fixture.read_text())
+    body = {**captured["body"], "metadata": {"user_id": test_tag}}
+    headers = {k: v for k, v in captured["headers"].items()
+               if k.lower() not in ("host", "content-length", "connection", "accept-encoding")}
+    headers.update({"x-api-key": FAKE_API_KEY, "x-test-tag": test_tag})
+    headers.pop("authorization", None)
+    r = httpx.post(f"{claude_code_proxy.url}{captured['path']}", params=captured["query"], json=body,
+                   headers=headers, trust_env=False, timeout=20)
+    assert r.status_code == 200, r.text[:1000]
+    record = claude_code_proxy.wait_record(by_tag(test_tag))
+    assert record["provider"] == "openrouter" and record["status"] == "success", record.get("error")
+    if captured["path"].endswith("count_tokens"):
+        assert r.json()["input_tokens"] == estimate_input_tokens(body)
+        assert not fake_openrouter.by_user(test_tag)
+        return
+    ex = only(fake_openrouter.by_user(test_tag))
+    assert_clean_upstream_request(ex, stream=True)
+    events = sse_events(r.content)
+    assert events[0][0] == "message_start" and events[-1][0] == "message_stop"
+    assert events[0][1]["message"]["model"] == body["model"]
+    sent = ex.json()
+    assert not any("x-anthropic-billing-header" in json.dumps(m) for m in sent["messages"])
+    for message in body["messages"]:  # signed thinking from Anthropic goes back as anthropic-claude-v1 details
+        for block in message["content"] if isinstance(message["content"], list) else ():
+            if block.get("type") == "thinking" and block.get("signature"):
+                details = [d for m in sent["messages"] for d in m.get("reasoning_details") or ()]
+                assert {"type": "reasoning.text", "text": block["thinking"], "signature": block["signature"],
+                        "format": "anthropic-claude-v1", "index": 0} in details
+
+
+# ---- the fake itself ---------------------------------------------------------------------------------------
+TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+CALL = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+REJECTED = {
+    "tool message without a preceding tool call": {"messages": [
+        {"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "call_1", "content": "x"}]},
+    "tool message not right after its call": {"messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [CALL]},
+        {"role": "user", "content": "and?"}, {"role": "tool", "tool_call_id": "call_1", "content": "x"}]},
+    "tool call without its answer": {"messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [CALL]}], "tools": TOOLS},
+    "tool answer with the wrong id": {"messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "call_2", "content": "x"}], "tools": TOOLS},
+    "invalid tool_choice": {"messages": [{"role": "user", "content": "hi"}], "tools": TOOLS,
+                            "tool_choice": "any"},
+    "tool_choice naming an unknown tool": {"messages": [{"role": "user", "content": "hi"}], "tools": TOOLS,
+                                           "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+    "tool_choice without tools": {"messages": [{"role": "user", "content": "hi"}], "tool_choice": "auto"},
+    "missing model": {"model": None, "messages": [{"role": "user", "content": "hi"}]},
+    "empty user content": {"messages": [{"role": "user", "content": ""}]},
+    "empty user content parts": {"messages": [{"role": "user", "content": []}]},
+    "messages not a list": {"messages": {"role": "user", "content": "hi"}},
+    "tool name too long": {"messages": [{"role": "user", "content": "hi"}],
+                           "tools": [{"type": "function", "function": {"name": "x" * 65}}]},
+}
+
+
+@pytest.mark.parametrize("case", sorted(REJECTED))
+def test_fake_openrouter_rejects_what_openai_rejects(case, fake_openrouter):
+    body = {"model": "fake/anthropic/simple.0", **REJECTED[case]}
+    if body["model"] is None:
+        del body["model"]
+    r = httpx.post(fake_openrouter.base_url + "/chat/completions", json=body, trust_env=False,
+                   headers={"authorization": f"Bearer {DEFAULT_KEY}"})
+    assert r.status_code == 400, (case, r.text)
+    assert r.json()["error"]["code"] == 400 and r.json()["error"]["message"]
+
+
+def test_fake_openrouter_accepts_a_valid_tool_turn(fake_openrouter):
+    body = {"model": "fake/anthropic/simple.0", "tools": TOOLS, "tool_choice": "auto", "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "x"}]}
+    r = httpx.post(fake_openrouter.base_url + "/chat/completions", json=body, trust_env=False,
+                   headers={"authorization": f"Bearer {DEFAULT_KEY}"})
+    assert r.status_code == 200, r.text
+    r = httpx.post(fake_openrouter.base_url + "/chat/completions", json=body, trust_env=False,
+                   headers={"authorization": "Bearer sk-or-v1-wrong"})
+    assert r.status_code == 401
