@@ -27,6 +27,7 @@ configured extra headers), else by the model name:
 - `fake/hold/<hold_id>/<recording>`: a streamed recording that stops after its first data event carrying
   content until `fake.release(hold_id)` (or 10 s).
 - `fake/error/<status>`: a pre-stream error in OpenRouter's shape (429 and 503 carry `Retry-After`).
+- `fake/gzip/<recording>`: a non-streamed recording sent gzip-compressed whatever the request accepted.
 - `fake/midstream_error`: tests/data/openrouter_errors/midstream_error.sse.txt (HTTP 200, then an error chunk).
 - `fake/malformed`: a good first chunk, then a chunk whose `delta` is a string (breaks a translator).
 - `fake/truncated`: a few chunks, then the body ends cleanly without finish_reason or [DONE].
@@ -40,6 +41,7 @@ theirs by `ex.user` (the proxy turns Anthropic `metadata.user_id` into OpenAI `u
 from __future__ import annotations
 
 import asyncio
+import gzip
 import itertools
 import json
 import logging
@@ -548,6 +550,8 @@ class FakeOpenRouter:
         if name == "truncated":
             raw = load_recording("anthropic/simple_streaming.0", True)
             return await self._stream(request, ex, b"\n\n".join(raw.split(b"\n\n")[:3]) + b"\n\n")
+        compress = name.startswith("gzip/")
+        name = name.removeprefix("gzip/")
         hold_id = None
         if name.startswith("hold/"):
             _, hold_id, name = name.split("/", 2)
@@ -558,6 +562,8 @@ class FakeOpenRouter:
             return self._error(ex, 400, f"fake OpenRouter has no recording {path.relative_to(RECORDINGS_DIR)}")
         raw = path.read_bytes()
         if not stream:
+            if compress:
+                return self._json(ex, 200, gzip.compress(raw), {"content-encoding": "gzip"})
             return self._json(ex, 200, raw)
         return await self._stream(request, ex, raw, hold_id=hold_id)
 

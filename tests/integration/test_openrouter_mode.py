@@ -180,6 +180,19 @@ def test_non_stream_text(client, proxy, fake_openrouter, test_tag):
     assert record["costUsd"] == pytest.approx(recorded["usage"]["cost"])
 
 
+def test_non_stream_answer_compressed_anyway_is_decoded(client, proxy, fake_openrouter, test_tag):
+    """The proxy asks for identity; an upstream that compresses anyway is still read correctly."""
+    name = "glm/simple.0"
+    recorded = json.loads(load_recording(name, stream=False))
+    message = client.messages.create(model=f"fake/gzip/{name}", max_tokens=100, messages=[
+        {"role": "user", "content": "Say hi in Portuguese"}], metadata={"user_id": test_tag})
+    assert message.content[-1].text == recorded["choices"][0]["message"]["content"]
+    ex = only(fake_openrouter.by_user(test_tag))
+    assert ex.response_headers[-1] == ("content-encoding", "gzip") and bytes(ex.sent)[:2] == b"\x1f\x8b"
+    record = proxy.wait_record(by_tag(test_tag))
+    assert record["upstreamResponse"] == recorded
+
+
 # ---- streaming ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["anthropic/simple_streaming.0", "kimi/simple_streaming.0",
                                   "openai/simple_streaming.0", "grok/simple_streaming.0"])
