@@ -6,6 +6,7 @@ own connection (WAL lets them run beside the writer); async callers run them wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -26,6 +27,8 @@ logger = logging.getLogger("anthropic_proxy.store")
 DB_NAME = "records.sqlite3"
 _STOP = object()
 _PRUNE_EVERY = 500  # writes between two retention passes
+_RETRY_SECONDS = 1.0  # between two attempts while writes fail
+_MAX_UNSAVED = 10_000  # records held in memory while writes fail
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,12 +171,17 @@ def _texts(content: Any) -> Iterator[str]:
 class Store:
     """SQLite store. `put` never blocks; every other method is a synchronous read or admin call."""
 
-    def __init__(self, state_dir: Path, *, max_records: int = 50_000, retention_days: float = 30) -> None:
+    def __init__(self, state_dir: Path, *, max_records: int = 50_000, retention_days: float = 30,
+                 busy_timeout: float = 30) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / DB_NAME
         self.max_records = max_records
         self.retention_days = retention_days
-        self.write_errors = 0
+        self.busy_timeout = busy_timeout  # how long a write waits for another process's lock
+        self.write_errors = 0  # failed write attempts
+        self.last_write_error: str | None = None  # set while writes fail
+        self.unsaved = 0  # records waiting in memory for a write that works
+        self.lost = 0  # records dropped because writes failed for too long
         self._queue: queue.Queue[Any] = queue.Queue()
         with self._connect() as db:
             self._migrate(db)
@@ -182,7 +190,7 @@ class Store:
         self._writer.start()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         return db
@@ -225,47 +233,73 @@ class Store:
     def _write_loop(self) -> None:
         db = self._connect()
         writes = 0
+        unsaved: dict[str, Record] = {}  # records whose write failed (disk full, database locked): retried
         while True:
-            item = self._queue.get()
-            batch = [item]
+            try:
+                batch = [self._queue.get(timeout=_RETRY_SECONDS if unsaved else None)]
+            except queue.Empty:
+                batch = []
             while not self._queue.empty() and len(batch) < 256:
                 batch.append(self._queue.get_nowait())
-            records = [r for r in batch if isinstance(r, Record)]
-            if records:
-                self._write(db, records)
-                writes += len(records)
-                if writes >= _PRUNE_EVERY:
-                    writes = 0
-                    self._prune(db)
+            for item in batch:
+                if isinstance(item, Record):
+                    unsaved.pop(item.id, None)
+                    unsaved[item.id] = item  # the latest put of a record wins
+            if unsaved:
+                written = self._write(db, list(unsaved.values()))
+                if written:
+                    writes += len(unsaved)
+                    unsaved.clear()
+                    if writes >= _PRUNE_EVERY:
+                        writes = 0
+                        self._prune(db)
+                self._keep_within(unsaved)
+            self.unsaved = len(unsaved)
             for item in batch:
                 if isinstance(item, threading.Event):
                     item.set()
             if any(item is _STOP for item in batch):
+                if unsaved:
+                    logger.error("store: %d record(s) could not be written to %s before shutdown",
+                                 len(unsaved), self.path)
                 db.close()
                 return
 
-    def _write(self, db: sqlite3.Connection, records: list[Record]) -> None:
+    def _keep_within(self, unsaved: dict[str, Record]) -> None:
+        """Memory is the last resort while the disk refuses writes: keep the newest, count what is dropped."""
+        while len(unsaved) > _MAX_UNSAVED:
+            unsaved.pop(next(iter(unsaved)))
+            self.lost += 1
+            if self.lost == 1 or self.lost % 1000 == 0:
+                logger.error("store: %d record(s) lost: %s kept refusing writes", self.lost, self.path)
+
+    def _write(self, db: sqlite3.Connection, records: list[Record]) -> bool:
         rows = [
             (r.id, r.timestamp.timestamp(), r.status, r.provider, r.model, r.session_id, _search_text(r),
              mask_text(json.dumps(r.summary())), record_json(r), *_metric_values(r))
             for r in records
         ]
-        for attempt in range(5):
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                db.executemany("INSERT OR REPLACE INTO records "
-                               "(id, ts, status, provider, model, session, search, summary, data, "
-                               + ", ".join(_METRIC_COLUMNS) + ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?"
-                               + ", ?" * len(_METRIC_COLUMNS) + ")", rows)
-                db.execute("COMMIT")
-                return
-            except sqlite3.Error as exc:
-                if db.in_transaction:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT OR REPLACE INTO records "
+                           "(id, ts, status, provider, model, session, search, summary, data, "
+                           + ", ".join(_METRIC_COLUMNS) + ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?"
+                           + ", ?" * len(_METRIC_COLUMNS) + ")", rows)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):  # a full disk can refuse even this
                     db.execute("ROLLBACK")
-                logger.warning("store write failed (attempt %d/5): %s", attempt + 1, exc)
-                time.sleep(0.2 * 2**attempt)
-        self.write_errors += len(rows)
-        logger.error("store: %d record(s) could not be written to %s", len(rows), self.path)
+            self.write_errors += 1
+            if self.last_write_error is None:  # log a failure streak once, not at every retry
+                logger.error("store: writing to %s failed (%s); keeping %d record(s) in memory and retrying",
+                             self.path, exc, len(rows))
+            self.last_write_error = str(exc)
+            return False
+        if self.last_write_error is not None:
+            logger.warning("store: writing to %s works again", self.path)
+            self.last_write_error = None
+        return True
 
     def _prune(self, db: sqlite3.Connection) -> None:
         cutoff = time.time() - self.retention_days * 86400
@@ -395,6 +429,7 @@ class Store:
             count = db.execute("SELECT count(*) FROM records").fetchone()[0]
         size = sum(p.stat().st_size for p in self.path.parent.glob(DB_NAME + "*") if p.exists())
         return {"path": str(self.path), "records": count, "bytes": size, "writeErrors": self.write_errors,
+                "lastWriteError": self.last_write_error, "unsaved": self.unsaved, "lost": self.lost,
                 "queued": self._queue.qsize()}
 
     def clear(self) -> int:

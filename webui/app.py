@@ -31,7 +31,8 @@ async def health(request: web.Request) -> web.Response:
     settings = runtime.settings
     mode = runtime.config.current.mode
     upstream = settings.openrouter_base_url if mode == "openrouter" else settings.anthropic_upstream
-    return web.json_response({"status": "ok", "mode": mode, "upstream": upstream,
+    status = "degraded" if store["lastWriteError"] else "ok"  # the store refuses writes (disk full, locked)
+    return web.json_response({"status": status, "mode": mode, "upstream": upstream,
                               "version": runtime.version, "inFlight": len(runtime.exchanges), "store": store})
 
 

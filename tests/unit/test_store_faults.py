@@ -1,0 +1,73 @@
+"""The store when the disk refuses writes: records wait in memory, are retried, and land once it works."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from anthropic_proxy.store import DB_NAME, RecordFilter, Store
+
+from .test_store import make_record
+
+
+def wait_until(predicate, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_locked_database_keeps_records_and_writes_them_later(tmp_path: Path):
+    store = Store(tmp_path, busy_timeout=0.1)
+    try:
+        blocker = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # another process holds the database
+        records = [make_record(status="success") for _ in range(3)]
+        for record in records:
+            store.put(record)
+        wait_until(lambda: store.unsaved == 3 and store.last_write_error is not None)
+        assert "locked" in store.stats()["lastWriteError"]
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        wait_until(lambda: store.unsaved == 0 and store.last_write_error is None)
+        assert {r["id"] for r in store.query(RecordFilter())[0]} == {r.id for r in records}
+        assert store.lost == 0
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A real 2 MiB filesystem (tmpfs; the suite runs as root, as CI does)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_keeps_records_in_memory_until_space_returns(tiny_disk: Path):
+    store = Store(tiny_disk)
+    try:
+        filler = tiny_disk / "filler"
+        with open(filler, "wb", buffering=0) as file:  # take every free byte
+            try:
+                while True:
+                    file.write(b"x" * 4096)
+            except OSError:
+                pass
+        big = "y" * 20_000
+        records = [make_record(body={"messages": [{"role": "user", "content": big}]}) for _ in range(5)]
+        for record in records:
+            store.put(record)
+        wait_until(lambda: store.unsaved == 5)
+        assert "full" in (store.last_write_error or "") or "disk" in (store.last_write_error or "")
+        filler.unlink()  # space comes back
+        wait_until(lambda: store.unsaved == 0)
+        assert store.query(RecordFilter())[1] == 5 and store.lost == 0
+    finally:
+        store.close()
