@@ -1,9 +1,9 @@
 // Hand-drawn SVG charts (createElementNS, no library). Labels go in with textContent.
 "use strict";
 
-const CHART_W = 600;
-const CHART_H = 140;
-const PAD = { l: 44, r: 8, t: 8, b: 20 };
+const CHART_W = 400;
+const CHART_H = 130;
+const PAD = { l: 40, r: 6, t: 8, b: 18 };
 
 function chartFrame(svg) {
   clear(svg);
@@ -71,12 +71,12 @@ function horizontalBars(svg, { rows, format = fmt.compact, cls = "s2", max: rows
   if (!shown.length) return emptyChart(svg);
   chartFrame(svg);
   const max = Math.max(...shown.map((r) => r.value));
-  const labelW = 190;
+  const labelW = Math.round(CHART_W * 0.38);
   const rowH = (CHART_H - 6) / rowsMax;
   shown.forEach((row, i) => {
     const y = 3 + i * rowH;
-    const w = ((CHART_W - labelW - 70) * row.value) / max;
-    const label = row.label.length > 30 ? row.label.slice(0, 29) + "…" : row.label;
+    const w = ((CHART_W - labelW - 60) * row.value) / max;
+    const label = row.label.length > 26 ? row.label.slice(0, 25) + "…" : row.label;
     svg.append(s("text", { x: labelW - 6, y: y + rowH * 0.62, "text-anchor": "end", class: "axis" }, label));
     const g = s("g", {}, s("rect", { x: labelW, y: y + rowH * 0.15, width: Math.max(w, 1), height: rowH * 0.7, class: cls }),
       s("title", {}, `${row.label}: ${format(row.value)}`));
