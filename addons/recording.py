@@ -16,7 +16,8 @@ from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy.exchange import Exchange
 from anthropic_proxy.hooks import AnthropicRecordCompleteHook
 from anthropic_proxy.masking import mask_headers
-from anthropic_proxy.openrouter_route import ClientRequest
+from anthropic_proxy.openrouter_route import ClientRequest, Route
+from anthropic_proxy.pricing import apply_cost
 from anthropic_proxy.record import HttpRequestPart, Record
 
 from .routing import API_CALL
@@ -121,8 +122,6 @@ class Recorder:
         route = runtime_module.current_runtime().routes.get(flow.id)
         if route is not None and route.upstream_response is not None:
             exchange.record.upstream_response = parse_json_body(route.upstream_response)
-        if route is not None:
-            exchange.record.cost_usd = route.reported_cost()
         exchange.complete(response.status_code, mask_headers(response.headers.items(multi=True)),
                           None if streamed else response.content, streamed)
 
@@ -137,11 +136,23 @@ class Recorder:
         if runtime is None:
             return
         runtime.exchanges.pop(flow_id, None)
-        runtime.routes.pop(flow_id, None)
+        route = runtime.routes.pop(flow_id, None)
+        _price(runtime, record, route)
         runtime.store.put(record)
         runtime.bus.publish("ended", record.summary())
         if _has_handlers(AnthropicRecordCompleteHook.name):
             runtime.spawn(ctx.master.addons.trigger_event(AnthropicRecordCompleteHook(record)))
+
+
+def _price(runtime: runtime_module.Runtime, record: Record, route: Route | None) -> None:
+    """Set the record's cost, once, at its end (never on the per-chunk path; a pricing bug costs no record)."""
+    try:
+        reported = route.reported_cost() if route is not None else None
+        catalog = runtime.catalog.price_of(record.upstream_model) if route is not None and reported is None \
+            and record.upstream_model else None
+        apply_cost(record, runtime.prices, reported_cost=reported, catalog_price=catalog)
+    except Exception:
+        logger.exception("pricing failed for record %s", record.id)
 
 
 def _has_handlers(hook_name: str) -> bool:

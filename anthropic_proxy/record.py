@@ -81,6 +81,7 @@ class Record(_Model):
     message: dict[str, Any] | None = None
     usage: Usage = Field(default_factory=Usage)
     cost_usd: float | None = None
+    cost_note: str | None = None  # why cost_usd is None (unknown model) or only an estimate (see pricing.py)
     metrics: Metrics = Field(default_factory=Metrics)
     chunks: list[Chunk] = Field(default_factory=list)
     upstream_chunks: list[Chunk] = Field(default_factory=list)

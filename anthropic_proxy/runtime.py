@@ -23,6 +23,7 @@ from . import __version__
 from .exchange import Exchange
 from .live import LiveBus
 from .openrouter_api import ModelCatalog
+from .pricing import PRICES_FILE, PriceBook
 from .proxy_config import ConfigStore
 from .store import Store
 
@@ -45,6 +46,7 @@ class Runtime:
     store: Store
     config: ConfigStore
     catalog: ModelCatalog
+    prices: PriceBook = None  # type: ignore[assignment]  # built-in table + state_dir/prices.json (__post_init__)
     settings: ProxySettings = field(default_factory=ProxySettings)
     bus: LiveBus = field(default_factory=LiveBus)
     exchanges: dict[str, Exchange] = field(default_factory=dict)  # by mitmproxy flow id
@@ -57,6 +59,10 @@ class Runtime:
 
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     watchdog: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.prices is None:
+            self.prices = PriceBook(self.state_dir / PRICES_FILE)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run `coro` in the background, keeping a reference so the task is not collected mid-way."""
