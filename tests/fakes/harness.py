@@ -31,6 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # ANTHROPIC_PROXY_TEST_ADDON points the harness at another addon script (debugging the harness itself).
 ADDON_SCRIPT = Path(os.environ.get("ANTHROPIC_PROXY_TEST_ADDON") or REPO_ROOT / "addons" / "proxy.py")
 DATA_DIR = REPO_ROOT / "tests" / "data"
+UNREACHABLE_PORT = 9  # discard: nothing listens there, so a connection is refused at once
 
 # Long and key-shaped, so masking (first 10 chars + "..." + last 4) leaves a long secret middle to look for.
 FAKE_API_KEY = "sk-ant-api03-" + "FAKEKEYsecretMIDDLE0123456789abcdefghijklmnopqrstuvwxyz" + "-XyZ9AA"
@@ -138,6 +139,9 @@ class ProxyProcess:
                "--set", f"listen_port={self.port}"]
         if self.upstream is not None:
             cmd += ["--set", f"anthropic_upstream={self.upstream}"]
+        if "openrouter_base_url" not in self.options:
+            # Tests never reach the internet: OpenRouter is a local fake or nothing (connection refused).
+            cmd += ["--set", f"openrouter_base_url=http://127.0.0.1:{UNREACHABLE_PORT}/api/v1"]
         for key, value in self.options.items():
             if isinstance(value, bool):
                 value = "true" if value else "false"

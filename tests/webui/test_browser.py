@@ -237,18 +237,24 @@ def test_config_page_switches_the_mode_and_shows_toasts(page, start_proxy, fake_
         "error: Failed to load resource: the server responded with a status of 400 (Bad Request)"]
 
 
-@pytest.mark.skipif(not os.environ.get("WEBUI_SCREENSHOTS"), reason="set WEBUI_SCREENSHOTS=1 to refresh docs/")
-def test_refresh_screenshots(page, proxy):  # pragma: no cover - documentation only
+def test_screenshots_of_both_pages(page, proxy, tmp_path):
+    """Screenshots of a populated monitor, a detail view and the config page: written to a temporary folder,
+    or to docs/screenshots/ (the README's pictures) when WEBUI_SCREENSHOTS=1."""
+    folder = SCREENSHOTS if os.environ.get("WEBUI_SCREENSHOTS") else tmp_path
     for i, (model, scenario) in enumerate([("claude-sonnet-4-5", None), ("claude-haiku-4-5", "stream_tool"),
                                            ("claude-opus-4-1", "rate_limit"), ("claude-sonnet-4-5", None)]):
         send(proxy, model, f"Refactor the parser, step {i}", stream=True, scenario=scenario)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     open_monitor(page, proxy)
     page.wait_for_timeout(500)
-    page.screenshot(path=SCREENSHOTS / "monitor.png")
+    page.screenshot(path=folder / "monitor.png")
     rows(page).nth(2).click()
+    expect(page.get_by_test_id("detail")).to_be_visible()
     page.wait_for_timeout(500)
-    page.screenshot(path=SCREENSHOTS / "monitor-detail.png")
+    page.screenshot(path=folder / "monitor-detail.png")
     page.goto(f"{proxy.url}/config")
+    expect(page.get_by_test_id("map-sonnet")).not_to_have_value("")
     page.wait_for_timeout(800)
-    page.screenshot(path=SCREENSHOTS / "config.png")
+    page.screenshot(path=folder / "config.png")
+    for name in ("monitor.png", "monitor-detail.png", "config.png"):
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
