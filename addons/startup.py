@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -15,6 +16,7 @@ from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy import watchdog
 from anthropic_proxy.environment import DEFAULT_STATE_DIR, environment
 from anthropic_proxy.runtime import ProxySettings
+from anthropic_proxy.webui.security import is_loopback
 
 logger = logging.getLogger("anthropic_proxy")
 
@@ -49,6 +51,7 @@ class Startup:
 
     def __init__(self) -> None:
         self.manages_mode = False
+        self._generated_token: str | None = None
 
     def load(self, loader: Loader) -> None:
         env = environment
@@ -66,6 +69,9 @@ class Startup:
         # int: mitmproxy cannot parse float options given with --set
         loader.add_option("request_timeout", int, env.get_int("REQUEST_TIMEOUT", 600),
                           "Seconds an upstream may stay silent before the exchange fails (env REQUEST_TIMEOUT).")
+        loader.add_option("web_token", str, env.get("WEB_TOKEN"),
+                          "Token the web pages and API require (env WEB_TOKEN). Listening beyond loopback without "
+                          "one, the proxy makes one up and prints it at start-up.")
         loader.add_option("max_records", int, env.get_int("MAX_RECORDS", 50_000),
                           "Keep at most this many records; the oldest go first (env MAX_RECORDS).")
         loader.add_option("retention_days", int, env.get_int("RETENTION_DAYS", 30),
@@ -101,8 +107,21 @@ class Startup:
         runtime.settings = ProxySettings(
             anthropic_upstream=opts.anthropic_upstream.rstrip("/"),
             openrouter_base_url=opts.openrouter_base_url.rstrip("/"), listen_host=host, listen_port=port,
-            request_timeout=opts.request_timeout,
+            request_timeout=opts.request_timeout, web_token=self._web_token(host),
         )
+
+    def _web_token(self, host: str) -> str | None:
+        if ctx.options.web_token:
+            return ctx.options.web_token
+        if is_loopback(host):
+            return None
+        if self._generated_token is None:
+            self._generated_token = secrets.token_urlsafe(24)
+            port = self.listen_address()[1]
+            logger.warning("anthropic-proxy listens beyond loopback: the web pages need a token. Open "
+                           "http://%s:%d/monitor?token=%s (or set web_token / WEB_TOKEN)", host, port,
+                           self._generated_token)
+        return self._generated_token
 
     def listen_address(self) -> tuple[str, int]:
         opts = ctx.options

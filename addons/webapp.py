@@ -40,7 +40,9 @@ class WebApp:
     async def _start(self) -> None:
         runtime = runtime_module.current_runtime()
         assert runtime is not None, "Startup.configure opens the runtime before running()"
-        runner = web.AppRunner(create_app(runtime), access_log=None, handle_signals=False)
+        # handler_cancellation: a live-event stream stops as soon as its browser leaves
+        runner = web.AppRunner(create_app(runtime), access_log=None, handle_signals=False,
+                               handler_cancellation=True)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, reuse_address=True)
         await site.start()

@@ -3,6 +3,7 @@ upstream, an upstream that stays silent (request_timeout), and a proxy pointed a
 
 from __future__ import annotations
 
+import re
 import time
 
 import anthropic
@@ -68,3 +69,14 @@ def test_proxy_refuses_to_be_its_own_upstream(start_proxy):
     assert proxy.proc is not None
     assert proxy.proc.wait(timeout=15) != 0
     assert "is this proxy's own address" in proxy.logs()
+
+
+def test_listening_beyond_loopback_requires_the_printed_token(start_proxy):
+    proxy = start_proxy(options={"listen_host": "0.0.0.0"})
+    match = re.search(r"/monitor\?token=([\w-]+)", proxy.logs())
+    assert match, proxy.logs()
+    token = match.group(1)
+    assert proxy.get("/api/monitor/requests").status_code == 401
+    answer = httpx.get(f"{proxy.url}/api/monitor/requests", headers={"authorization": f"Bearer {token}"})
+    assert answer.status_code == 200 and "data" in answer.json()
+    assert httpx.get(f"{proxy.url}/api/monitor/requests", headers={"authorization": "Bearer wrong"}).status_code == 401
