@@ -174,6 +174,7 @@ _add(("claude-opus-4-6",), _row("Claude Opus 4.6", "5", "25", long_context=_OPUS
 _add(("claude-opus-4-7",), _row("Claude Opus 4.7", "5", "25"))
 _add(("claude-opus-4-8",), _row("Claude Opus 4.8", "5", "25"))
 _add(("claude-opus-5",), _row("Claude Opus 5", "5", "25"))
+_add(("claude-opus-5-5",), _row("Claude Opus 5.5", "4", "20", read="0.20"))  # cache hits 0.05x input
 _add(("claude-sonnet-4", "claude-sonnet-4-0"), _row("Claude Sonnet 4", "3", "15", long_context=_SONNET_LONG))
 _add(("claude-sonnet-4-5",), _row("Claude Sonnet 4.5", "3", "15", long_context=_SONNET_LONG))
 _add(("claude-sonnet-4-6",), _row("Claude Sonnet 4.6", "3", "15", long_context=_SONNET_LONG),

@@ -75,6 +75,8 @@ def book() -> PriceBook:
     ("claude-3-haiku-20240307", usage(1000, 0, w5=1000, w1=1000, read=1000), 0.00108),
     # Sonnet 3.7: 1x3 + 1x15 = 18
     ("claude-3-7-sonnet-latest", usage(1, 1), 0.000018),
+    # Opus 5.5 (Claude Code 2.1.332's default): 1000x4 + 1000x20 + 1000x5 + 1000x8 + 10000x0.20 = 39000
+    ("claude-opus-5-5", usage(1000, 1000, w5=1000, w1=1000, read=10000), 0.039),
     # Fable 5.1, cache hits at $0.25: 1000x10 + 1000x50 + 4000x0.25 = 61000
     ("claude-fable-5-1", usage(1000, 1000, read=4000), 0.061),
 ])
@@ -152,7 +154,7 @@ def test_precision_is_a_hundred_millionth_of_a_dollar(book):
 
 # ---- what is not priced, and what is free ------------------------------------------------------------------
 def test_unknown_model_is_none_and_flagged(book):
-    for model in ("claude-opus-9-9", "fake-stream", "gpt-4o", "claude-opus-5-5"):
+    for model in ("claude-opus-9-9", "fake-stream", "gpt-4o", "claude-opus-6"):
         cost = price_record(record(model, usage=usage(10, 10)), book)
         assert cost.usd is None and model in (cost.note or "") and PRICES_FILE in (cost.note or "")
     assert price_record(record(None, usage=usage(10, 10)), book).usd is None
