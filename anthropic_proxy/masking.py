@@ -12,11 +12,11 @@ from collections.abc import Iterable, Mapping
 SECRET_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie", "set-cookie"})
 
 # Anthropic (sk-ant-...), OpenRouter (sk-or-v1-...), OpenAI-style (sk-...) keys, and any bearer token.
-_KEY_PATTERN = re.compile(
-    r"(?P<bearer>\b[Bb]earer\s+)?(?P<key>sk-[A-Za-z0-9][A-Za-z0-9_\-]{15,})"
-    # a token never contains "..." (that is how a masked one looks), so masking twice changes nothing
-    r"|(?P<bearer2>\b[Bb]earer\s+)(?P<token>(?:[A-Za-z0-9_~+/=\-]|\.(?!\.)){16,})"
-)
+# Both patterns begin with a literal so the regex engine can skip ahead: mask_text runs over every record
+# (100 KB bodies from Claude Code), in the store's writer thread, which shares the GIL with the proxy.
+_KEY = re.compile(r"sk-[A-Za-z0-9][A-Za-z0-9_\-]{15,}")
+# A token never contains "..." (that is how a masked one looks), so masking twice changes nothing.
+_BEARER = re.compile(r"earer(\s+)((?:[A-Za-z0-9_~+/=\-]|\.(?!\.)){16,})")
 
 
 def mask_secret(value: str) -> str:
@@ -25,16 +25,19 @@ def mask_secret(value: str) -> str:
     return f"{value[:10]}...{value[-4:]}"
 
 
-def _mask_match(match: re.Match[str]) -> str:
-    prefix = match.group("bearer") or match.group("bearer2") or ""
-    return prefix + mask_secret(match.group("key") or match.group("token"))
+def _mask_bearer(match: re.Match[str]) -> str:
+    if match.start() == 0 or match.string[match.start() - 1] not in "Bb":
+        return match.group(0)
+    return f"earer{match.group(1)}{mask_secret(match.group(2))}"
 
 
 def mask_text(text: str) -> str:
     """Mask every key-like token in free text (bodies, error messages, log lines)."""
-    if "sk-" not in text and "earer" not in text:
-        return text
-    return _KEY_PATTERN.sub(_mask_match, text)
+    if "sk-" in text:
+        text = _KEY.sub(lambda m: mask_secret(m.group(0)), text)
+    if "earer" in text:
+        text = _BEARER.sub(_mask_bearer, text)
+    return text
 
 
 def mask_header_value(name: str, value: str) -> str:
