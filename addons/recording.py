@@ -102,7 +102,8 @@ class Recorder:
         runtime.exchanges[flow.id] = exchange
         flow.metadata[RECORD_ID] = record.id
         runtime.store.put(record)
-        runtime.bus.publish("started", record.summary())
+        if runtime.bus.has_subscribers:  # a summary costs a model dump: only for someone watching
+            runtime.bus.publish("started", record.summary())
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
@@ -139,7 +140,8 @@ class Recorder:
         route = runtime.routes.pop(flow_id, None)
         _price(runtime, record, route)
         runtime.store.put(record)
-        runtime.bus.publish("ended", record.summary())
+        if runtime.bus.has_subscribers:
+            runtime.bus.publish("ended", record.summary())
         if _has_handlers(AnthropicRecordCompleteHook.name):
             runtime.spawn(ctx.master.addons.trigger_event(AnthropicRecordCompleteHook(record)))
 
