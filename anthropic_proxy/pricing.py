@@ -394,18 +394,33 @@ class Cost:
 _PARTIAL_NOTE = "estimate: the exchange ended before its final usage arrived"
 
 
+def recorded_openrouter_cost(record: Record) -> float | None:
+    """OpenRouter's `usage.cost` as the record kept it: in its raw answer, or in the last upstream chunk with usage."""
+    sources: list[Any] = [record.upstream_response]
+    sources += [chunk.data for chunk in reversed(record.upstream_chunks[-8:])]
+    for data in sources:
+        usage = data.get("usage") if isinstance(data, dict) else None
+        cost = usage.get("cost") if isinstance(usage, dict) else None
+        if isinstance(cost, int | float) and not isinstance(cost, bool):
+            return float(cost)
+    return None
+
+
 def price_record(record: Record, book: PriceBook, *, reported_cost: float | None = None,
                  catalog_price: Mapping[str, Any] | None = None) -> Cost:
-    """The cost of one record.
+    """The cost of one record (also of a stored one: re-pricing after a price change is `apply_cost` again).
 
-    `reported_cost`: OpenRouter's `usage.cost` for the call (`Route.reported_cost()`); `catalog_price`: the
-    upstream model's prices from OpenRouter's model list (`ModelCatalog.price_of(record.upstream_model)`).
+    `reported_cost`: OpenRouter's `usage.cost` for the call (`Route.reported_cost()`; by default what the record
+    kept of it); `catalog_price`: the upstream model's prices from OpenRouter's model list
+    (`ModelCatalog.price_of(record.upstream_model)`).
     """
     if record.request.path.split("?", 1)[0].rstrip("/").endswith(COUNT_TOKENS_PATH):
         return Cost(0.0, source="free")  # token counting is free
     tokens = token_counts(record)
     partial = _PARTIAL_NOTE if record.status != "success" and tokens.billable else None
     if record.provider == "openrouter":
+        if reported_cost is None:
+            reported_cost = recorded_openrouter_cost(record)
         if reported_cost is not None and reported_cost >= 0:
             return Cost(usd(Decimal(str(reported_cost))), partial, "openrouter-usage")
         if not tokens.billable:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from anthropic_proxy.pricing import (
     BUILTIN_PRICES,
     PRICES_FILE,
+    Cost,
     ModelPrice,
     PriceBook,
     TokenCounts,
@@ -29,7 +30,7 @@ from anthropic_proxy.pricing import (
     savings_for_tokens,
     token_counts,
 )
-from anthropic_proxy.record import HttpRequestPart, Record, Usage
+from anthropic_proxy.record import Chunk, HttpRequestPart, Record, Usage
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -305,6 +306,18 @@ def or_record(u: dict, **kwargs: Any) -> Record:
 def test_openrouter_reported_cost_wins(book):
     cost = price_record(or_record(usage(10, 10)), book, reported_cost=0.0123456789, catalog_price=CATALOG)
     assert (cost.usd, cost.source) == (0.01234568, "openrouter-usage")
+
+
+def test_openrouter_cost_kept_in_the_record(book):
+    streamed = or_record(usage(10, 10))
+    streamed.upstream_chunks = [Chunk(t_ms=1, event=None, data={"choices": []}),
+                                Chunk(t_ms=2, event=None, data={"choices": [], "usage": {"cost": 0.00042}}),
+                                Chunk(t_ms=3, event=None, data="[DONE]")]
+    assert price_record(streamed, book) == Cost(0.00042, None, "openrouter-usage")
+    whole = or_record(usage(10, 10))
+    whole.upstream_response = {"id": "gen", "usage": {"prompt_tokens": 10, "cost": 0.5}}
+    assert price_record(whole, book).usd == 0.5
+    assert price_record(whole, book, reported_cost=0.25).usd == 0.25  # the live figure wins
 
 
 def test_openrouter_falls_back_to_the_model_list(book):
