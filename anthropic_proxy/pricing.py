@@ -53,7 +53,6 @@ OpenRouter
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -501,8 +500,3 @@ def savings_for_tokens(model: str | None, cache_read_tokens: int, book: PriceBoo
     assert found.price.cache_read is not None
     return usd(cache_read_tokens * (found.price.input - found.price.cache_read) / MTOK)
 
-
-def price_file_example() -> str:
-    """An example override file (the format in the module docstring)."""
-    return json.dumps({"models": {"claude-opus-4-8": {"input": 5, "output": 25},
-                                  "my-internal-model": {"input": 1, "output": 2, "cacheRead": 0.05}}}, indent=2)
