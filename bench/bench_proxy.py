@@ -127,6 +127,28 @@ def measure_latency(targets: dict[str, str], rounds: int) -> dict[str, dict[str,
     return results
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def send_bodies(url: str, count: int, body_kb: int, concurrency: int = 10) -> None:
+    """`count` calls whose prompt is `body_kb` KB, half of them streamed."""
+    prompt = "x" * body_kb * 1024
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": prompt}]}
+    remaining = list(range(count))
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
+        async def worker() -> None:
+            while remaining:
+                stream = remaining.pop() % 2 == 1
+                async with client.stream("POST", "/v1/messages", json={**body, "stream": stream}) as response:
+                    await response.aread()
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
 async def streams_per_second(url: str, total: int, concurrency: int) -> float:
     body = {"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True,
             "messages": [{"role": "user", "content": "hi"}]}
@@ -150,6 +172,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=300, help="latency rounds per proxy (default 300)")
     parser.add_argument("--streams", type=int, default=200, help="streams per throughput run (default 200)")
+    parser.add_argument("--rss-requests", type=int, default=10_000,
+                        help="calls with 50 KB bodies before reading each proxy's RSS (default 10000; 0 skips)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -184,7 +208,15 @@ def main() -> None:
             for name in random.sample(list(targets), len(targets)):
                 throughput[name][concurrency] = asyncio.run(
                     streams_per_second(targets[name], args.streams, concurrency))
-        report(latency, throughput, args)
+        rss: dict[str, tuple[float, float]] = {}
+        if args.rss_requests:
+            pids = {"bare": procs[1].pid, "addon": procs[3].pid}
+            before = {name: rss_mb(pid) for name, pid in pids.items()}
+            for _ in range(10):  # interleaved slices, so both proxies see the same machine
+                for name in pids:
+                    asyncio.run(send_bodies(targets[name], args.rss_requests // 10, 50))
+            rss = {name: (before[name], rss_mb(pid)) for name, pid in pids.items()}
+        report(latency, throughput, rss, args)
     finally:
         for proc in procs:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -192,7 +224,7 @@ def main() -> None:
             proc.wait(timeout=10)
 
 
-def report(latency: dict, throughput: dict, args: argparse.Namespace) -> None:
+def report(latency: dict, throughput: dict, rss: dict, args: argparse.Namespace) -> None:
     def row(label: str, ours: float, base: float, unit: str) -> str:
         return f"| {label} | {base:.2f} {unit} | {ours:.2f} {unit} | {ours / base:.2f}x |"
 
@@ -212,6 +244,10 @@ def report(latency: dict, throughput: dict, args: argparse.Namespace) -> None:
     for concurrency in (10, 50):
         print(row(f"streams/s at concurrency {concurrency} (baseline: mitmdump + stream)",
                   throughput["addon"][concurrency], throughput["bare+stream"][concurrency], "/s"))
+    if rss:
+        print(row("RSS idle (baseline: bare mitmdump)", rss["addon"][0], rss["bare"][0], "MB"))
+        print(row(f"RSS after {args.rss_requests} calls with 50 KB bodies (baseline: bare mitmdump)",
+                  rss["addon"][1], rss["bare"][1], "MB"))
 
 
 if __name__ == "__main__":
