@@ -100,6 +100,8 @@ class Startup:
                 f"anthropic_upstream {opts.anthropic_upstream} is this proxy's own address ({host}:{port}): "
                 "requests would loop forever. Set ANTHROPIC_UPSTREAM_URL (not ANTHROPIC_BASE_URL) to the real API."
             )
+        if "state_dir" in updated:
+            environment.use_state_dir(Path(opts.state_dir))  # its .env holds secrets read per request
         runtime = runtime_module.open_runtime(Path(opts.state_dir), max_records=opts.max_records,
                                               retention_days=opts.retention_days)
         if "proxy_mode" in updated and opts.proxy_mode:

@@ -39,10 +39,17 @@ class Environment:
     def __init__(self) -> None:
         self._values: dict[str, str] = {}
         self.files: list[Path] = []
+        self._state_dir: Path | None = None  # set by the state_dir option, which wins over the environment
         self.reload()
 
+    def use_state_dir(self, state_dir: Path) -> None:
+        if state_dir.expanduser() != self._state_dir:
+            self._state_dir = state_dir.expanduser()
+            self.reload()
+
     def reload(self) -> None:
-        files = [Path.cwd() / ".env", self._state_dir_from(dict(os.environ)) / ".env"]
+        state_dir = self._state_dir or self._state_dir_from(dict(os.environ))
+        files = [Path.cwd() / ".env", state_dir / ".env"]
         merged: dict[str, str] = {}
         self.files = []
         for path in reversed(files):  # lowest precedence first
@@ -50,7 +57,7 @@ class Environment:
                 merged.update(parse_dotenv(path.read_text(encoding="utf-8", errors="replace")))
                 self.files.insert(0, path)
         # state_dir may itself be set in the working directory's .env
-        state_env = self._state_dir_from({**merged, **os.environ}) / ".env"
+        state_env = (self._state_dir or self._state_dir_from({**merged, **os.environ})) / ".env"
         if state_env not in files and state_env.is_file():
             merged = {**parse_dotenv(state_env.read_text(encoding="utf-8", errors="replace")), **merged}
             self.files.append(state_env)

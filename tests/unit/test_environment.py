@@ -52,3 +52,13 @@ def test_get_int_says_which_variable_is_wrong(isolated: Path, monkeypatch: pytes
     monkeypatch.setenv("PORT", "eighty")
     with pytest.raises(ValueError, match="PORT must be a whole number"):
         Environment().get_int("PORT", 8082)
+
+
+def test_state_dir_option_brings_its_own_dotenv(isolated: Path):
+    chosen = isolated / "chosen"
+    chosen.mkdir()
+    (chosen / ".env").write_text("OPENROUTER_API_KEY=from-chosen\n")
+    env = Environment()
+    assert env.get("OPENROUTER_API_KEY") == ""
+    env.use_state_dir(chosen)
+    assert env.get("OPENROUTER_API_KEY") == "from-chosen"
