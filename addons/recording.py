@@ -19,6 +19,7 @@ from anthropic_proxy.masking import mask_headers
 from anthropic_proxy.openrouter_route import ClientRequest, Route
 from anthropic_proxy.pricing import apply_cost
 from anthropic_proxy.record import HttpRequestPart, Record
+from anthropic_proxy.translate import fastjson
 
 from .routing import API_CALL
 
@@ -33,7 +34,7 @@ def parse_json_body(content: bytes | None) -> Any:
     if not content:
         return None
     try:
-        return json.loads(content)
+        return fastjson.loads(content)
     except (ValueError, UnicodeDecodeError):
         return content.decode("utf-8", "replace")
 

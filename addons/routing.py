@@ -20,6 +20,7 @@ from anthropic_proxy.openrouter_route import (
     upstream_headers,
 )
 from anthropic_proxy.runtime import Runtime
+from anthropic_proxy.translate import fastjson
 from anthropic_proxy.translate.errors import anthropic_error_body
 from anthropic_proxy.translate.reasoning import SIGNATURE_PREFIX, strip_openrouter_reasoning
 from anthropic_proxy.translate.tokens import estimate_input_tokens
@@ -100,7 +101,7 @@ class Router:
         request.headers.update(upstream_headers(config, api_key, route.translated.stream))
         request.host_header = urlsplit(target).netloc
         request.url = target
-        request.content = json.dumps(route.translated.body, ensure_ascii=False).encode()
+        request.content = fastjson.dumps(route.translated.body)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         route = route_of(flow)

@@ -5,9 +5,10 @@ JSON field names are camelCase (the web API's contract); Python attributes are s
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -54,8 +55,12 @@ class Metrics(_Model):
     response_bytes: int = 0
 
 
-class Chunk(_Model):
-    t_ms: float
+@dataclasses.dataclass(slots=True)
+class Chunk:
+    """One stream event and when it arrived (ms after the request). A plain dataclass, not a model: one is
+    made per event on the proxy's hot path, and pydantic still validates and serialises it in a Record."""
+
+    t_ms: Annotated[float, Field(alias="tMs")]
     event: str | None
     data: Any
 

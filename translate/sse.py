@@ -7,10 +7,10 @@ chunks is never mangled.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from . import fastjson
 
 
 @dataclass(slots=True)
@@ -20,7 +20,7 @@ class SSEEvent:
     comment: bool = False
 
     def json(self) -> Any:
-        return json.loads(self.data)
+        return fastjson.loads(self.data)
 
 
 class SSEDecoder:
@@ -35,53 +35,48 @@ class SSEDecoder:
         self._event: str | None = None
         self._data: list[str] = []
 
-    def feed(self, chunk: bytes) -> Iterator[SSEEvent]:
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """The events completed by `chunk` (runs once per received chunk on the proxy's hot path)."""
         buffer = self._buffer + chunk if self._buffer else chunk
-        start = 0
-        while True:
-            end = buffer.find(b"\n", start)
-            if end < 0:
-                break
-            line = buffer[start:end]
-            start = end + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            event = self._line(line.decode("utf-8", "replace"))
+        if b"\n" not in buffer:
+            self._buffer = buffer
+            return []
+        # Lines split on b"\n" only: a UTF-8 character never contains that byte, so none is cut in two.
+        *lines, self._buffer = buffer.split(b"\n")
+        events = []
+        for line in lines:
+            event = self._line(line)
             if event is not None:
-                yield event
-        self._buffer = buffer[start:]
+                events.append(event)
+        return events
 
-    def flush(self) -> Iterator[SSEEvent]:
+    def flush(self) -> list[SSEEvent]:
         """End of stream: a last line without its newline and a pending event are still delivered."""
-        if self._buffer:
-            line, self._buffer = self._buffer.rstrip(b"\r"), b""
-            event = self._line(line.decode("utf-8", "replace"))
-            if event is not None:
-                yield event
-        event = self._line("")
-        if event is not None:
-            yield event
+        lines, self._buffer = ([self._buffer] if self._buffer else []), b""
+        return [event for event in map(self._line, [*lines, b""]) if event is not None]
 
-    def _line(self, line: str) -> SSEEvent | None:
+    def _line(self, line: bytes) -> SSEEvent | None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
         if not line:
             if not self._data and self._event is None:
                 return None
             event = SSEEvent(self._event, "\n".join(self._data))
             self._event, self._data = None, []
             return event
-        if line.startswith(":"):
-            return SSEEvent(None, line[1:].strip(), comment=True) if self._keep_comments else None
-        name, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-        return None
+        if line.startswith(b"data:"):
+            value = line[5:]
+            self._data.append((value[1:] if value.startswith(b" ") else value).decode("utf-8", "replace"))
+        elif line == b"data":  # a field name alone means an empty value
+            self._data.append("")
+        elif line.startswith(b"event:"):
+            value = line[6:]
+            self._event = (value[1:] if value.startswith(b" ") else value).decode("utf-8", "replace")
+        elif line.startswith(b":") and self._keep_comments:
+            return SSEEvent(None, line[1:].strip().decode("utf-8", "replace"), comment=True)
+        return None  # other fields (id, retry) mean nothing here
 
 
 def encode_event(event: str, data: Any) -> bytes:
     """One Anthropic-style SSE event: `event: NAME` plus a compact JSON `data:` line."""
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {event}\ndata: {payload}\n\n".encode()
+    return b"event: " + event.encode() + b"\ndata: " + fastjson.dumps(data) + b"\n\n"

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Any
 
+from . import fastjson
 from .errors import anthropic_error_body, error_type_for_code, upstream_error_message
 from .finish import anthropic_usage, stop_reason
 from .reasoning import detail_text, encode_details, is_text_detail, merge_detail, thinking_signature
@@ -50,7 +51,7 @@ class _ToolCall:
 
 def _json_complete(text: str) -> bool:
     try:
-        json.loads(text)
+        fastjson.loads(text)
     except ValueError:
         return False
     return True
@@ -130,7 +131,7 @@ class StreamTranslator:
             self._end_of_stream()
             return
         try:
-            chunk = json.loads(data)
+            chunk = fastjson.loads(data)
         except ValueError:
             logger.warning("dropped an upstream stream event that is not JSON: %.200s", data)
             return
