@@ -298,7 +298,7 @@ function renderDetail(r) {
     ["Duration", fmt.ms(m.durationMs)], ["First byte", fmt.ms(m.ttfbMs)],
     ["Input tokens", fmt.int(u.inputTokens)], ["Output tokens", fmt.int(u.outputTokens)],
     ["Cache read", fmt.int(u.cacheReadInputTokens)], ["Cache write", fmt.int(u.cacheCreationInputTokens)],
-    ["Cost", fmt.cost(r.costUsd)], ["Stop reason", r.stopReason], ["Stream", r.stream ? `yes · ${fmt.int(m.chunkCount)} events` : "no"],
+    ["Cost", r.costUsd === null && r.costNote ? r.costNote : fmt.cost(r.costUsd)], ["Stop reason", r.stopReason], ["Stream", r.stream ? `yes · ${fmt.int(m.chunkCount)} events` : "no"],
     ["HTTP", r.response && r.response.status], ["Bytes in / out", `${fmt.bytes(m.requestBytes)} / ${fmt.bytes(m.responseBytes)}`],
     ["Session", r.sessionId], ["Record id", r.id],
   ]));
@@ -319,6 +319,10 @@ function renderDetail(r) {
     }
   }
   if (r.chunks && r.chunks.length) frag.append(...section(`Stream timeline (${r.chunks.length} events)`, renderTimeline(r.chunks)));
+  if (r.upstreamResponse !== null && r.upstreamResponse !== undefined) {
+    frag.append(h("details", {}, h("summary", {}, "upstream response (before translation)"),
+      h("pre", {}, prettyJSON(r.upstreamResponse))));
+  }
   if (r.upstreamChunks && r.upstreamChunks.length) {
     frag.append(h("details", {}, h("summary", {}, `upstream stream (${r.upstreamChunks.length} events, before translation)`),
       renderTimeline(r.upstreamChunks)));
