@@ -2,6 +2,28 @@
 
 Writes go through a queue to one writer thread, so no client ever waits for the disk. Reads open their
 own connection (WAL lets them run beside the writer); async callers run them with `asyncio.to_thread`.
+
+Bodies without the quadratic repetition (schema v3): Claude Code resends the whole conversation on every
+call, so a record's body is cut into content-addressed pieces (`bodies.split`: system, tools, each message):
+
+    records(..., data, refs)   data: the record's masked JSON with the pieces replaced by null;
+                               refs: JSON {slot: {key: blob id | last node id}} (NULL: a v2 row, data is whole)
+    blobs(id, data)            one row per distinct piece (canonical masked JSON; id = its hash)
+    nodes(id, parent, blob)    message chains: node i = (node i-1, message i), so lists sharing a prefix share
+                               its nodes and a new turn adds one node per new message
+    record_refs(record_id, ref)  which blobs and nodes each record uses directly (what keeps them alive)
+
+A write adds only the pieces the store does not have yet (nodes are found by a binary search along the chain:
+an existing node's ancestors always exist). Deleting records (retention, clear, a replaced record) collects
+what they referenced: a node is removed when no record and no child node uses it (then its parent is looked
+at), a blob when no record and no node uses it. `get` and `iter_records` reassemble the exact record
+(`record_json` equal, byte for byte). Rows of a v2 database stay readable as they were; the writer rewrites
+them in the new form, a few at a time, whenever it has nothing else to do.
+
+Search (`q`): the `search` column holds what is *new* in each record, lower-cased and masked: the text of the
+messages this call added to its conversation (`bodies.new_turn`: the latest user turn, with its tool results)
+and of the answer. A record is found by its own prompt and its answer; the history it repeats and the system
+prompt are not searched (they would make every later record of the session match, at quadratic cost).
 """
 
 from __future__ import annotations
@@ -13,12 +35,13 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from . import bodies
 from .masking import mask_text
 from .record import Record, RecordError
 
@@ -113,6 +136,18 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX records_metrics ON records(ts, status, provider, model, duration_ms, input_tokens, output_tokens,
                                             cache_creation_tokens, cache_read_tokens, cost_usd);
     """,
+    # v3: bodies cut into content-addressed pieces (see the module docstring). v2 rows keep refs NULL.
+    """
+    ALTER TABLE records ADD COLUMN refs TEXT;
+    CREATE INDEX records_legacy ON records(ts) WHERE refs IS NULL;
+    CREATE TABLE blobs (id TEXT PRIMARY KEY, data TEXT NOT NULL);
+    CREATE TABLE nodes (id TEXT PRIMARY KEY, parent TEXT, blob TEXT NOT NULL) WITHOUT ROWID;
+    CREATE INDEX nodes_parent ON nodes(parent);
+    CREATE INDEX nodes_blob ON nodes(blob);
+    CREATE TABLE record_refs (record_id TEXT NOT NULL, ref TEXT NOT NULL, PRIMARY KEY (record_id, ref))
+        WITHOUT ROWID;
+    CREATE INDEX record_refs_ref ON record_refs(ref);
+    """,
 ]
 
 _METRIC_COLUMNS = ("duration_ms", "input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens",
@@ -138,41 +173,72 @@ def time_bucket_seconds(span_seconds: float, target_buckets: int = 48) -> int:
 
 def record_json(record: Record) -> str:
     """The one serialisation of a record that leaves memory: keys masked wherever they appear."""
-    return mask_text(record.model_dump_json(by_alias=True))
+    try:
+        return mask_text(record.model_dump_json(by_alias=True))
+    except ValueError:  # a lone surrogate ("\\ud800" in the client's JSON) cannot be UTF-8: escape it
+        return mask_text(json.dumps(record.model_dump(mode="json", by_alias=True), separators=(",", ":")))
 
 
 def _search_text(record: Record) -> str:
-    """What `q` searches: the prompt's text and the answer's text, lower-cased."""
+    """What `q` searches: the text this call added to its conversation (its latest turn) and the answer's
+    text, lower-cased and masked. Bounded per record: the resent history is not repeated here."""
     parts: list[str] = []
     body = record.request.body
     if isinstance(body, dict):
-        parts.extend(_texts(body.get("system")))
-        for message in body.get("messages") or []:
+        messages = body.get("messages")
+        for message in bodies.new_turn(messages) if isinstance(messages, list) else ():
             if isinstance(message, dict):
-                parts.extend(_texts(message.get("content")))
+                parts.extend(bodies.iter_texts(message.get("content")))
+    elif isinstance(body, str):
+        parts.append(body[:10_000])
     if record.message:
-        parts.extend(_texts(record.message.get("content")))
+        parts.extend(bodies.iter_texts(record.message.get("content")))
     return mask_text("\n".join(parts)).lower()
 
 
-def _texts(content: Any) -> Iterator[str]:
-    if isinstance(content, str):
-        yield content
-    elif isinstance(content, list):
-        for block in content:
-            if isinstance(block, dict):
-                for key in ("text", "thinking"):
-                    if isinstance(block.get(key), str):
-                        yield block[key]
-                if "content" in block:
-                    yield from _texts(block["content"])
+_RECORD_COLUMNS = ("id", "ts", "status", "provider", "model", "session", "search", "summary", "data", "refs",
+                   *_METRIC_COLUMNS)
+_INSERT = (f"INSERT OR REPLACE INTO records ({', '.join(_RECORD_COLUMNS)}) "
+           f"VALUES ({', '.join('?' * len(_RECORD_COLUMNS))})")
+_CHAIN = """
+    WITH RECURSIVE chain(id, parent, blob, depth) AS (
+        SELECT id, parent, blob, 0 FROM nodes WHERE id = ?
+        UNION ALL SELECT nodes.id, nodes.parent, nodes.blob, chain.depth + 1
+        FROM nodes JOIN chain ON nodes.id = chain.parent
+    )
+    SELECT chain.parent, blobs.data FROM chain LEFT JOIN blobs ON blobs.id = chain.blob ORDER BY chain.depth DESC
+"""
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A record made ready for the database (done outside the write transaction)."""
+
+    record_id: str
+    row: tuple[Any, ...]
+    split: bodies.Split
+
+
+def _prepare(record: Record) -> _Prepared:
+    split = bodies.split(record.model_dump(mode="json", by_alias=True))
+    row = (record.id, record.timestamp.timestamp(), record.status, record.provider, record.model,
+           record.session_id, _search_text(record), mask_text(json.dumps(record.summary())), split.skeleton,
+           json.dumps(split.refs, separators=(",", ":")), *_metric_values(record))
+    return _Prepared(record.id, row, split)
+
+
+class StoreCorrupt(RuntimeError):
+    """A stored record refers to a piece the database no longer has."""
 
 
 class Store:
-    """SQLite store. `put` never blocks; every other method is a synchronous read or admin call."""
+    """SQLite store. `put` never blocks; every other method is a synchronous read or admin call.
+
+    `close_orphans=False` opens a store without ending the `pending` records of another process that may
+    be running on the same state dir (the `export`/`import` commands)."""
 
     def __init__(self, state_dir: Path, *, max_records: int = 50_000, retention_days: float = 30,
-                 busy_timeout: float = 30) -> None:
+                 busy_timeout: float = 30, close_orphans: bool = True) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / DB_NAME
         self.max_records = max_records
@@ -181,11 +247,13 @@ class Store:
         self.write_errors = 0  # failed write attempts
         self.last_write_error: str | None = None  # set while writes fail
         self.unsaved = 0  # records waiting in memory for a write that works
-        self.lost = 0  # records dropped because writes failed for too long
+        self.lost = 0  # records dropped because writes failed for too long (or could not be serialised)
         self._queue: queue.Queue[Any] = queue.Queue()
         with self._connect() as db:
             self._migrate(db)
-            self._close_orphans(db)
+            if close_orphans:
+                self._close_orphans(db)
+            self._legacy = db.execute("SELECT 1 FROM records WHERE refs IS NULL LIMIT 1").fetchone() is not None
         self._writer = threading.Thread(target=self._write_loop, name="anthropic-proxy-store", daemon=True)
         self._writer.start()
 
@@ -203,17 +271,23 @@ class Store:
         for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
             db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
 
-    @staticmethod
-    def _close_orphans(db: sqlite3.Connection) -> None:
+    def _close_orphans(self, db: sqlite3.Connection) -> None:
         """Records a crashed run left `pending` can never finish now: end them with the reason."""
-        rows = db.execute("SELECT id, data FROM records WHERE status = 'pending'").fetchall()
-        for record_id, data in rows:
-            record = Record.model_validate_json(data)
+        orphans: list[Record] = []
+        for row in db.execute("SELECT data, refs FROM records WHERE status = 'pending'").fetchall():
+            record = self._load(db, *row)
             record.status = "error"
             record.error = record.error or RecordError(
                 type="proxy_stopped", message="the proxy stopped before this exchange finished")
-            db.execute("UPDATE records SET status = 'error', summary = ?, data = ? WHERE id = ?",
-                       (json.dumps(record.summary()), record_json(record), record_id))
+            orphans.append(record)
+        if orphans:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                self._store(db, [_prepare(r) for r in orphans])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -235,12 +309,16 @@ class Store:
         writes = 0
         unsaved: dict[str, Record] = {}  # records whose write failed (disk full, database locked): retried
         while True:
+            idle_work = self._legacy and not unsaved
             try:
-                batch = [self._queue.get(timeout=_RETRY_SECONDS if unsaved else None)]
+                batch = [self._queue.get(timeout=_RETRY_SECONDS if unsaved else 0.05 if idle_work else None)]
             except queue.Empty:
                 batch = []
             while not self._queue.empty() and len(batch) < 256:
                 batch.append(self._queue.get_nowait())
+            if not batch and idle_work:
+                self._upgrade_legacy(db)
+                continue
             for item in batch:
                 if isinstance(item, Record):
                     unsaved.pop(item.id, None)
@@ -273,18 +351,21 @@ class Store:
             if self.lost == 1 or self.lost % 1000 == 0:
                 logger.error("store: %d record(s) lost: %s kept refusing writes", self.lost, self.path)
 
+    def _prepare_all(self, records: list[Record]) -> list[_Prepared]:
+        prepared: list[_Prepared] = []
+        for record in records:
+            try:
+                prepared.append(_prepare(record))
+            except Exception:  # one record that cannot be serialised must not stop the writer
+                self.lost += 1
+                logger.exception("store: record %s cannot be stored", record.id)
+        return prepared
+
     def _write(self, db: sqlite3.Connection, records: list[Record]) -> bool:
-        rows = [
-            (r.id, r.timestamp.timestamp(), r.status, r.provider, r.model, r.session_id, _search_text(r),
-             mask_text(json.dumps(r.summary())), record_json(r), *_metric_values(r))
-            for r in records
-        ]
+        prepared = self._prepare_all(records)
         try:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany("INSERT OR REPLACE INTO records "
-                           "(id, ts, status, provider, model, session, search, summary, data, "
-                           + ", ".join(_METRIC_COLUMNS) + ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?"
-                           + ", ?" * len(_METRIC_COLUMNS) + ")", rows)
+            self._store(db, prepared)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -293,7 +374,7 @@ class Store:
             self.write_errors += 1
             if self.last_write_error is None:  # log a failure streak once, not at every retry
                 logger.error("store: writing to %s failed (%s); keeping %d record(s) in memory and retrying",
-                             self.path, exc, len(rows))
+                             self.path, exc, len(prepared))
             self.last_write_error = str(exc)
             return False
         if self.last_write_error is not None:
@@ -301,18 +382,133 @@ class Store:
             self.last_write_error = None
         return True
 
+    @staticmethod
+    def _store(db: sqlite3.Connection, prepared: list[_Prepared]) -> None:
+        """Insert or replace records with the pieces they add (inside the caller's transaction)."""
+        garbage: set[str] = set()
+        for item in prepared:
+            split = item.split
+            for keys in split.refs.values():
+                for key, ref in keys.items():
+                    if key != bodies.MESSAGES:
+                        db.execute("INSERT OR IGNORE INTO blobs (id, data) VALUES (?, ?)", (ref, split.blobs[ref]))
+            for chain in split.chains.values():
+                # Nodes exist as a prefix of the chain (a node's ancestors always exist): binary search its end.
+                lo, hi = 0, len(chain)  # chain[:lo] exists, chain[hi:] does not
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if db.execute("SELECT 1 FROM nodes WHERE id = ?", (chain[mid][0],)).fetchone():
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                for node, parent, blob in chain[lo:]:
+                    db.execute("INSERT OR IGNORE INTO blobs (id, data) VALUES (?, ?)", (blob, split.blobs[blob]))
+                    db.execute("INSERT INTO nodes (id, parent, blob) VALUES (?, ?, ?)", (node, parent, blob))
+            old = {ref for (ref,) in db.execute("SELECT ref FROM record_refs WHERE record_id = ?", (item.record_id,))}
+            new = split.ref_ids()
+            db.execute(_INSERT, item.row)
+            if old != new:
+                db.executemany("DELETE FROM record_refs WHERE record_id = ? AND ref = ?",
+                               [(item.record_id, ref) for ref in old - new])
+                db.executemany("INSERT INTO record_refs (record_id, ref) VALUES (?, ?)",
+                               [(item.record_id, ref) for ref in new - old])
+                garbage |= old - new
+        if garbage:
+            _collect(db, garbage)
+
+    def _upgrade_legacy(self, db: sqlite3.Connection, count: int = 16) -> None:
+        """Rewrite a few v2 rows (whole bodies) in the v3 form; clears `_legacy` when none are left."""
+        try:
+            rows = db.execute("SELECT data FROM records WHERE refs IS NULL ORDER BY ts LIMIT ?", (count,)).fetchall()
+            if not rows:
+                self._legacy = False
+                return
+            prepared = self._prepare_all([Record.model_validate_json(data) for (data,) in rows])
+            db.execute("BEGIN IMMEDIATE")
+            self._store(db, prepared)
+            db.execute("COMMIT")
+        except Exception as exc:  # try again when the writer is next idle; never lose the row
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            logger.warning("store: rewriting old records failed (%s); will retry", exc)
+            time.sleep(_RETRY_SECONDS)
+
     def _prune(self, db: sqlite3.Connection) -> None:
         cutoff = time.time() - self.retention_days * 86400
-        db.execute("DELETE FROM records WHERE ts < ?", (cutoff,))
-        db.execute("DELETE FROM records WHERE id IN (SELECT id FROM records ORDER BY ts DESC LIMIT -1 OFFSET ?)",
-                   (self.max_records,))
+        ids = [i for (i,) in db.execute("SELECT id FROM records WHERE ts < ?", (cutoff,))]
+        ids += [i for (i,) in db.execute("SELECT id FROM records WHERE ts >= ? ORDER BY ts DESC LIMIT -1 OFFSET ?",
+                                         (cutoff, self.max_records))]
+        if not ids:
+            return
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            _delete_records(db, ids)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:  # retention runs again after the next writes
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            logger.warning("store: retention pass failed (%s)", exc)
+
+    def import_records(self, records: Iterable[Record]) -> dict[str, int]:
+        """Add records in ONE transaction: all of them or, if `records` raises (bad input), none.
+
+        A record whose id is already stored is skipped (importing the same file twice changes nothing).
+        Returns `{"records", "imported", "skipped"}` counts."""
+        self.flush()
+        seen = imported = 0
+        batch: list[Record] = []
+        with self._reader() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for record in records:
+                    seen += 1
+                    batch.append(record)
+                    if len(batch) >= 64:
+                        imported += self._import_batch(db, batch)
+                        batch.clear()
+                imported += self._import_batch(db, batch)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return {"records": seen, "imported": imported, "skipped": seen - imported}
+
+    def _import_batch(self, db: sqlite3.Connection, batch: list[Record]) -> int:
+        fresh: dict[str, Record] = {}
+        for record in batch:
+            if record.id not in fresh and not db.execute("SELECT 1 FROM records WHERE id = ?",
+                                                         (record.id,)).fetchone():
+                fresh[record.id] = record
+        self._store(db, [_prepare(r) for r in fresh.values()])
+        return len(fresh)
 
     # --- reading -------------------------------------------------------------------------------
 
+    @staticmethod
+    def _load(db: sqlite3.Connection, data: str, refs: str | None) -> Record:
+        if refs is None:  # a v2 row: the whole record
+            return Record.model_validate_json(data)
+
+        def blob(ref: str) -> Any:
+            row = db.execute("SELECT data FROM blobs WHERE id = ?", (ref,)).fetchone()
+            if row is None:
+                raise StoreCorrupt(f"record piece {ref} is missing from {DB_NAME}")
+            return json.loads(row[0])
+
+        def messages(leaf: str) -> list[Any]:
+            rows = db.execute(_CHAIN, (leaf,)).fetchall()
+            if not rows or rows[0][0] is not None or any(text is None for _, text in rows):
+                raise StoreCorrupt(f"message chain {leaf} is incomplete in {DB_NAME}")
+            return [json.loads(text) for _, text in rows]
+
+        return Record.model_validate(bodies.assemble(json.loads(data), json.loads(refs), blob, messages))
+
     def get(self, record_id: str) -> Record | None:
         with self._reader() as db:
-            row = db.execute("SELECT data FROM records WHERE id = ?", (record_id,)).fetchone()
-        return Record.model_validate_json(row[0]) if row else None
+            row = db.execute("SELECT data, refs FROM records WHERE id = ?", (record_id,)).fetchone()
+            return self._load(db, *row) if row else None
 
     def query(self, flt: RecordFilter, *, page: int = 1, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
         """Summaries of one page of matching records, newest first, and the count of all matches."""
@@ -330,13 +526,13 @@ class Store:
         while True:
             with self._reader() as db:
                 cursor_where = (where + " AND" if where else " WHERE") + " (ts, id) > (?, ?)"
-                rows = db.execute(f"SELECT ts, id, data FROM records{cursor_where} ORDER BY ts, id LIMIT 200",
+                rows = db.execute(f"SELECT ts, id, data, refs FROM records{cursor_where} ORDER BY ts, id LIMIT 50",
                                   [*params, last_ts, last_id]).fetchall()
-            if not rows:
-                return
-            for ts, record_id, data in rows:
-                last_ts, last_id = ts, record_id
-                yield Record.model_validate_json(data)
+                if not rows:
+                    return
+                loaded = [self._load(db, data, refs) for _, _, data, refs in rows]
+            last_ts, last_id = rows[-1][0], rows[-1][1]
+            yield from loaded
 
     def aggregate(self, flt: RecordFilter, *, now: float | None = None) -> dict[str, Any]:
         """Totals, latency percentiles, tokens, cost, and chart series over ALL records matching `flt`.
@@ -435,10 +631,56 @@ class Store:
     def clear(self) -> int:
         self.flush()
         with self._reader() as db:
-            return db.execute("DELETE FROM records").rowcount
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = db.execute("DELETE FROM records").rowcount
+                for table in ("record_refs", "nodes", "blobs"):
+                    db.execute(f"DELETE FROM {table}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return deleted
 
     def _reader(self) -> _ClosingConnection:
         return _ClosingConnection(self._connect())
+
+
+def _delete_records(db: sqlite3.Connection, ids: list[str]) -> None:
+    """Delete records and whatever pieces only they used (inside the caller's transaction)."""
+    garbage: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        marks = ", ".join("?" * len(chunk))
+        garbage.update(ref for (ref,) in db.execute(f"SELECT ref FROM record_refs WHERE record_id IN ({marks})",
+                                                    chunk))
+        db.execute(f"DELETE FROM record_refs WHERE record_id IN ({marks})", chunk)
+        db.execute(f"DELETE FROM records WHERE id IN ({marks})", chunk)
+    _collect(db, garbage)
+
+
+def _collect(db: sqlite3.Connection, candidates: set[str]) -> None:
+    """Remove the nodes and blobs among `candidates` (and, for nodes, their ancestors) nothing uses any more."""
+    blobs: set[str] = set()
+    nodes = list(candidates)
+    while nodes:
+        ref = nodes.pop()
+        if db.execute("SELECT 1 FROM record_refs WHERE ref = ? LIMIT 1", (ref,)).fetchone():
+            continue
+        row = db.execute("SELECT parent, blob FROM nodes WHERE id = ?", (ref,)).fetchone()
+        if row is None:
+            blobs.add(ref)  # not a node: a blob (system, tools)
+            continue
+        if db.execute("SELECT 1 FROM nodes WHERE parent = ? LIMIT 1", (ref,)).fetchone():
+            continue
+        db.execute("DELETE FROM nodes WHERE id = ?", (ref,))
+        blobs.add(row[1])
+        if row[0] is not None:
+            nodes.append(row[0])
+    for ref in blobs:
+        if not db.execute("SELECT 1 FROM record_refs WHERE ref = ? LIMIT 1", (ref,)).fetchone() \
+                and not db.execute("SELECT 1 FROM nodes WHERE blob = ? LIMIT 1", (ref,)).fetchone():
+            db.execute("DELETE FROM blobs WHERE id = ?", (ref,))
 
 
 class _ClosingConnection:
