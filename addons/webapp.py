@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 from aiohttp import web
 from mitmproxy import http
@@ -51,10 +52,22 @@ class WebApp:
         self._ready.set()
         logger.debug("web app on internal port %d", runtime.web_port)
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        # Sync on purpose: API calls (the hot path) must not pay for a coroutine; only a page request
+        # that arrives before the web app has started waits for it.
         if flow.response or flow.error or not flow.live or is_api_path(flow.request.path):
-            return
+            return None
+        if not self._ready.is_set():
+            return self._retarget_when_ready(flow)
+        self._retarget(flow)
+        return None
+
+    async def _retarget_when_ready(self, flow: http.HTTPFlow) -> None:
         await self._ready.wait()
+        self._retarget(flow)
+
+    @staticmethod
+    def _retarget(flow: http.HTTPFlow) -> None:
         runtime = runtime_module.current_runtime()
         assert runtime is not None and runtime.web_port is not None
         flow.metadata[INTERNAL_FLOW] = True
