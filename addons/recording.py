@@ -13,13 +13,12 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import traverse
 
 from anthropic_proxy import runtime as runtime_module
-from anthropic_proxy.exchange import Exchange
+from anthropic_proxy.exchange import Exchange, parse_body
 from anthropic_proxy.hooks import AnthropicRecordCompleteHook
 from anthropic_proxy.masking import mask_headers
 from anthropic_proxy.openrouter_route import ClientRequest, Route
 from anthropic_proxy.pricing import apply_cost
 from anthropic_proxy.record import HttpRequestPart, Record
-from anthropic_proxy.translate import fastjson
 
 from .routing import API_CALL
 
@@ -27,16 +26,6 @@ logger = logging.getLogger("anthropic_proxy.recording")
 
 RECORD_ID = "anthropic_proxy.record_id"
 SESSION_HEADER = "x-claude-code-session-id"
-
-
-def parse_json_body(content: bytes | None) -> Any:
-    """The body as JSON when it is JSON, else as text: the record shows exactly what was sent."""
-    if not content:
-        return None
-    try:
-        return fastjson.loads(content)
-    except (ValueError, UnicodeDecodeError):
-        return content.decode("utf-8", "replace")
 
 
 def session_of(headers: http.Headers, body: Any) -> str | None:
@@ -83,7 +72,7 @@ class Recorder:
         client = route.client if route else ClientRequest(flow.request.method, flow.request.path,
                                                           flow.request.headers.items(multi=True),
                                                           flow.request.content or b"")
-        body = parse_json_body(client.content)
+        body = parse_body(client.content)
         record = Record(
             timestamp=datetime.fromtimestamp(flow.request.timestamp_start, UTC),
             request=HttpRequestPart(method=client.method, path=client.path, headers=mask_headers(client.headers),
@@ -123,7 +112,7 @@ class Recorder:
         streamed = bool(response.stream)
         route = runtime_module.current_runtime().routes.get(flow.id)
         if route is not None and route.upstream_response is not None:
-            exchange.record.upstream_response = parse_json_body(route.upstream_response)
+            exchange.record.upstream_response = parse_body(route.upstream_response)
         exchange.complete(response.status_code, mask_headers(response.headers.items(multi=True)),
                           None if streamed else response.content, streamed)
 

@@ -6,7 +6,6 @@ Pure (no mitmproxy): the Recorder addon feeds it request and response facts, and
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -143,7 +142,7 @@ class Exchange:
                 self._end("success")
             return
         record.metrics.response_bytes = len(body or b"")
-        parsed = _parse_body(body)
+        parsed = parse_body(body)
         record.response.body = parsed
         if not 200 <= status < 300:
             error = parsed.get("error") if isinstance(parsed, dict) else None
@@ -186,11 +185,12 @@ class Exchange:
         self._on_final(record)
 
 
-def _parse_body(body: bytes | None) -> Any:
+def parse_body(body: bytes | None) -> Any:
+    """A body as JSON when it is JSON, else as text: the record shows exactly what was sent."""
     if not body:
         return None
     try:
-        return json.loads(body)
+        return fastjson.loads(body)
     except (ValueError, UnicodeDecodeError):
         return body.decode("utf-8", "replace")
 
