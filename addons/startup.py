@@ -77,15 +77,18 @@ class Startup:
         loader.add_option("retention_days", int, env.get_int("RETENTION_DAYS", 30),
                           "Delete records older than this many days (env RETENTION_DAYS).")
         level = env.get("LOG_LEVEL").lower()
-        if level:
-            if level not in _LOG_LEVELS:
-                raise exceptions.OptionsError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)} (got {level!r})")
+        if level in _LOG_LEVELS:
             loader.master.options.update(termlog_verbosity=_LOG_LEVELS[level])
         loader.master.options.update(**_REQUIRED_MITM_OPTIONS)
         # No --mode given: this is a reverse proxy for Anthropic on loopback, not a forward proxy on *:8080.
         self.manages_mode = list(loader.master.options.mode) == ["regular"]
 
     def configure(self, updated: set[str]) -> None:
+        # Every check raises here, never in load(): mitmproxy swallows an OptionsError from load(), and the
+        # proxy would then run without this addon, as mitmdump's default forward proxy.
+        level = environment.get("LOG_LEVEL").lower()
+        if level and level not in _LOG_LEVELS:
+            raise exceptions.OptionsError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)} (got {level!r})")
         opts = ctx.options
         for option in ("anthropic_upstream", "openrouter_base_url"):
             if option in updated:

@@ -80,3 +80,10 @@ def test_listening_beyond_loopback_requires_the_printed_token(start_proxy):
     answer = httpx.get(f"{proxy.url}/api/monitor/requests", headers={"authorization": f"Bearer {token}"})
     assert answer.status_code == 200 and "data" in answer.json()
     assert httpx.get(f"{proxy.url}/api/monitor/requests", headers={"authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_a_bad_setting_stops_the_proxy_instead_of_leaving_a_forward_proxy(start_proxy):
+    proxy = start_proxy(env={"LOG_LEVEL": "loud"}, wait_ready=False)
+    assert proxy.proc is not None
+    assert proxy.proc.wait(timeout=15) != 0
+    assert "LOG_LEVEL must be one of" in proxy.logs()
