@@ -48,7 +48,9 @@ def canonical(value: Any, *, mask: bool = True) -> str:
     `mask=False` checks a piece that was masked when it was cut (an import: masking may have grown since)."""
     text = _ASCII.encode(value)
     if "earer\\u" in text:  # "Bearer<non-ASCII space>token": let the mask see the real character
-        text = _UNICODE.encode(value)
+        unescaped = _UNICODE.encode(value)
+        if unescaped.encode("utf-8", "surrogatepass").decode("utf-8", "replace") == unescaped:  # no lone surrogate
+            text = unescaped
     return mask_text(text) if mask else text
 
 

@@ -193,7 +193,14 @@ def _search_text(record: Record) -> str:
         parts.append(body[:10_000])
     if record.message:
         parts.extend(bodies.iter_texts(record.message.get("content")))
-    return mask_text("\n".join(parts)).lower()
+    return _utf8(mask_text("\n".join(parts)).lower())
+
+
+def _utf8(text: str | None) -> str | None:
+    """Text SQLite can store: a lone surrogate (valid in a JSON escape, not in UTF-8) becomes '?'."""
+    if text is None or text.isascii():
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 _RECORD_COLUMNS = ("id", "ts", "status", "provider", "model", "session", "search", "summary", "data", "refs",
@@ -221,8 +228,8 @@ class _Prepared:
 
 def _prepare(record: Record) -> _Prepared:
     split = bodies.split(record.model_dump(mode="json", by_alias=True))
-    row = (record.id, record.timestamp.timestamp(), record.status, record.provider, record.model,
-           record.session_id, _search_text(record), mask_text(json.dumps(record.summary())), split.skeleton,
+    row = (record.id, record.timestamp.timestamp(), record.status, record.provider, _utf8(record.model),
+           _utf8(record.session_id), _search_text(record), mask_text(json.dumps(record.summary())), split.skeleton,
            json.dumps(split.refs, separators=(",", ":")), *_metric_values(record))
     return _Prepared(record.id, row, split)
 
@@ -367,6 +374,13 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             self._store(db, prepared)
             db.execute("COMMIT")
+        except (ValueError, TypeError):  # a bug, not the disk: retrying would fail forever; keep the writer alive
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            self.lost += len(prepared)
+            logger.exception("store: %d record(s) could not be stored", len(prepared))
+            return True
         except sqlite3.Error as exc:
             if db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):  # a full disk can refuse even this
