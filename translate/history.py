@@ -17,6 +17,7 @@ from typing import Any
 
 from .content import Dropped, Parts
 from .reasoning import details_from_redacted, details_from_thinking
+from .tool_ids import upstream_tool_id
 from .tool_names import shorten_tool_name
 
 MISSING_RESULT = "[No result: the tool call was interrupted before it returned.]"
@@ -88,7 +89,7 @@ class History:
             (self._deferred if self._unanswered else self.messages).append(message)
 
     def _user(self, blocks: list[dict[str, Any]], where: str) -> None:
-        results = {b.get("tool_use_id"): b for b in blocks if b.get("type") == "tool_result"}
+        results = {upstream_tool_id(str(b.get("tool_use_id"))): b for b in blocks if b.get("type") == "tool_result"}
         follow_up = self._parts()
         self._answer(results, follow_up, where)
         parts = self._parts()
@@ -96,7 +97,7 @@ class History:
         for block in blocks:
             if block.get("type") != "tool_result":
                 parts.block(block, where)
-            elif block.get("tool_use_id") in results:
+            elif upstream_tool_id(str(block.get("tool_use_id"))) in results:
                 # A result for a call that is not in the previous assistant turn: OpenAI would reject a
                 # tool message for it, so its content goes to the model as user text instead.
                 self._dropped.add("tool_result without a matching tool_use: sent as user text")
@@ -147,7 +148,7 @@ class History:
             elif kind == "tool_use":
                 tool_input = block.get("input")
                 arguments = tool_input if isinstance(tool_input, str) else json.dumps(tool_input or {})
-                tool_calls.append({"id": str(block.get("id")), "type": "function", "function": {
+                tool_calls.append({"id": upstream_tool_id(str(block.get("id"))), "type": "function", "function": {
                     "name": shorten_tool_name(str(block.get("name") or "")), "arguments": arguments}})
             elif kind in ("thinking", "redacted_thinking"):
                 restore = details_from_thinking if kind == "thinking" else details_from_redacted

@@ -13,6 +13,7 @@ from typing import Any
 
 from .finish import anthropic_usage, stop_reason
 from .reasoning import reasoning_blocks
+from .tool_ids import anthropic_tool_id
 from .tool_names import original_tool_name
 
 logger = logging.getLogger("anthropic_proxy.translate")
@@ -61,7 +62,7 @@ def translate_response(
         content.append({"type": "text", "text": text})
     for position, call in enumerate(message.get("tool_calls") or ()):
         function = call.get("function") or {}
-        call_id = str(call.get("id") or f"toolu_{openai_body.get('id')}_{position}")
+        call_id = anthropic_tool_id(str(call.get("id") or f"toolu_{openai_body.get('id')}_{position}"))
         content.append({"type": "tool_use", "id": call_id,
                         "name": original_tool_name(str(function.get("name") or ""), tool_names),
                         "input": _tool_input(function.get("arguments"), call_id)})

@@ -30,6 +30,7 @@ from .errors import anthropic_error_body, error_type_for_code, upstream_error_me
 from .finish import anthropic_usage, stop_reason
 from .reasoning import detail_text, encode_details, is_text_detail, merge_detail, thinking_signature
 from .sse import SSEDecoder, encode_event
+from .tool_ids import anthropic_tool_id
 from .tool_names import original_tool_name
 
 logger = logging.getLogger("anthropic_proxy.translate")
@@ -272,10 +273,10 @@ class StreamTranslator:
             name = function.get("name") or ""
             if not name:
                 logger.warning("upstream tool call without a name: %.200s", json.dumps(call))
-            tool = _ToolCall(id=str(call.get("id") or f"toolu_{self._message_id}_{len(self._tools)}"),
-                             name=original_tool_name(name, self._tool_names))
+            upstream_id = str(call.get("id") or f"toolu_{self._message_id}_{len(self._tools)}")
+            tool = _ToolCall(id=anthropic_tool_id(upstream_id), name=original_tool_name(name, self._tool_names))
             self._tools[key] = tool
-            self._tool_ids.add(tool.id)
+            self._tool_ids.add(upstream_id)
             self._last_tool_key = key
             self._pending.append(tool)
         arguments = function.get("arguments")

@@ -18,6 +18,7 @@ from anthropic_proxy.translate.accumulate import MessageAccumulator
 from anthropic_proxy.translate.request import translate_request
 from anthropic_proxy.translate.response import translate_response
 from anthropic_proxy.translate.stream import StreamTranslator
+from anthropic_proxy.translate.tool_ids import anthropic_tool_id
 
 RESPONSES = sorted(OPENROUTER.glob("**/*.response.json"))
 FOLLOW_UPS = sorted(
@@ -38,7 +39,7 @@ def test_non_streaming_response(path):
     assert kinds == sorted(kinds, key=["thinking", "redacted_thinking", "text", "tool_use"].index)
     assert "".join(b["text"] for b in message["content"] if b["type"] == "text") == (upstream["content"] or "")
     assert [(b["id"], b["name"], b["input"]) for b in message["content"] if b["type"] == "tool_use"] == [
-        (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
+        (anthropic_tool_id(c["id"]), c["function"]["name"], json.loads(c["function"]["arguments"]))
         for c in upstream.get("tool_calls") or []
     ]
     thinking = "".join(b["thinking"] for b in message["content"] if b["type"] == "thinking")
@@ -112,7 +113,7 @@ def test_reasoning_and_tool_calls_round_trip(follow_up):
     out = translate_request(anthropic_request, upstream_model=recorded["model"]).body
     sent = next(m for m in out["messages"] if m["role"] == "assistant")
     calls = [(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in sent["tool_calls"]]
-    assert calls == [
+    assert calls == [  # the model gets its own ids back, whatever the client saw
         (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
         for c in recorded_assistant["tool_calls"]
     ]

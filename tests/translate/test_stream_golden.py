@@ -16,6 +16,7 @@ from sdk import sdk_message
 from anthropic_proxy.translate.accumulate import MessageAccumulator
 from anthropic_proxy.translate.reasoning import details_from_redacted, details_from_thinking
 from anthropic_proxy.translate.stream import StreamTranslator
+from anthropic_proxy.translate.tool_ids import anthropic_tool_id
 
 REQUESTED = "claude-sonnet-4-5-20250929"
 
@@ -51,7 +52,8 @@ def expected_from(raw: bytes) -> dict[str, Any]:
         "encrypted": encrypted,
         "signatures": signatures,
         "tools": [
-            {"id": t["id"], "name": t["name"], "input": json.loads(t["arguments"] or "{}")}
+            # ids the Anthropic API would refuse (Kimi's `functions.add:0`) come through reversibly encoded
+            {"id": anthropic_tool_id(t["id"]), "name": t["name"], "input": json.loads(t["arguments"] or "{}")}
             for _, t in sorted(tools.items())
         ],
         "stop_reason": "tool_use" if tools else {"stop": "end_turn", "length": "max_tokens"}[finish],
