@@ -19,6 +19,7 @@ from anthropic_proxy.openrouter_route import (
     translate_full_response,
     upstream_headers,
 )
+from anthropic_proxy.proxy_config import ProxyConfig
 from anthropic_proxy.runtime import Runtime
 from anthropic_proxy.translate import fastjson
 from anthropic_proxy.translate.errors import anthropic_error_body
@@ -59,7 +60,7 @@ class Router:
         config = runtime.config.current  # this call keeps this snapshot, whatever changes meanwhile
         api_call = flow.metadata.get(API_CALL)
         if config.mode == "openrouter" and api_call:
-            self._to_openrouter(flow, runtime, api_call)
+            self._to_openrouter(flow, runtime, config, api_call)
         else:
             self._to_anthropic(flow, runtime)
 
@@ -77,9 +78,8 @@ class Router:
             _strip_openrouter_reasoning(request)
 
     @staticmethod
-    def _to_openrouter(flow: http.HTTPFlow, runtime: Runtime, path: str) -> None:
+    def _to_openrouter(flow: http.HTTPFlow, runtime: Runtime, config: ProxyConfig, path: str) -> None:
         request = flow.request
-        config = runtime.config.current
         route = Route(client=ClientRequest(request.method, request.path, request.headers.items(multi=True),
                                            request.content or b""))
         runtime.routes[flow.id] = route
