@@ -1,17 +1,27 @@
-"""`anthropic-proxy`: start mitmdump (or mitmweb with --web) with the addon and the documented options."""
+"""`anthropic-proxy`: start mitmdump (or mitmweb with --web) with the addon and the documented options.
+
+Two subcommands work on the record store without a running proxy (and beside one: neither ends its records):
+
+    anthropic-proxy export [--format compact|ndjson|json|csv] [--gzip] [-o FILE] [--state-dir DIR] [filters]
+    anthropic-proxy import FILE... [--format compact|ndjson|json] [--state-dir DIR]
+
+Any other arguments start the proxy; the ones it does not know go to mitmdump/mitmweb.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ruamel.yaml import YAML
 
 from . import __version__
-from .environment import environment
+from .environment import DEFAULT_STATE_DIR, environment
 
 ADDON_SCRIPT = Path(__file__).resolve().parent.parent / "addons" / "proxy.py"
 MITM_CONFIG = Path(__file__).resolve().parent.parent / "mitm_config.yaml"
@@ -48,11 +58,86 @@ def build_command(tool: str, extra_args: list[str]) -> list[str]:
     return command + extra_args
 
 
+SUBCOMMANDS = ("export", "import")
+
+
+def _state_dir(value: str | None) -> Path:
+    return Path(value or environment.get("ANTHROPIC_PROXY_HOME") or DEFAULT_STATE_DIR).expanduser()
+
+
+def _instant(value: str) -> datetime:
+    try:
+        instant = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
+    return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+
+
+def store_command(argv: list[str]) -> int:
+    """`export` / `import`: see the module docstring."""
+    from .export import FORMATS, ImportFailed, export_chunks, gzipped, read_records
+    from .store import RecordFilter, Store, parse_time_range
+
+    parser = argparse.ArgumentParser(prog="anthropic-proxy", description="Export or import recorded calls.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    out = commands.add_parser("export", help="write the records (all, or those matching the filters)")
+    out.add_argument("--format", choices=FORMATS, default="compact",
+                     help="compact (default: lossless, each conversation's history once), ndjson, json or csv")
+    out.add_argument("--gzip", action="store_true", help="compress the output")
+    out.add_argument("-o", "--output", default="-", help="file to write (default: standard output)")
+    for name in ("status", "model", "provider", "session", "q"):
+        out.add_argument(f"--{name}", help=f"only records with this {name}" if name != "q" else
+                         "only records whose prompt or answer contains this text")
+    out.add_argument("--time-range", choices=("1h", "24h", "7d", "30d"), help="only the recent records")
+    out.add_argument("--since", type=_instant, help="only records from this time (ISO 8601)")
+    out.add_argument("--until", type=_instant, help="only records up to this time (ISO 8601)")
+    into = commands.add_parser("import", help="add the records of export files (records already there are skipped)")
+    into.add_argument("files", nargs="+", help="export files (compact, ndjson or json; gzipped or not); - for stdin")
+    into.add_argument("--format", choices=("compact", "ndjson", "json"), help="insist on this format")
+    for sub in (out, into):
+        sub.add_argument("--state-dir", help="the proxy's state dir (default: $ANTHROPIC_PROXY_HOME or "
+                         f"{DEFAULT_STATE_DIR})")
+    args = parser.parse_args(argv)
+    store = Store(_state_dir(args.state_dir), close_orphans=False)
+    try:
+        if args.command == "export":
+            since = max(filter(None, (parse_time_range(args.time_range), args.since)), default=None)
+            flt = RecordFilter(status=args.status, model=args.model, provider=args.provider, session=args.session,
+                               q=args.q, since=since, until=args.until)
+            chunks = export_chunks(store.iter_records(flt), args.format)
+            data = gzipped(chunks) if args.gzip else (chunk.encode() for chunk in chunks)
+            with contextlib.ExitStack() as stack:
+                target = sys.stdout.buffer if args.output == "-" else stack.enter_context(open(args.output, "wb"))
+                for piece in data:
+                    target.write(piece)
+            return 0
+        status = 0
+        for name in args.files:
+            result: dict[str, object] = {}
+            try:
+                with contextlib.ExitStack() as stack:
+                    source = sys.stdin.buffer if name == "-" else stack.enter_context(open(name, "rb"))
+                    counts = store.import_records(read_records(source, args.format, result))
+            except (ImportFailed, OSError) as exc:
+                print(f"{name}: nothing imported: {exc}", file=sys.stderr)
+                status = 1
+                continue
+            print(f"{name}: {result.get('format')}: {counts['records']} records, {counts['imported']} imported, "
+                  f"{counts['skipped']} already there")
+        return status
+    finally:
+        store.close()
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        raise SystemExit(store_command(argv))
     parser = argparse.ArgumentParser(
         prog="anthropic-proxy",
         description="Start mitmproxy as an Anthropic API proxy. Unknown arguments go to mitmdump/mitmweb, "
-        "e.g. --set proxy_mode=openrouter.",
+        "e.g. --set proxy_mode=openrouter. `anthropic-proxy export --help` and `anthropic-proxy import --help` "
+        "work on the record store.",
     )
     parser.add_argument("--web", action="store_true", help="start mitmweb (mitmproxy's web UI) instead of mitmdump")
     parser.add_argument("--print-command", action="store_true", help="print the mitmproxy command and exit")

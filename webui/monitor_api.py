@@ -1,4 +1,4 @@
-"""/api/monitor/*: the records, their stats, live events, export, analysis, clear.
+"""/api/monitor/*: the records, their stats, live events, export and import, analysis, clear.
 
 Every endpoint takes the same filters (`status`, `model`, `provider`, `session`, `q`, `timeRange` or
 `from`/`to`) and applies them to ALL matching records in the store, never to one page only.
@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
+from .. import export as exporting
 from ..record import FINAL_STATUSES, Record
 from ..runtime import RUNTIME_KEY as RUNTIME
 from ..runtime import Runtime
@@ -206,10 +208,10 @@ async def close_streams(app: web.Application) -> None:
 
 
 # ---- export, analysis, config -----------------------------------------------------------------------------------
-def _take(records: Iterator[Record], count: int) -> list[Record]:
-    batch: list[Record] = []
-    for record in records:
-        batch.append(record)
+def _take(items: Iterator[Any], count: int) -> list[Any]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
         if len(batch) >= count:
             break
     return batch
@@ -218,32 +220,57 @@ def _take(records: Iterator[Record], count: int) -> list[Record]:
 @routes.get("/api/monitor/export")
 async def export(request: web.Request) -> web.StreamResponse:
     """Every matching record in full (keys masked), oldest first, streamed from the store in batches.
-    `format=ndjson` (default: one record per line) or `format=json` (one array)."""
+    `format=ndjson` (default: one record per line), `json` (one array), `csv` (one row per record, flat
+    columns) or `compact` (lossless; a conversation's repeated history written once; see export.py);
+    `gzip=1` compresses the file as it streams."""
     runtime = request.app[RUNTIME]
     flt = record_filter(request)
     fmt = request.query.get("format", "ndjson")
-    if fmt not in ("ndjson", "json"):
-        raise _bad_request(f"format must be ndjson or json (got {fmt!r})")
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    if fmt not in exporting.FORMATS:
+        raise _bad_request(f"format must be one of {', '.join(exporting.FORMATS)} (got {fmt!r})")
+    compress = request.query.get("gzip", "") in ("1", "true", "yes")
+    name = exporting.file_name(fmt, gzip=compress)
     response = web.StreamResponse(headers={
-        "Content-Type": "application/x-ndjson; charset=utf-8" if fmt == "ndjson" else "application/json",
-        "Content-Disposition": f'attachment; filename="anthropic-proxy-records-{stamp}.{fmt}"',
+        "Content-Type": "application/gzip" if compress else exporting.CONTENT_TYPES[fmt],
+        "Content-Disposition": f'attachment; filename="{name}"',
     })
     await response.prepare(request)
-    records = runtime.store.iter_records(flt)
-    first = True
-    if fmt == "json":
-        await response.write(b"[")
-    while batch := await asyncio.to_thread(_take, records, EXPORT_BATCH):
-        if fmt == "ndjson":
-            await response.write("".join(record_json(r) + "\n" for r in batch).encode())
-        else:
-            await response.write(("" if first else ",\n").encode() + ",\n".join(map(record_json, batch)).encode())
-        first = False
-    if fmt == "json":
-        await response.write(b"]\n")
+    chunks: Iterator[Any] = exporting.export_chunks(runtime.store.iter_records(flt), fmt)
+    if compress:
+        chunks = exporting.gzipped(chunks)
+    while batch := await asyncio.to_thread(_take, chunks, EXPORT_BATCH):
+        await response.write(b"".join(batch) if compress else "".join(batch).encode())
     await response.write_eof()
     return response
+
+
+@routes.post("/api/monitor/import")
+async def import_records(request: web.Request) -> web.Response:
+    """Records from an export (compact, ndjson or json; gzipped or not; detected from the content), added in
+    one transaction: all of them, or none with a 400 saying where the input is wrong. Records whose id is
+    already stored are skipped, so importing a file twice changes nothing. `?format=` insists on one format.
+    Answers `{"format", "records", "imported", "skipped"}`."""
+    runtime = request.app[RUNTIME]
+    fmt = request.query.get("format") or None
+    if fmt is not None and fmt not in ("compact", "ndjson", "json"):
+        raise _bad_request(f"format must be compact, ndjson or json (got {fmt!r})")
+    with tempfile.TemporaryFile() as spool:  # the upload lands on disk first: no lock is held while it arrives
+        size = 0
+        async for chunk in request.content.iter_chunked(1 << 20):
+            size += len(chunk)
+            await asyncio.to_thread(spool.write, chunk)
+        if not size:
+            raise _bad_request("the request body is empty: send an export file")
+        spool.seek(0)
+        result: dict[str, Any] = {}
+        try:
+            counts = await asyncio.to_thread(
+                runtime.store.import_records, exporting.read_records(spool, fmt, result))  # type: ignore[arg-type]
+        except exporting.ImportFailed as exc:
+            raise _bad_request(f"nothing imported: {exc}") from None
+    if counts["imported"]:
+        runtime.bus.publish("lagged", {})  # live views re-read the list
+    return web.json_response({**result, **counts})
 
 
 @routes.get("/api/monitor/analyze")
