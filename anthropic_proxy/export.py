@@ -126,10 +126,11 @@ class CompactWriter:
     def write(self, records: Iterable[Record]) -> Iterator[str]:
         header = {"kind": "header", "format": COMPACT_FORMAT, "version": COMPACT_VERSION,
                   "exportedAt": datetime.now(UTC).isoformat()}
-        yield json.dumps(header) + "\n"
+        yield json.dumps(header, separators=(",", ":")) + "\n"
         for record in records:
             yield self.record_lines(record)
-        yield json.dumps({"kind": "end", "records": self.records_written, "blobs": len(self.blobs_written)}) + "\n"
+        end = {"kind": "end", "records": self.records_written, "blobs": len(self.blobs_written)}
+        yield json.dumps(end, separators=(",", ":")) + "\n"
 
     def record_lines(self, record: Record) -> str:
         split = bodies.split(record.model_dump(mode="json", by_alias=True))

@@ -260,7 +260,7 @@ async def import_records(request: web.Request) -> web.Response:
             size += len(chunk)
             await asyncio.to_thread(spool.write, chunk)
         if not size:
-            raise _bad_request("the request body is empty: send an export file")
+            raise _bad_request("nothing imported: the request body is empty: send an export file")
         spool.seek(0)
         result: dict[str, Any] = {}
         try:
