@@ -38,11 +38,13 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from . import bodies
 from .masking import mask_text
+from .pricing import PriceBook, savings_for_tokens
 from .record import Record, RecordError
 
 logger = logging.getLogger("anthropic_proxy.store")
@@ -318,7 +320,9 @@ class Store:
         while True:
             idle_work = self._legacy and not unsaved
             try:
-                batch = [self._queue.get(timeout=_RETRY_SECONDS if unsaved else 0.05 if idle_work else None)]
+                # Old rows are rewritten a few at a time with pauses between (the writer shares the GIL with the
+                # proxy): about a tenth of one core until they are all done.
+                batch = [self._queue.get(timeout=_RETRY_SECONDS if unsaved else 0.2 if idle_work else None)]
             except queue.Empty:
                 batch = []
             while not self._queue.empty() and len(batch) < 256:
@@ -430,7 +434,7 @@ class Store:
         if garbage:
             _collect(db, garbage)
 
-    def _upgrade_legacy(self, db: sqlite3.Connection, count: int = 16) -> None:
+    def _upgrade_legacy(self, db: sqlite3.Connection, count: int = 8) -> None:
         """Rewrite a few v2 rows (whole bodies) in the v3 form; clears `_legacy` when none are left."""
         try:
             rows = db.execute("SELECT data FROM records WHERE refs IS NULL ORDER BY ts LIMIT ?", (count,)).fetchall()
@@ -548,19 +552,32 @@ class Store:
             last_ts, last_id = rows[-1][0], rows[-1][1]
             yield from loaded
 
-    def aggregate(self, flt: RecordFilter, *, now: float | None = None) -> dict[str, Any]:
+    def aggregate(self, flt: RecordFilter, *, now: float | None = None, book: PriceBook | None = None,
+                  sessions: int = 20) -> dict[str, Any]:
         """Totals, latency percentiles, tokens, cost, and chart series over ALL records matching `flt`.
 
         Every figure is an SQL aggregate over the indexed metric columns (schema v2); nothing is
         parsed per row, so 10,000 records cost a few milliseconds.
+
+        Breakdowns (`byModel`, `byProvider`, `byDay` (UTC), `bySession`: the `sessions` most expensive), each
+        entry with requests, success / errors, tokens, cost and latency p50 / p95. With a price `book`, cache
+        savings in dollars (`cacheSavingsUsd`, also per entry): what the cache reads would have cost at the
+        input price minus what they cost, from `pricing.savings_for_tokens` per (model, day) of Anthropic
+        records (base rates: a long-context request saves a little more than this says); cache reads without
+        a price (unknown models, OpenRouter) are counted in `cacheSavingsUnpricedTokens`.
         """
         where, params = flt.where()
         now = time.time() if now is None else now
         with self._reader() as db:
             # One pass over the matching rows (a covering index when unfiltered), then every figure
             # from that narrow copy: a text search (`q`) scans the big rows once, not once per figure.
-            db.execute("CREATE TEMP TABLE sel AS SELECT ts, status, model, " + ", ".join(_METRIC_COLUMNS)
-                       + f" FROM records{where}", params)
+            # The session comes from its own (covering) index, joined by rowid, so the records are still read
+            # from the metrics index (their big rows stay on disk).
+            db.execute("CREATE TEMP TABLE sess (rid INTEGER PRIMARY KEY, sid TEXT NOT NULL)")
+            db.execute("INSERT INTO sess SELECT rowid, session FROM records WHERE session IS NOT NULL")
+            db.execute("CREATE TEMP TABLE sel AS SELECT ts, status, provider, model, "
+                       + ", ".join(_METRIC_COLUMNS) + ", date(ts, 'unixepoch') AS day, sess.sid AS session "
+                       f"FROM records LEFT JOIN sess ON sess.rid = records.rowid{where}", params)
             (total, success, errors, pending, cancelled, tin, tout, tcw, tcr, cost, costed, timed, avg_ms,
              first_ts, last_ts) = db.execute(
                 "SELECT count(*), total(status = 'success'), total(status = 'error'), total(status = 'pending'), "
@@ -596,6 +613,10 @@ class Store:
             counts = dict(db.execute(
                 f"SELECT CASE {case} ELSE {len(LATENCY_BUCKETS_MS)} END AS b, count(*) "
                 "FROM sel WHERE duration_ms IS NOT NULL GROUP BY b").fetchall())
+            breakdowns = _breakdowns(db, book, sessions)
+        for row in by_model:  # the breakdown's figures for the same rows, in the chart's order
+            row.update({k: v for k, v in breakdowns["_models"][row["model"]].items() if k not in row})
+        del breakdowns["_models"]
         edges = [0, *LATENCY_BUCKETS_MS]
         latency = [{"fromMs": lo, "toMs": edges[n + 1] if n + 1 < len(edges) else None, "count": counts.get(n, 0)}
                    for n, lo in enumerate(edges)]
@@ -611,6 +632,7 @@ class Store:
             "firstTs": first_ts, "lastTs": last_ts,
             "timeline": {"bucketSeconds": bucket, "points": timeline},
             "byModel": by_model, "latencyHistogram": latency,
+            **breakdowns,
         }
 
     def analyze(self, flt: RecordFilter, *, top: int = 5) -> dict[str, Any]:
@@ -658,6 +680,91 @@ class Store:
 
     def _reader(self) -> _ClosingConnection:
         return _ClosingConnection(self._connect())
+
+
+# ---- breakdowns (`aggregate`) -------------------------------------------------------------------------------
+_GROUP_FIGURES = ("count(*), total(status = 'success'), total(status = 'error'), total(input_tokens), "
+                  "total(output_tokens), total(cache_creation_tokens), total(cache_read_tokens), total(cost_usd), "
+                  "count(cost_usd)")
+
+
+def _group_entry(values: tuple[Any, ...]) -> dict[str, Any]:
+    n, ok, errors, tin, tout, tcw, tcr, cost, costed = values
+    finished = ok + errors
+    return {"requests": n, "success": int(ok), "errors": int(errors),
+            "successRate": round(ok / finished, 4) if finished else None,
+            "inputTokens": int(tin), "outputTokens": int(tout), "cacheCreationTokens": int(tcw),
+            "cacheReadTokens": int(tcr), "costUsd": round(cost, 6), "costedRequests": costed,
+            "latencyMs": {"p50": None, "p95": None}, "cacheSavingsUsd": None}
+
+
+def _nearest_rank(values: list[float], p: float) -> float | None:
+    return values[round(p * (len(values) - 1))] if values else None  # as `aggregate`'s own p50 / p95
+
+
+def _breakdowns(db: sqlite3.Connection, book: PriceBook | None, top_sessions: int) -> dict[str, Any]:
+    """By model, provider, day and session over the `sel` / `sess` temp tables (see `aggregate`)."""
+    groups: dict[str, dict[str, dict[str, Any]]] = {"model": {}, "provider": {}, "day": {}, "session": {}}
+    for dimension, key in (("model", "coalesce(model, '(none)')"), ("provider", "provider"), ("day", "day")):
+        for key_value, *values in db.execute(f"SELECT {key}, {_GROUP_FIGURES} FROM sel GROUP BY 1"):
+            groups[dimension][key_value] = {dimension: key_value, **_group_entry(tuple(values))}
+    session_count, with_session = db.execute(
+        "SELECT count(DISTINCT session), count(session) FROM sel").fetchone()
+    for key_value, first_ts, last_ts, models, *values in db.execute(
+            f"SELECT session, min(ts), max(ts + coalesce(duration_ms, 0) / 1000.0), json_group_array(DISTINCT model), "
+            f"{_GROUP_FIGURES} FROM sel WHERE session IS NOT NULL "
+            "GROUP BY 1 ORDER BY total(cost_usd) DESC, count(*) DESC, 1 LIMIT ?", (top_sessions,)):
+        groups["session"][key_value] = {"session": key_value, **_group_entry(tuple(values)), "firstTs": first_ts,
+                                        "lastTs": last_ts, "models": sorted(m for m in json.loads(models) if m)}
+    # Latency p50 / p95 per group: one sorted read of the durations, split by group in Python.
+    durations: dict[str, dict[str, list[float]]] = {d: {} for d in groups}
+    for duration, model, provider, day, session in db.execute(
+            "SELECT duration_ms, coalesce(model, '(none)'), provider, day, session FROM sel "
+            "WHERE duration_ms IS NOT NULL ORDER BY duration_ms"):
+        for dimension, key_value in (("model", model), ("provider", provider), ("day", day), ("session", session)):
+            if key_value in groups[dimension]:
+                durations[dimension].setdefault(key_value, []).append(duration)
+    for dimension, by_key in durations.items():
+        for key_value, values in by_key.items():
+            groups[dimension][key_value]["latencyMs"] = {"p50": _nearest_rank(values, 0.5),
+                                                         "p95": _nearest_rank(values, 0.95)}
+    total_savings: Decimal | None = None
+    unpriced_reads = 0
+    if book is not None:
+        total_savings = Decimal(0)
+        sums: dict[tuple[str, str], Decimal] = {}
+        for entry in (e for by_key in groups.values() for e in by_key.values()):
+            entry["cacheSavingsUsd"] = 0.0
+        for provider, model, day, session, reads in db.execute(
+                "SELECT provider, model, day, session, total(cache_read_tokens) FROM sel "
+                "WHERE cache_read_tokens > 0 GROUP BY 1, 2, 3, 4"):
+            reads = int(reads)
+            # Anthropic's prices only: an OpenRouter record's cache is billed by OpenRouter (as in analysis.py).
+            at = datetime.fromisoformat(day).replace(tzinfo=UTC)
+            saved = savings_for_tokens(model, reads, book, at) if provider == "anthropic" else None
+            if saved is None:
+                unpriced_reads += reads
+                continue
+            amount = Decimal(repr(saved))
+            total_savings += amount
+            for dimension, key_value in (("model", model or "(none)"), ("provider", provider), ("day", day),
+                                         ("session", session)):
+                if key_value in groups[dimension]:
+                    sums[dimension, key_value] = sums.get((dimension, key_value), Decimal(0)) + amount
+        for (dimension, key_value), amount in sums.items():
+            groups[dimension][key_value]["cacheSavingsUsd"] = float(amount)
+
+    def ordered(dimension: str) -> list[dict[str, Any]]:
+        return sorted(groups[dimension].values(), key=lambda e: (-e["costUsd"], -e["requests"], e[dimension]))
+
+    return {
+        "_models": groups["model"],
+        "byProvider": ordered("provider"), "byDay": sorted(groups["day"].values(), key=lambda e: e["day"]),
+        "bySession": ordered("session"), "sessionCount": session_count,
+        "recordsWithoutSession": db.execute("SELECT count(*) FROM sel").fetchone()[0] - with_session,
+        "cacheSavingsUsd": float(total_savings) if total_savings is not None else None,
+        "cacheSavingsUnpricedTokens": unpriced_reads,
+    }
 
 
 def _delete_records(db: sqlite3.Connection, ids: list[str]) -> None:
