@@ -64,6 +64,10 @@ from pydantic.alias_generators import to_camel
 from .pricing import COUNT_TOKENS_PATH, USD_QUANTUM, PriceBook, cache_savings_usd, cache_write_premium_usd
 from .record import Record, text_preview
 
+# What the report page may load: its inline stylesheet (and style attributes), nothing else. The page says it in
+# a meta tag; the web app sends the same policy as the response's header (webui/monitor_api.py).
+REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'"
+
 REQUEST_TYPES = ("debugging", "testing", "refactoring", "code review", "documentation", "explanation",
                  "code generation", "file operations", "analysis", "shell commands", "tool use", "conversation",
                  "token count", "other")
@@ -697,7 +701,7 @@ def render_html(report: AnalysisReport, *, title: str = "anthropic-proxy analysi
     ]
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
+        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{REPORT_CSP}\">"  # a constant: nothing to escape
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>"
         + "".join(sections) + "</body></html>\n"

@@ -703,57 +703,76 @@ def _nearest_rank(values: list[float], p: float) -> float | None:
 
 
 def _breakdowns(db: sqlite3.Connection, book: PriceBook | None, top_sessions: int) -> dict[str, Any]:
-    """By model, provider, day and session over the `sel` / `sess` temp tables (see `aggregate`)."""
+    """By model, provider, day and session over the `sel` temp table (see `aggregate`)."""
     groups: dict[str, dict[str, dict[str, Any]]] = {"model": {}, "provider": {}, "day": {}, "session": {}}
     for dimension, key in (("model", "coalesce(model, '(none)')"), ("provider", "provider"), ("day", "day")):
         for key_value, *values in db.execute(f"SELECT {key}, {_GROUP_FIGURES} FROM sel GROUP BY 1"):
             groups[dimension][key_value] = {dimension: key_value, **_group_entry(tuple(values))}
-    session_count, with_session = db.execute(
-        "SELECT count(DISTINCT session), count(session) FROM sel").fetchone()
+    session_count, with_session = db.execute("SELECT count(DISTINCT session), count(session) FROM sel").fetchone()
     for key_value, first_ts, last_ts, models, *values in db.execute(
-            f"SELECT session, min(ts), max(ts + coalesce(duration_ms, 0) / 1000.0), json_group_array(DISTINCT model), "
+            "SELECT session, min(ts), max(ts + coalesce(duration_ms, 0) / 1000.0), json_group_array(DISTINCT model), "
             f"{_GROUP_FIGURES} FROM sel WHERE session IS NOT NULL "
             "GROUP BY 1 ORDER BY total(cost_usd) DESC, count(*) DESC, 1 LIMIT ?", (top_sessions,)):
         groups["session"][key_value] = {"session": key_value, **_group_entry(tuple(values)), "firstTs": first_ts,
                                         "lastTs": last_ts, "models": sorted(m for m in json.loads(models) if m)}
-    # Latency p50 / p95 per group: one sorted read of the durations, split by group in Python.
+    top = list(groups["session"])
+    in_top = f"session IN ({', '.join('?' * len(top))})" if top else "0"
+
+    # Latency p50 / p95 per group: the durations read once in order, split by group (a few ms per 10,000).
     durations: dict[str, dict[str, list[float]]] = {d: {} for d in groups}
-    for duration, model, provider, day, session in db.execute(
-            "SELECT duration_ms, coalesce(model, '(none)'), provider, day, session FROM sel "
-            "WHERE duration_ms IS NOT NULL ORDER BY duration_ms"):
-        for dimension, key_value in (("model", model), ("provider", provider), ("day", day), ("session", session)):
-            if key_value in groups[dimension]:
-                durations[dimension].setdefault(key_value, []).append(duration)
+    by_model, by_provider, by_day = durations["model"], durations["provider"], durations["day"]
+    for duration, model, provider, day in db.execute(
+            "SELECT duration_ms, coalesce(model, '(none)'), provider, day FROM sel WHERE duration_ms IS NOT NULL "
+            "ORDER BY duration_ms"):
+        by_model.setdefault(model, []).append(duration)
+        by_provider.setdefault(provider, []).append(duration)
+        by_day.setdefault(day, []).append(duration)
+    for session, duration in db.execute(f"SELECT session, duration_ms FROM sel WHERE {in_top} AND "
+                                        "duration_ms IS NOT NULL ORDER BY duration_ms", top):
+        durations["session"].setdefault(session, []).append(duration)
     for dimension, by_key in durations.items():
         for key_value, values in by_key.items():
             groups[dimension][key_value]["latencyMs"] = {"p50": _nearest_rank(values, 0.5),
                                                          "p95": _nearest_rank(values, 0.95)}
-    total_savings: Decimal | None = None
-    unpriced_reads = 0
-    if book is not None:
-        total_savings = Decimal(0)
-        sums: dict[tuple[str, str], Decimal] = {}
-        for entry in (e for by_key in groups.values() for e in by_key.values()):
-            entry["cacheSavingsUsd"] = 0.0
-        for provider, model, day, session, reads in db.execute(
-                "SELECT provider, model, day, session, total(cache_read_tokens) FROM sel "
-                "WHERE cache_read_tokens > 0 GROUP BY 1, 2, 3, 4"):
-            reads = int(reads)
-            # Anthropic's prices only: an OpenRouter record's cache is billed by OpenRouter (as in analysis.py).
-            at = datetime.fromisoformat(day).replace(tzinfo=UTC)
-            saved = savings_for_tokens(model, reads, book, at) if provider == "anthropic" else None
-            if saved is None:
-                unpriced_reads += reads
-                continue
-            amount = Decimal(repr(saved))
-            total_savings += amount
-            for dimension, key_value in (("model", model or "(none)"), ("provider", provider), ("day", day),
-                                         ("session", session)):
-                if key_value in groups[dimension]:
-                    sums[dimension, key_value] = sums.get((dimension, key_value), Decimal(0)) + amount
-        for (dimension, key_value), amount in sums.items():
-            groups[dimension][key_value]["cacheSavingsUsd"] = float(amount)
 
+    # Cache savings: Anthropic's prices per (model, day); an OpenRouter record's cache is billed by OpenRouter
+    # (so it is left out, as in analysis.py). The top sessions get theirs from the same per-(model, day) rows.
+    if book is None:
+        return _breakdown_view(groups, session_count, with_session, None, 0)
+    sums: dict[tuple[str, str], Decimal] = {}
+    total_savings, unpriced_reads = Decimal(0), 0
+    for entry in (e for by_key in groups.values() for e in by_key.values()):
+        entry["cacheSavingsUsd"] = 0.0
+
+    def saved(provider: str, model: str | None, day: str, reads: float) -> Decimal | None:
+        if provider != "anthropic":
+            return None
+        usd = savings_for_tokens(model, int(reads), book, datetime.fromisoformat(day).replace(tzinfo=UTC))
+        return None if usd is None else Decimal(repr(usd))
+
+    for provider, model, day, reads in db.execute(
+            "SELECT provider, model, day, total(cache_read_tokens) FROM sel WHERE cache_read_tokens > 0 "
+            "GROUP BY 1, 2, 3"):
+        amount = saved(provider, model, day, reads)
+        if amount is None:
+            unpriced_reads += int(reads)
+            continue
+        total_savings += amount
+        for dimension, key_value in (("model", model or "(none)"), ("provider", provider), ("day", day)):
+            sums[dimension, key_value] = sums.get((dimension, key_value), Decimal(0)) + amount
+    for session, provider, model, day, reads in db.execute(
+            f"SELECT session, provider, model, day, total(cache_read_tokens) FROM sel WHERE {in_top} "
+            "AND cache_read_tokens > 0 GROUP BY 1, 2, 3, 4", top):
+        amount = saved(provider, model, day, reads)
+        if amount is not None:
+            sums["session", session] = sums.get(("session", session), Decimal(0)) + amount
+    for (dimension, key_value), amount in sums.items():
+        groups[dimension][key_value]["cacheSavingsUsd"] = float(amount)
+    return _breakdown_view(groups, session_count, with_session, float(total_savings), unpriced_reads)
+
+
+def _breakdown_view(groups: dict[str, dict[str, dict[str, Any]]], session_count: int, with_session: int,
+                    savings: float | None, unpriced_reads: int) -> dict[str, Any]:
     def ordered(dimension: str) -> list[dict[str, Any]]:
         return sorted(groups[dimension].values(), key=lambda e: (-e["costUsd"], -e["requests"], e[dimension]))
 
@@ -761,9 +780,8 @@ def _breakdowns(db: sqlite3.Connection, book: PriceBook | None, top_sessions: in
         "_models": groups["model"],
         "byProvider": ordered("provider"), "byDay": sorted(groups["day"].values(), key=lambda e: e["day"]),
         "bySession": ordered("session"), "sessionCount": session_count,
-        "recordsWithoutSession": db.execute("SELECT count(*) FROM sel").fetchone()[0] - with_session,
-        "cacheSavingsUsd": float(total_savings) if total_savings is not None else None,
-        "cacheSavingsUnpricedTokens": unpriced_reads,
+        "recordsWithoutSession": sum(e["requests"] for e in groups["provider"].values()) - with_session,
+        "cacheSavingsUsd": savings, "cacheSavingsUnpricedTokens": unpriced_reads,
     }
 
 

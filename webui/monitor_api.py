@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import analysis
 from .. import export as exporting
 from ..record import FINAL_STATUSES, Record
 from ..runtime import RUNTIME_KEY as RUNTIME
@@ -135,7 +136,7 @@ async def get_request(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     flt = record_filter(request)
-    figures = await asyncio.to_thread(runtime.store.aggregate, flt)
+    figures = await asyncio.to_thread(runtime.store.aggregate, flt, book=runtime.prices)
     facets = await asyncio.to_thread(runtime.store.facets)
     return web.json_response({**figures, "inFlight": len(runtime.exchanges), "facets": facets,
                               "filters": filter_view(flt)})
@@ -273,15 +274,34 @@ async def import_records(request: web.Request) -> web.Response:
     return web.json_response({**result, **counts})
 
 
+# The report page has an inline stylesheet and nothing else (no script, no image, no form): exactly what its
+# own CSP meta allows, plus what only a header can say. It replaces the app's CSP for this response only.
+ANALYSIS_CSP = f"{analysis.REPORT_CSP}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+
+def _analysis_report(runtime: Runtime, flt: RecordFilter) -> analysis.AnalysisReport:
+    report = analysis.analyze(runtime.store.iter_records(flt), book=runtime.prices)
+    report.filters = filter_view(flt)
+    return report
+
+
 @routes.get("/api/monitor/analyze")
 async def analyze(request: web.Request) -> web.Response:
-    """A first summary of the matching records (the analysis issue extends it)."""
+    """The analysis report (analysis.py) over ALL matching records: a self-contained HTML page by default,
+    `format=json` for the report as JSON. One pass in a worker thread; the store is read in batches and each
+    record is dropped once counted, so memory stays flat however many records match."""
     runtime = request.app[RUNTIME]
     flt = record_filter(request)
-    figures = await asyncio.to_thread(runtime.store.aggregate, flt)
-    details = await asyncio.to_thread(runtime.store.analyze, flt)
-    return web.json_response({"filters": filter_view(flt), "generatedAt": datetime.now(UTC).isoformat(),
-                              "stats": figures, **details})
+    fmt = request.query.get("format") or "html"
+    if fmt not in ("html", "json"):
+        raise _bad_request(f"format must be html or json (got {fmt!r})")
+    report = await asyncio.to_thread(_analysis_report, runtime, flt)
+    if fmt == "json":
+        return web.json_response(report.model_dump(mode="json", by_alias=True))
+    stamp = report.generated_at.strftime("%Y%m%d-%H%M%S")
+    return web.Response(text=analysis.render_html(report), content_type="text/html", charset="utf-8", headers={
+        "Content-Security-Policy": ANALYSIS_CSP,
+        "Content-Disposition": f'inline; filename="anthropic-proxy-analysis-{stamp}.html"'})
 
 
 @routes.get("/api/monitor/config")
@@ -290,12 +310,13 @@ async def monitor_config(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     settings = runtime.settings
     store = runtime.store
+    prices = await asyncio.to_thread(runtime.prices.describe)  # where prices come from (re-reads prices.json)
     return web.json_response({
         "mode": runtime.config.current.mode, "version": runtime.version,
         "listenHost": settings.listen_host, "listenPort": settings.listen_port,
         "anthropicUpstream": settings.anthropic_upstream, "openrouterBaseUrl": settings.openrouter_base_url,
         "maxRecords": store.max_records, "retentionDays": store.retention_days,
-        "tokenRequired": token_required(settings), "inFlight": len(runtime.exchanges),
+        "tokenRequired": token_required(settings), "inFlight": len(runtime.exchanges), "prices": prices,
     })
 
 

@@ -129,13 +129,17 @@ def test_export_streams_every_matching_record_as_a_download(proxy, populated):
 
 
 def test_analyze_and_config_answer(proxy, populated):
-    result = proxy.get("/api/monitor/analyze", model=populated["model"]).json()
-    assert result["stats"]["total"] == 7
+    result = proxy.get("/api/monitor/analyze", model=populated["model"], format="json").json()
+    assert (result["totals"]["requests"], result["totals"]["errors"]) == (7, 2)
     assert {e["type"] for e in result["errorsByType"]} == {"rate_limit_error", "overloaded_error"}
-    assert len(result["slowest"]) == 5
+    assert result["latencyMs"]["count"] == 7 and result["filters"]["model"] == populated["model"]
+    assert result["unpricedModels"] == [populated["model"]]  # a made-up model: no price, no guess
+    page = proxy.get("/api/monitor/analyze", model=populated["model"])
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     config = proxy.get("/api/monitor/config").json()
     assert config["mode"] == "anthropic" and config["listenPort"] == proxy.port
     assert config["tokenRequired"] is False
+    assert config["prices"]["asOf"] and config["prices"]["overrideError"] is None
 
 
 # ---- live stream ----------------------------------------------------------------------------------------------
