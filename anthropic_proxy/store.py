@@ -52,6 +52,7 @@ logger = logging.getLogger("anthropic_proxy.store")
 DB_NAME = "records.sqlite3"
 _STOP = object()
 _PRUNE_EVERY = 500  # writes between two retention passes
+_BATCH_SECONDS = 0.05  # how long the writer waits for more records after the first
 _RETRY_SECONDS = 1.0  # between two attempts while writes fail
 _MAX_UNSAVED = 10_000  # records held in memory while writes fail
 
@@ -325,8 +326,7 @@ class Store:
                 batch = [self._queue.get(timeout=_RETRY_SECONDS if unsaved else 0.2 if idle_work else None)]
             except queue.Empty:
                 batch = []
-            while not self._queue.empty() and len(batch) < 256:
-                batch.append(self._queue.get_nowait())
+            self._gather(batch)
             if not batch and idle_work:
                 self._upgrade_legacy(db)
                 continue
@@ -339,7 +339,7 @@ class Store:
                 if written:
                     writes += len(unsaved)
                     unsaved.clear()
-                    if writes >= _PRUNE_EVERY:
+                    if writes >= min(_PRUNE_EVERY, max(1, self.max_records // 10)):
                         writes = 0
                         self._prune(db)
                 self._keep_within(unsaved)
@@ -352,6 +352,20 @@ class Store:
                     logger.error("store: %d record(s) could not be written to %s before shutdown",
                                  len(unsaved), self.path)
                 db.close()
+                return
+
+    def _gather(self, batch: list[Any]) -> None:
+        """Wait a moment for more after the first record: a call's pending and final versions then usually
+        arrive together and are written once, and the writer (which shares the GIL with the proxy) works
+        after a call rather than during it. A flush or stop request ends the wait at once."""
+        if not batch:
+            return
+        deadline = time.monotonic() + _BATCH_SECONDS
+        while len(batch) < 256 and not isinstance(batch[-1], threading.Event) and batch[-1] is not _STOP:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+            except queue.Empty:
                 return
 
     def _keep_within(self, unsaved: dict[str, Record]) -> None:
@@ -597,14 +611,14 @@ class Store:
             bucket = time_bucket_seconds(max(end - start, 60))
             timeline = [
                 {"t": int(b) * bucket, "requests": n, "errors": int(e), "inputTokens": int(i),
-                 "outputTokens": int(o), "cacheTokens": int(c), "costUsd": round(k, 6)}
+                 "outputTokens": int(o), "cacheTokens": int(c), "costUsd": round(k, 8)}
                 for b, n, e, i, o, c, k in db.execute(
                     "SELECT CAST(ts / ? AS INTEGER) AS b, count(*), total(status = 'error'), total(input_tokens), "
                     "total(output_tokens), total(cache_creation_tokens + cache_read_tokens), total(cost_usd) "
                     "FROM sel GROUP BY b ORDER BY b", (bucket,))
             ]
             by_model = [
-                {"model": m, "requests": n, "costUsd": round(k, 6), "inputTokens": int(i), "outputTokens": int(o)}
+                {"model": m, "requests": n, "costUsd": round(k, 8), "inputTokens": int(i), "outputTokens": int(o)}
                 for m, n, k, i, o in db.execute(
                     "SELECT coalesce(model, '(none)'), count(*), total(cost_usd), total(input_tokens), "
                     "total(output_tokens) FROM sel GROUP BY 1 ORDER BY 3 DESC, 2 DESC")
@@ -628,7 +642,7 @@ class Store:
             "latencyMs": {"p50": p50, "p95": p95, "avg": round(avg_ms, 2) if avg_ms is not None else None},
             "tokens": {"input": int(tin), "output": int(tout), "cacheCreation": int(tcw), "cacheRead": int(tcr),
                        "total": int(tin + tout + tcw + tcr)},
-            "costUsd": round(cost, 6), "costedRequests": costed,
+            "costUsd": round(cost, 8), "costedRequests": costed,  # costs are kept to 1e-8 USD
             "firstTs": first_ts, "lastTs": last_ts,
             "timeline": {"bucketSeconds": bucket, "points": timeline},
             "byModel": by_model, "latencyHistogram": latency,
@@ -694,7 +708,7 @@ def _group_entry(values: tuple[Any, ...]) -> dict[str, Any]:
     return {"requests": n, "success": int(ok), "errors": int(errors),
             "successRate": round(ok / finished, 4) if finished else None,
             "inputTokens": int(tin), "outputTokens": int(tout), "cacheCreationTokens": int(tcw),
-            "cacheReadTokens": int(tcr), "costUsd": round(cost, 6), "costedRequests": costed,
+            "cacheReadTokens": int(tcr), "costUsd": round(cost, 8), "costedRequests": costed,
             "latencyMs": {"p50": None, "p95": None}, "cacheSavingsUsd": None}
 
 
