@@ -198,7 +198,7 @@ def test_analyze_opens_a_summary(page, proxy):
     page.get_by_test_id("analyze").click()
     dialog = page.get_by_test_id("analyze-dialog")
     expect(dialog).to_be_visible()
-    expect(dialog).to_contain_text("Slowest requests")
+    expect(dialog).to_contain_text("Request types")
     expect(dialog).to_contain_text("100.0%")
 
 

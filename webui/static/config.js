@@ -59,6 +59,26 @@ async function loadConfig() {
   if (config) render(config);
 }
 
+/** Where prices come from (GET /api/monitor/config: `prices`), shown read-only. */
+async function loadPrices() {
+  const info = await run("Loading the price information", () => api("/api/monitor/config"));
+  if (!info || !info.prices) return;
+  const p = info.prices;
+  const source = /^https:\/\//.test(p.source || "")
+    ? h("a", { href: p.source, target: "_blank", rel: "noopener noreferrer" }, p.source) : p.source || "—";
+  const overridden = p.overrideModels.length
+    ? `${p.overrideModels.length} model(s): ${p.overrideModels.join(", ")}` : "none (no file, or no model in it)";
+  const items = [
+    ["Built-in table as of", p.asOf || "—"], ["Source", source],
+    ["Built-in models", fmt.int(p.builtinModels.length)],
+    ["Override file", h("code", { "data-testid": "prices-file" }, p.overrideFile || "—")],
+    ["Overridden", p.overrideError ? "none: the file is ignored" : overridden],
+  ];
+  clear($("prices")).append(...items.map(([k, v]) => h("div", {}, h("div", { class: "k" }, k), h("div", { class: "v" }, v))));
+  $("prices-error").hidden = !p.overrideError;
+  $("prices-error").textContent = p.overrideError || "";
+}
+
 async function loadModels(refresh = false) {
   const result = await run("Loading OpenRouter's models", () => api("/api/config/models" + (refresh ? "?refresh=1" : "")));
   if (!result) { $("models-state").textContent = "OpenRouter's model list is unavailable."; return; }
@@ -94,7 +114,7 @@ async function reset() {
 
 async function reload() {
   const config = await run("Reload", () => api("/api/config/reload", { method: "POST" }));
-  if (config) { render(config); toast("Configuration reloaded from config.json and the environment"); }
+  if (config) { render(config); loadPrices(); toast("Configuration reloaded from config.json and the environment"); }
 }
 
 async function testKey() {
@@ -115,4 +135,5 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const family of FAMILIES) $(`map-${family}`).addEventListener("input", () => showPrice(family));
   loadConfig();
   loadModels();
+  loadPrices();
 });

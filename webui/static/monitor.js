@@ -2,9 +2,9 @@
 // Live updates come from Server-Sent Events (/api/monitor/stream); nothing polls.
 "use strict";
 
-const FILTER_KEYS = ["status", "model", "provider", "timeRange", "q"];
+const FILTER_KEYS = ["status", "model", "provider", "timeRange", "q", "session"];
 const state = {
-  filters: { status: "", model: "", provider: "", timeRange: "", q: "" },
+  filters: { status: "", model: "", provider: "", timeRange: "", q: "", session: "" },
   page: 1,
   limit: 50,
   total: 0,
@@ -56,8 +56,46 @@ async function loadStats() {
   $("stat-cost").textContent = fmt.cost(stats.costUsd);
   $("stat-cost-sub").textContent = stats.total && stats.costedRequests < stats.total
     ? `${fmt.int(stats.total - stats.costedRequests)} requests without a price` : "";
+  $("stat-savings").textContent = fmt.cost(stats.cacheSavingsUsd);
+  $("stat-savings-sub").textContent = `${fmt.compact(t.cacheRead)} cache-read tokens` +
+    (stats.cacheSavingsUnpricedTokens ? ` · ${fmt.compact(stats.cacheSavingsUnpricedTokens)} without a price` : "");
   updateModelOptions(stats.facets.models);
   drawCharts(stats);
+  renderSessions(stats);
+}
+
+function shortSession(id) {
+  return id.length > 13 ? id.slice(0, 8) + "…" + id.slice(-4) : id;
+}
+
+function filterBySession(id) {
+  state.filters.session = id;
+  return applyFilters();
+}
+
+/** The most expensive sessions among the matching records; a click shows only that session's requests. */
+function renderSessions(stats) {
+  const sessions = stats.bySession || [];
+  $("sessions-title").textContent = stats.sessionCount > sessions.length
+    ? `Top ${sessions.length} of ${fmt.int(stats.sessionCount)} sessions by cost`
+    : `Sessions by cost (${fmt.int(stats.sessionCount || 0)})`;
+  $("sessions-empty").hidden = sessions.length > 0;
+  const tbody = clear($("sessions"));
+  for (const se of sessions) {
+    const open = () => filterBySession(se.session);
+    tbody.append(h("tr", { "data-testid": "session-row", dataset: { session: se.session }, tabindex: "0",
+      class: se.session === state.filters.session ? "selected" : null, title: `session ${se.session}: show its requests`,
+      onclick: open, onkeydown: (ev) => { if (ev.key === "Enter") open(); } },
+    h("td", { class: "mono" }, shortSession(se.session)),
+    h("td", { class: "optional models", title: se.models.join(", ") }, se.models.join(", ")),
+    h("td", { class: "num" }, fmt.int(se.requests)),
+    h("td", { class: "num" }, fmt.pct(se.successRate)),
+    h("td", { class: "num" }, `${fmt.compact(se.inputTokens)} / ${fmt.compact(se.outputTokens)}`),
+    h("td", { class: "num" }, fmt.ms(se.latencyMs && se.latencyMs.p50)),
+    h("td", { class: "num" }, fmt.cost(se.cacheSavingsUsd)),
+    h("td", { class: "num" }, fmt.cost(se.costUsd)),
+    h("td", { class: "num when" }, se.lastTs ? fmt.time(new Date(se.lastTs * 1000).toISOString()) : "—")));
+  }
 }
 
 function updateModelOptions(models) {
@@ -106,6 +144,13 @@ function drawCharts(stats) {
     rows: stats.byModel.map((m) => ({ label: m.model, value: priced ? m.costUsd : m.requests }))
       .sort((a, b) => b.value - a.value),
     format: priced ? fmt.cost : fmt.int, cls: priced ? "s2" : "s1",
+  });
+  const days = stats.byDay || [];
+  stackedBars($("chart-days"), {
+    labels: days.map((d) => d.day), format: fmt.cost,
+    tickLabel: (day, long) => long ? `${day} · ${fmt.int(days.find((d) => d.day === day).requests)} requests`
+      : new Date(day + "T00:00:00Z").toLocaleDateString([], { month: "short", day: "numeric", timeZone: "UTC" }),
+    series: [{ name: "cost", cls: "s2", values: days.map((d) => d.costUsd) }],
   });
   const hist = stats.latencyHistogram;
   stackedBars($("chart-latency"), {
@@ -164,9 +209,18 @@ function rowFor(record) {
   h("td", { class: "optional" }, record.provider),
   h("td", { class: "preview optional", title: record.preview || "" }, record.preview || ""),
   h("td", { class: "num" }, `${fmt.compact(u.inputTokens)} / ${fmt.compact(u.outputTokens)}`),
-  h("td", { class: "num" }, fmt.cost(record.costUsd)),
+  costCell(record),
   h("td", { class: "num duration" }, durationOf(record)));
   return tr;
+}
+
+/** The cost, or a "?" whose tooltip says why there is none (costNote); an estimate keeps its note as a tooltip. */
+function costCell(record) {
+  const unknown = record.costUsd === null || record.costUsd === undefined;
+  const note = record.costNote || null;
+  return h("td", { class: "num cost", title: note },
+    unknown && note ? h("span", { class: "unknown-cost", "data-testid": "cost-note", title: note }, "?")
+      : fmt.cost(record.costUsd));
 }
 
 function matchesFilters(record) {
@@ -174,6 +228,7 @@ function matchesFilters(record) {
   if (f.status && record.status !== f.status) return false;
   if (f.model && record.model !== f.model) return false;
   if (f.provider && record.provider !== f.provider) return false;
+  if (f.session && record.sessionId !== f.session) return false;
   if (f.q && !(record.preview || "").toLowerCase().includes(f.q.toLowerCase())) return false;
   return true; // a time range always includes a record that is happening now
 }
@@ -459,8 +514,15 @@ function renderTimeline(chunks) {
 }
 
 // ---- filters, buttons ---------------------------------------------------------------------------------------------
+function showSessionFilter() {
+  $("session-chip").hidden = !state.filters.session;
+  $("session-chip-value").textContent = state.filters.session ? shortSession(state.filters.session) : "";
+  $("session-chip").title = state.filters.session ? `only session ${state.filters.session}` : "";
+}
+
 function applyFilters() {
   state.page = 1;
+  showSessionFilter();
   $("export").href = "/api/monitor/export?" + filterParams();
   const url = new URL(location.href);
   url.search = filterParams().toString();
@@ -476,34 +538,100 @@ function readFiltersFromUrl() {
   $("filter-time").value = state.filters.timeRange;
   $("search").value = state.filters.q;
   if (state.filters.model) updateModelOptions([state.filters.model]);
+  showSessionFilter();
   $("export").href = "/api/monitor/export?" + filterParams();
 }
 
 async function analyze() {
-  let result;
+  let report;
   try {
-    result = await api("/api/monitor/analyze?" + filterParams());
+    report = await api("/api/monitor/analyze?" + filterParams({ format: "json" }));
   } catch (err) {
     toast(`Analysis failed: ${err.message}`, "error");
     return;
   }
-  const st = result.stats;
-  const body = clear($("analyze-body"));
-  body.append(kv([
-    ["Requests", fmt.int(st.total)], ["Success rate", fmt.pct(st.successRate)],
-    ["Latency p50", fmt.ms(st.latencyMs.p50)], ["Latency p95", fmt.ms(st.latencyMs.p95)],
-    ["Tokens", fmt.compact(st.tokens.total)], ["Cost", fmt.cost(st.costUsd)],
+  const params = filterParams().toString();
+  $("analyze-full").href = "/api/monitor/analyze" + (params ? "?" + params : "");
+  clear($("analyze-body")).append(renderAnalysis(report));
+  const dialog = $("analyze-dialog");
+  if (!dialog.open) dialog.showModal();
+  dialog.scrollTop = 0;
+}
+
+/** A small table: cells are text or nodes; columns from `numericFrom` on are right-aligned. */
+function miniTable(headers, rows, { numericFrom = 1, testid = null, rowAttrs = () => ({}) } = {}) {
+  const num = (i) => (i >= numericFrom ? "num" : null);
+  return h("table", { class: "mini", "data-testid": testid },
+    h("thead", {}, h("tr", {}, headers.map((text, i) => h("th", { class: num(i) }, text)))),
+    h("tbody", {}, rows.map((cells, r) => h("tr", rowAttrs(r), cells.map((c, i) => h("td", { class: num(i) }, c))))));
+}
+
+function orNone(items, build, message) {
+  return items.length ? build(items) : h("div", { class: "hint" }, message);
+}
+
+/** The report's highlights (AnalysisReport JSON), every value as text. */
+function renderAnalysis(rep) {
+  const t = rep.totals, c = rep.cache, lat = rep.latencyMs, ttfb = rep.ttfbMs;
+  const frag = document.createDocumentFragment();
+  const filters = Object.entries(rep.filters || {}).filter(([, v]) => v !== null && v !== "").map(([k, v]) => `${k}=${v}`);
+  frag.append(h("div", { class: "hint" }, `${fmt.int(t.requests)} records` +
+    (rep.firstTimestamp ? ` from ${fmt.time(rep.firstTimestamp)} to ${fmt.time(rep.lastTimestamp)}` : "") +
+    ` · filters: ${filters.length ? filters.join(", ") : "none"}`));
+  frag.append(kv([
+    ["Requests", `${fmt.int(t.requests)} (${fmt.int(t.errors)} errors)`], ["Success rate", fmt.pct(t.successRate)],
+    ["Cost", fmt.cost(t.costUsd) + (t.unpricedRequests ? ` + ${fmt.int(t.unpricedRequests)} unpriced` : "")],
+    ["Tokens", `${fmt.compact(t.totalTokens)} (${fmt.compact(t.inputTokens)} in · ${fmt.compact(t.outputTokens)} out)`],
+    ["Cache hit rate", fmt.pct(c.hitRate)], ["Cache savings", fmt.cost(c.savingsUsd)],
+    ["Latency p50 / p95", `${fmt.ms(lat.p50)} / ${fmt.ms(lat.p95)}`], ["First byte p50", fmt.ms(ttfb.p50)],
+    ["Sessions", fmt.int(rep.sessionCount)],
   ]));
-  body.append(h("h4", {}, "Errors by type"));
-  body.append(result.errorsByType.length
-    ? h("ul", {}, result.errorsByType.map((e) => h("li", {}, `${e.type}: ${fmt.int(e.count)}`)))
-    : h("div", { class: "hint" }, "no errors"));
-  body.append(h("h4", {}, "Slowest requests"));
-  body.append(result.slowest.length ? h("ul", {}, result.slowest.map((r) => h("li", {},
-    h("a", { href: "#", onclick: (ev) => { ev.preventDefault(); $("analyze-dialog").close(); select(r.id); } },
-      `${fmt.ms(r.metrics.durationMs)} · ${r.model || "—"} · ${fmt.time(r.timestamp)}`))))
-    : h("div", { class: "hint" }, "nothing finished yet"));
-  $("analyze-dialog").showModal();
+  if (rep.unpricedModels.length) {
+    frag.append(h("div", { class: "hint warn" }, `No price for: ${rep.unpricedModels.join(", ")} (left out of the cost).`));
+  }
+  frag.append(h("h4", {}, "Request types"), orNone(rep.byRequestType, (rows) => miniTable(
+    ["Type", "Requests", "Errors", "Tokens in / out", "Avg latency", "Cost"],
+    rows.map((r) => [r.key, fmt.int(r.requests), fmt.int(r.errors), `${fmt.compact(r.inputTokens)} / ${fmt.compact(r.outputTokens)}`,
+      fmt.ms(r.avgDurationMs), fmt.cost(r.costUsd)]), { testid: "analyze-types" }), "no requests"));
+  frag.append(h("h4", {}, "Tool calls"), orNone(rep.toolUsage, (rows) => h("div", { class: "tags", "data-testid": "analyze-tools" },
+    rows.map((x) => h("span", { class: "badge" }, `${x.name} × ${fmt.int(x.count)}`))), "no tool calls"));
+  frag.append(h("h4", {}, "Cost and tokens by model"), orNone(rep.byModel, (rows) => miniTable(
+    ["Model", "Requests", "Input", "Output", "Cache write", "Cache read", "Cache savings", "Cost"],
+    rows.map((r) => [r.key, fmt.int(r.requests), fmt.compact(r.inputTokens), fmt.compact(r.outputTokens),
+      fmt.compact(r.cacheCreationTokens), fmt.compact(r.cacheReadTokens), fmt.cost(r.cacheSavingsUsd),
+      fmt.cost(r.costUsd) + (r.unpricedRequests ? " + ?" : "")]), { testid: "analyze-models" }), "no requests"));
+  if (rep.byDay.length > 1) {
+    frag.append(h("h4", {}, "By day (UTC)"), miniTable(["Day", "Requests", "Errors", "Tokens in / out", "Cost"],
+      rep.byDay.map((r) => [r.key, fmt.int(r.requests), fmt.int(r.errors),
+        `${fmt.compact(r.inputTokens)} / ${fmt.compact(r.outputTokens)}`, fmt.cost(r.costUsd)])));
+  }
+  frag.append(h("h4", {}, "Cache efficiency"), kv([
+    ["Hit rate", fmt.pct(c.hitRate)], ["Read", fmt.compact(c.readTokens)], ["Written", fmt.compact(c.writeTokens)],
+    ["Uncached input", fmt.compact(c.uncachedInputTokens)], ["Saved by reads", fmt.cost(c.savingsUsd)],
+    ["Write premium", fmt.cost(c.writePremiumUsd)], ["Net savings", fmt.cost(c.netSavingsUsd)],
+    c.unpricedReadTokens ? ["Reads without a price", fmt.compact(c.unpricedReadTokens)] : null,
+  ]));
+  frag.append(h("h4", {}, "Latency"), miniTable(["", "Count", "p50", "p90", "p95", "p99", "Max"],
+    [["Duration", lat], ["First byte", ttfb]].map(([name, p]) =>
+      [name, fmt.int(p.count), fmt.ms(p.p50), fmt.ms(p.p90), fmt.ms(p.p95), fmt.ms(p.p99), fmt.ms(p.max)]),
+    { testid: "analyze-latency" }));
+  frag.append(h("h4", {}, "Errors by type"), orNone(rep.errorsByType, (rows) => miniTable(["Type", "Count", "Example"],
+    rows.map((e) => [e.type, fmt.int(e.count), e.example]), { numericFrom: 1, testid: "analyze-errors" }), "no errors"));
+  const openRequest = (id) => (ev) => { ev.preventDefault(); $("analyze-dialog").close(); select(id); };
+  frag.append(h("h4", {}, "Most expensive requests"), orNone(rep.mostExpensiveRequests, (rows) => miniTable(
+    ["Request", "Type", "Tokens in / out", "Duration", "Cost"],
+    rows.map((r) => [h("a", { href: "#", "data-testid": "analyze-request", dataset: { id: r.id }, onclick: openRequest(r.id),
+      title: r.preview || r.id }, `${fmt.time(r.timestamp)} · ${r.model || "—"} · ${r.preview || "(no prompt)"}`),
+    r.requestType, `${fmt.compact(r.inputTokens)} / ${fmt.compact(r.outputTokens)}`, fmt.ms(r.durationMs), fmt.cost(r.costUsd)]),
+    { numericFrom: 2 }), "no priced request"));
+  const openSession = (id) => (ev) => { ev.preventDefault(); $("analyze-dialog").close(); filterBySession(id); };
+  frag.append(h("h4", {}, "Most expensive sessions"), orNone(rep.mostExpensiveSessions, (rows) => miniTable(
+    ["Session", "Models", "Requests", "Turns", "Cache hit rate", "Duration", "Cost"],
+    rows.map((se) => [h("a", { href: "#", "data-testid": "analyze-session", dataset: { session: se.sessionId },
+      onclick: openSession(se.sessionId), title: `session ${se.sessionId}: show its requests` }, shortSession(se.sessionId)),
+    se.models.join(", "), fmt.int(se.requests), fmt.int(se.turns), fmt.pct(se.cacheHitRate), fmt.ms(se.durationMs),
+    fmt.cost(se.costUsd) + (se.unpricedRequests ? " + ?" : "")]), { numericFrom: 2 }), "no Claude Code session"));
+  return frag;
 }
 
 async function clearAll() {
@@ -533,6 +661,7 @@ function wire() {
   $("next").addEventListener("click", () => { state.page += 1; loadList(); });
   $("analyze").addEventListener("click", analyze);
   $("analyze-close").addEventListener("click", () => $("analyze-dialog").close());
+  $("session-clear").addEventListener("click", () => filterBySession(""));
   $("clear").addEventListener("click", clearAll);
   document.addEventListener("keydown", (ev) => { if (ev.key === "Escape" && state.selected) closeDetail(); });
 }
