@@ -684,8 +684,8 @@ def render_html(report: AnalysisReport, *, title: str = "anthropic-proxy analysi
         '<div class="grid2"><section><h2>Tool calls</h2>'
         + _table(["Tool", "Calls"], [[x.name, _int(x.count)] for x in report.tool_usage], empty="No tool calls.")
         + "</section><section><h2>Errors by type</h2>"
-        + _table(["Type", "Count", "Example"], [[x.type, _int(x.count), x.example] for x in report.errors_by_type],
-                 numeric_from=1, empty="No errors.") + "</section></div>",
+        + _table(["Type", "Example", "Count"], [[x.type, x.example, _int(x.count)] for x in report.errors_by_type],
+                 numeric_from=2, empty="No errors.") + "</section></div>",
         "<h2>Most expensive requests</h2>" + _table(
             ["Time", "Model", "Type", "Session", "Prompt", "Input", "Output", "Cache read", "Duration", "Cost"],
             [[_time(r.timestamp), r.model or "—", r.request_type, r.session_id or "—", r.preview,

@@ -719,8 +719,16 @@ def _nearest_rank(values: list[float], p: float) -> float | None:
 def _breakdowns(db: sqlite3.Connection, book: PriceBook | None, top_sessions: int) -> dict[str, Any]:
     """By model, provider, day and session over the `sel` temp table (see `aggregate`)."""
     groups: dict[str, dict[str, dict[str, Any]]] = {"model": {}, "provider": {}, "day": {}, "session": {}}
-    for dimension, key in (("model", "coalesce(model, '(none)')"), ("provider", "provider"), ("day", "day")):
-        for key_value, *values in db.execute(f"SELECT {key}, {_GROUP_FIGURES} FROM sel GROUP BY 1"):
+    # One scan for three breakdowns: (model, provider, day) rows are few; their sums make each breakdown.
+    cells = db.execute(f"SELECT model, provider, day, {_GROUP_FIGURES} FROM sel GROUP BY 1, 2, 3").fetchall()
+    sums: dict[str, dict[str, list[float]]] = {"model": {}, "provider": {}, "day": {}}
+    for model, provider, day, *values in cells:
+        for dimension, key_value in (("model", model or "(none)"), ("provider", provider), ("day", day)):
+            into = sums[dimension].setdefault(key_value, [0] * len(values))
+            for n, value in enumerate(values):
+                into[n] += value
+    for dimension, by_key in sums.items():
+        for key_value, values in by_key.items():
             groups[dimension][key_value] = {dimension: key_value, **_group_entry(tuple(values))}
     session_count, with_session = db.execute("SELECT count(DISTINCT session), count(session) FROM sel").fetchone()
     for key_value, first_ts, last_ts, models, *values in db.execute(
@@ -753,7 +761,7 @@ def _breakdowns(db: sqlite3.Connection, book: PriceBook | None, top_sessions: in
     # (so it is left out, as in analysis.py). The top sessions get theirs from the same per-(model, day) rows.
     if book is None:
         return _breakdown_view(groups, session_count, with_session, None, 0)
-    sums: dict[tuple[str, str], Decimal] = {}
+    saved_by: dict[tuple[str, str], Decimal] = {}
     total_savings, unpriced_reads = Decimal(0), 0
     for entry in (e for by_key in groups.values() for e in by_key.values()):
         entry["cacheSavingsUsd"] = 0.0
@@ -764,23 +772,24 @@ def _breakdowns(db: sqlite3.Connection, book: PriceBook | None, top_sessions: in
         usd = savings_for_tokens(model, int(reads), book, datetime.fromisoformat(day).replace(tzinfo=UTC))
         return None if usd is None else Decimal(repr(usd))
 
-    for provider, model, day, reads in db.execute(
-            "SELECT provider, model, day, total(cache_read_tokens) FROM sel WHERE cache_read_tokens > 0 "
-            "GROUP BY 1, 2, 3"):
+    for model, provider, day, *values in cells:
+        reads = values[6]  # total(cache_read_tokens)
+        if not reads:
+            continue
         amount = saved(provider, model, day, reads)
         if amount is None:
             unpriced_reads += int(reads)
             continue
         total_savings += amount
         for dimension, key_value in (("model", model or "(none)"), ("provider", provider), ("day", day)):
-            sums[dimension, key_value] = sums.get((dimension, key_value), Decimal(0)) + amount
+            saved_by[dimension, key_value] = saved_by.get((dimension, key_value), Decimal(0)) + amount
     for session, provider, model, day, reads in db.execute(
             f"SELECT session, provider, model, day, total(cache_read_tokens) FROM sel WHERE {in_top} "
             "AND cache_read_tokens > 0 GROUP BY 1, 2, 3, 4", top):
         amount = saved(provider, model, day, reads)
         if amount is not None:
-            sums["session", session] = sums.get(("session", session), Decimal(0)) + amount
-    for (dimension, key_value), amount in sums.items():
+            saved_by["session", session] = saved_by.get(("session", session), Decimal(0)) + amount
+    for (dimension, key_value), amount in saved_by.items():
         groups[dimension][key_value]["cacheSavingsUsd"] = float(amount)
     return _breakdown_view(groups, session_count, with_session, float(total_savings), unpriced_reads)
 

@@ -129,6 +129,7 @@ const fmt = {
   cost(n) {
     if (n === null || n === undefined) return "—";
     if (n === 0) return "$0";
+    if (Math.abs(n) < 0.0001) return "$" + n.toFixed(8).replace(/0+$/, ""); // costs are kept to 1e-8 USD
     return n < 0.01 ? "$" + n.toFixed(4) : "$" + n.toFixed(n < 100 ? 2 : 0);
   },
   ms(n) {

@@ -615,8 +615,8 @@ function renderAnalysis(rep) {
     [["Duration", lat], ["First byte", ttfb]].map(([name, p]) =>
       [name, fmt.int(p.count), fmt.ms(p.p50), fmt.ms(p.p90), fmt.ms(p.p95), fmt.ms(p.p99), fmt.ms(p.max)]),
     { testid: "analyze-latency" }));
-  frag.append(h("h4", {}, "Errors by type"), orNone(rep.errorsByType, (rows) => miniTable(["Type", "Count", "Example"],
-    rows.map((e) => [e.type, fmt.int(e.count), e.example]), { numericFrom: 1, testid: "analyze-errors" }), "no errors"));
+  frag.append(h("h4", {}, "Errors by type"), orNone(rep.errorsByType, (rows) => miniTable(["Type", "Example", "Count"],
+    rows.map((e) => [e.type, e.example, fmt.int(e.count)]), { numericFrom: 2, testid: "analyze-errors" }), "no errors"));
   const openRequest = (id) => (ev) => { ev.preventDefault(); $("analyze-dialog").close(); select(id); };
   frag.append(h("h4", {}, "Most expensive requests"), orNone(rep.mostExpensiveRequests, (rows) => miniTable(
     ["Request", "Type", "Tokens in / out", "Duration", "Cost"],
