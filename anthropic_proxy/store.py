@@ -259,6 +259,7 @@ class Store:
         self.unsaved = 0  # records waiting in memory for a write that works
         self.lost = 0  # records dropped because writes failed for too long (or could not be serialised)
         self._queue: queue.Queue[Any] = queue.Queue()
+        self._queued: dict[str, Record] = {}  # put but not yet written: `get` answers from here
         with self._connect() as db:
             self._migrate(db)
             if close_orphans:
@@ -302,7 +303,8 @@ class Store:
     # --- writing -------------------------------------------------------------------------------
 
     def put(self, record: Record) -> None:
-        """Queue an insert-or-replace; the latest put of a record wins."""
+        """Queue an insert-or-replace; the latest put of a record wins. `get` sees it at once."""
+        self._queued[record.id] = record
         self._queue.put(record)
 
     def flush(self, timeout: float = 10) -> None:
@@ -338,6 +340,9 @@ class Store:
                 written = self._write(db, list(unsaved.values()))
                 if written:
                     writes += len(unsaved)
+                    for record in unsaved.values():  # the database now has it, unless a newer put came
+                        if self._queued.get(record.id) is record:
+                            del self._queued[record.id]
                     unsaved.clear()
                     if writes >= min(_PRUNE_EVERY, max(1, self.max_records // 10)):
                         writes = 0
@@ -371,7 +376,7 @@ class Store:
     def _keep_within(self, unsaved: dict[str, Record]) -> None:
         """Memory is the last resort while the disk refuses writes: keep the newest, count what is dropped."""
         while len(unsaved) > _MAX_UNSAVED:
-            unsaved.pop(next(iter(unsaved)))
+            self._queued.pop(unsaved.pop(next(iter(unsaved))).id, None)
             self.lost += 1
             if self.lost == 1 or self.lost % 1000 == 0:
                 logger.error("store: %d record(s) lost: %s kept refusing writes", self.lost, self.path)
@@ -538,6 +543,8 @@ class Store:
         return Record.model_validate(bodies.assemble(json.loads(data), json.loads(refs), blob, messages))
 
     def get(self, record_id: str) -> Record | None:
+        if (queued := self._queued.get(record_id)) is not None:  # newer than the database until written
+            return queued
         with self._reader() as db:
             row = db.execute("SELECT data, refs FROM records WHERE id = ?", (record_id,)).fetchone()
             return self._load(db, *row) if row else None
