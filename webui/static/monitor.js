@@ -252,7 +252,10 @@ function onRecordEvent(type, record) {
     }
     updatePager();
   }
-  if (record.id === state.selected) refreshDetailSoon();
+  if (record.id === state.selected) {
+    if (type === "ended") state.selectedEnded = record.id;
+    refreshDetailSoon();
+  }
   refreshStatsSoon();
   if (type !== "progressed") refreshListSoon();
 }
@@ -308,7 +311,7 @@ function closeDetail() {
   for (const tr of $("rows").querySelectorAll("tr.selected")) tr.classList.remove("selected");
 }
 
-async function loadDetail(id, { quiet = false } = {}) {
+async function loadDetail(id, { quiet = false, attempt = 0 } = {}) {
   let record;
   try {
     record = await api(`/api/monitor/requests/${encodeURIComponent(id)}`);
@@ -317,6 +320,10 @@ async function loadDetail(id, { quiet = false } = {}) {
     return;
   }
   if (state.selected !== id) return;
+  if (record.status === "pending" && state.selectedEnded === id && attempt < 20) {
+    // The exchange has ended but the store writes its final version a moment later: ask again shortly.
+    setTimeout(() => { if (state.selected === id) loadDetail(id, { quiet: true, attempt: attempt + 1 }); }, 250);
+  }
   state.detail = record;
   const pane = $("detail");
   const scroll = pane.scrollTop;
