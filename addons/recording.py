@@ -49,11 +49,24 @@ def exchange_of(flow: http.HTTPFlow) -> Exchange | None:
 def close_upstream(flow: http.HTTPFlow) -> None:
     """Close the flow's upstream connection from outside any hook (`flow.kill()` cannot stop a flow in
     transit, mitmproxy issue 4711); mitmproxy then ends the flow as for an upstream cut."""
-    proxyserver = ctx.master.addons.get("proxyserver")
-    handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
-    io = handler.transports.get(flow.server_conn) if handler else None
+    io = _connection_io(flow, flow.server_conn)
     if io is not None and io.writer is not None:
         io.writer.close()
+
+
+def _connection_io(flow: http.HTTPFlow, connection: object) -> Any:
+    """mitmproxy's I/O for one of the flow's connections, reached from outside any hook (internal API)."""
+    proxyserver = ctx.master.addons.get("proxyserver")
+    handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
+    return handler.transports.get(connection) if handler else None
+
+
+def send_chunk_to_client(flow: http.HTTPFlow, data: bytes) -> None:
+    """One HTTP/1.1 chunk straight to the client, between two of mitmproxy's own (both run in the one event
+    loop, and each write is a whole chunk, so the framing stays valid)."""
+    io = _connection_io(flow, flow.client_conn)
+    if io is not None and io.writer is not None and flow.live:
+        io.writer.write(b"%x\r\n%s\r\n" % (len(data), data))
 
 
 def _is_client_gone(flow: http.HTTPFlow) -> bool:
@@ -103,6 +116,8 @@ class Recorder:
         exchange.response_started(response.status_code, mask_headers(response.headers.items(multi=True)))
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             response.stream = exchange.stream_tap
+            if exchange.transform is not None and response.headers.get("transfer-encoding") == "chunked":
+                exchange.send_to_client = lambda data: send_chunk_to_client(flow, data)
 
     def response(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)

@@ -69,6 +69,9 @@ class Startup:
         # int: mitmproxy cannot parse float options given with --set
         loader.add_option("request_timeout", int, env.get_int("REQUEST_TIMEOUT", 600),
                           "Seconds an upstream may stay silent before the exchange fails (env REQUEST_TIMEOUT).")
+        loader.add_option("stream_keepalive", int, env.get_int("STREAM_KEEPALIVE", 10),
+                          "In openrouter mode, send the client a ping after this many seconds of upstream silence "
+                          "(0: never; env STREAM_KEEPALIVE).")
         loader.add_option("web_token", str, env.get("WEB_TOKEN"),
                           "Token the web pages and API require (env WEB_TOKEN). Listening beyond loopback without "
                           "one, the proxy makes one up and prints it at start-up.")
@@ -95,6 +98,8 @@ class Startup:
                 check_upstream(getattr(opts, option), option)
         if opts.request_timeout <= 0:
             raise exceptions.OptionsError("request_timeout must be a positive number of seconds")
+        if opts.stream_keepalive < 0:
+            raise exceptions.OptionsError("stream_keepalive must be 0 (off) or a number of seconds")
         if opts.max_records < 1 or opts.retention_days < 1:
             raise exceptions.OptionsError("max_records and retention_days must be at least 1")
         host, port = self.listen_address()
@@ -112,7 +117,8 @@ class Startup:
         runtime.settings = ProxySettings(
             anthropic_upstream=opts.anthropic_upstream.rstrip("/"),
             openrouter_base_url=opts.openrouter_base_url.rstrip("/"), listen_host=host, listen_port=port,
-            request_timeout=opts.request_timeout, web_token=self._web_token(host),
+            request_timeout=opts.request_timeout, stream_keepalive=opts.stream_keepalive,
+            web_token=self._web_token(host),
         )
 
     def _web_token(self, host: str) -> str | None:

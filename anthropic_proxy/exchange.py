@@ -27,6 +27,7 @@ class StreamTransform(Protocol):
 
     def feed(self, chunk: bytes) -> bytes: ...
     def finish(self) -> bytes: ...
+    def keepalive(self) -> bytes: ...
     def fail(self, message: str, error_type: str = "api_error") -> bytes: ...
 
 
@@ -43,6 +44,9 @@ class Exchange:
         self.started = time.monotonic()
         self.last_activity = self.started  # the request, the response headers, or the last chunk
         self.abort: Callable[[], None] | None = None  # closes the upstream connection (set by the Recorder)
+        # writes bytes to the client outside mitmproxy's stream callable (set by the Recorder when it can)
+        self.send_to_client: Callable[[bytes], None] | None = None
+        self.last_keepalive = self.started
         self.transform: StreamTransform | None = None
         self._bus = bus
         self._on_final = on_final
@@ -176,6 +180,16 @@ class Exchange:
 
     def silent_for(self, now: float) -> float:
         return now - self.last_activity
+
+    def keep_alive(self, now: float) -> None:
+        """The upstream is quiet: send the client a keep-alive (a `ping` once the message has begun)."""
+        self.last_keepalive = now
+        if self.transform is None or self.send_to_client is None or self.record.is_final or self._stream_ended:
+            return
+        data = self.transform.keepalive()
+        if data:
+            self.send_to_client(data)
+            self._observe_client_bytes(data, end=False)
 
     def _end(self, status: str, error: RecordError | None = None) -> None:
         record = self.record

@@ -36,6 +36,7 @@ class ProxySettings(BaseModel):
     listen_host: str = "127.0.0.1"
     listen_port: int = 8082
     request_timeout: float = 600
+    stream_keepalive: float = 10
     # Required by the web pages and API when set; the proxy must set one when it listens beyond loopback.
     web_token: str | None = None
 

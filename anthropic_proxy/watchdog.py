@@ -1,4 +1,9 @@
-"""Fails exchanges whose upstream stays silent longer than `request_timeout`.
+"""Keeps quiet streams alive and fails exchanges whose upstream stays silent longer than `request_timeout`.
+
+A translated (openrouter) stream whose upstream says nothing for `stream_keepalive` seconds gets a keep-alive
+(`ping`, or an SSE comment before message_start) written to the client, so neither the client nor anything in
+between drops an idle connection; the upstream's silence still counts towards `request_timeout`.
+
 
 mitmproxy has no upstream read timeout of its own, and `flow.kill()` cannot stop a flow in transit,
 so the watchdog ends the record with the reason and closes the upstream connection (the exchange's
@@ -18,9 +23,15 @@ logger = logging.getLogger("anthropic_proxy.watchdog")
 
 def expire_silent(runtime: Runtime, now: float) -> int:
     timeout = runtime.settings.request_timeout
+    keepalive = runtime.settings.stream_keepalive
     expired = 0
     for exchange in list(runtime.exchanges.values()):
-        if exchange.record.is_final or exchange.silent_for(now) <= timeout:
+        if exchange.record.is_final:
+            continue
+        silent = exchange.silent_for(now)
+        if silent <= timeout:
+            if keepalive and silent >= keepalive and now - exchange.last_keepalive >= keepalive:
+                exchange.keep_alive(now)
             continue
         logger.warning("record %s: the upstream sent nothing for %g s, giving up", exchange.record.id, timeout)
         exchange.fail(f"the upstream sent nothing for {timeout:g} s (request_timeout)", cancelled=False,
@@ -33,5 +44,6 @@ def expire_silent(runtime: Runtime, now: float) -> int:
 
 async def watch(runtime: Runtime) -> None:
     while True:
-        await asyncio.sleep(min(1.0, runtime.settings.request_timeout / 4))
+        settings = runtime.settings
+        await asyncio.sleep(min(1.0, settings.request_timeout / 4, (settings.stream_keepalive or 4) / 4))
         expire_silent(runtime, time.monotonic())

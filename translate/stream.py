@@ -113,6 +113,12 @@ class StreamTranslator:
             self._error("api_error", "the proxy failed to translate the upstream stream")
         return self._take()
 
+    def keepalive(self) -> bytes:
+        """What keeps the client's connection open while the upstream is silent (b"" once the stream ended);
+        always whole events, so it may go out between any two outputs of `feed`."""
+        self._keepalive()
+        return self._take()
+
     def fail(self, message: str, error_type: str = "api_error") -> bytes:
         if self._state is not _State.FINISHED:
             self._error(error_type, message)
