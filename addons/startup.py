@@ -14,6 +14,7 @@ from mitmproxy.proxy import mode_specs
 
 from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy import watchdog
+from anthropic_proxy.dialects import check_store_url, mask_url
 from anthropic_proxy.environment import DEFAULT_STATE_DIR, environment
 from anthropic_proxy.runtime import ProxySettings
 from anthropic_proxy.webui.security import is_loopback
@@ -66,6 +67,9 @@ class Startup:
                           choices=("", *PROXY_MODES))
         loader.add_option("state_dir", str, env.get("ANTHROPIC_PROXY_HOME", DEFAULT_STATE_DIR),
                           "Folder for config.json and the record store (env ANTHROPIC_PROXY_HOME).")
+        loader.add_option("store_url", str, env.get("STORE_URL"),
+                          "Record store: empty for SQLite in state_dir, or postgresql://user:password@host/db "
+                          "(several proxies may share one; needs anthropic-proxy[postgres]) (env STORE_URL).")
         # int: mitmproxy cannot parse float options given with --set
         loader.add_option("request_timeout", int, env.get_int("REQUEST_TIMEOUT", 600),
                           "Seconds an upstream may stay silent before the exchange fails (env REQUEST_TIMEOUT).")
@@ -110,8 +114,15 @@ class Startup:
             )
         if "state_dir" in updated:
             environment.use_state_dir(Path(opts.state_dir))  # its .env holds secrets read per request
-        runtime = runtime_module.open_runtime(Path(opts.state_dir), max_records=opts.max_records,
-                                              retention_days=opts.retention_days)
+        try:
+            check_store_url(opts.store_url)
+            runtime = runtime_module.open_runtime(Path(opts.state_dir), max_records=opts.max_records,
+                                                  retention_days=opts.retention_days, store_url=opts.store_url)
+        except (ValueError, RuntimeError) as exc:  # a bad store_url, psycopg missing, a newer schema
+            raise exceptions.OptionsError(str(exc)) from None
+        except Exception as exc:  # the database refused (PostgreSQL down, wrong password): no password shown
+            where = mask_url(opts.store_url) if opts.store_url else opts.state_dir
+            raise exceptions.OptionsError(f"cannot open the record store {where}: {exc}") from None
         if "proxy_mode" in updated and opts.proxy_mode:
             runtime.config.update({"mode": opts.proxy_mode})
         runtime.settings = ProxySettings(

@@ -97,8 +97,11 @@ def store_command(argv: list[str]) -> int:
     for sub in (out, into):
         sub.add_argument("--state-dir", help="the proxy's state dir (default: $ANTHROPIC_PROXY_HOME or "
                          f"{DEFAULT_STATE_DIR})")
+        sub.add_argument("--store-url", default=environment.get("STORE_URL"),
+                         help="the proxy's store_url: postgresql://... (default: $STORE_URL; empty: SQLite in the "
+                         "state dir)")
     args = parser.parse_args(argv)
-    store = Store(_state_dir(args.state_dir), close_orphans=False)
+    store = Store(_state_dir(args.state_dir), url=args.store_url, close_orphans=False)
     try:
         if args.command == "export":
             since = max(filter(None, (parse_time_range(args.time_range), args.since)), default=None)

@@ -7,6 +7,7 @@ the script: in-flight exchanges, the store and the web server carry on while the
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from .openrouter_api import ModelCatalog
 from .pricing import PRICES_FILE, PriceBook
 from .proxy_config import ConfigStore
 from .store import Store
+
+logger = logging.getLogger("anthropic_proxy")
 
 
 class ProxySettings(BaseModel):
@@ -57,6 +60,7 @@ class Runtime:
     web_port: int | None = None
     web_runner: web.AppRunner | None = None
     version: str = __version__
+    store_url: str = ""  # as configured (password included): never show it, show `store.location`
 
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     watchdog: asyncio.Task[None] | None = None
@@ -78,18 +82,21 @@ class Runtime:
 _current: Runtime | None = None
 
 
-def open_runtime(state_dir: Path, *, max_records: int, retention_days: int) -> Runtime:
-    """The runtime for `state_dir`, reusing the live one across script reloads."""
+def open_runtime(state_dir: Path, *, max_records: int, retention_days: int, store_url: str = "") -> Runtime:
+    """The runtime for `state_dir` and `store_url` (empty: SQLite in state_dir), reusing the live one across
+    script reloads."""
     global _current
     state_dir = state_dir.expanduser().resolve()
-    if _current is not None and _current.state_dir == state_dir:
+    if _current is not None and _current.state_dir == state_dir and _current.store_url == store_url:
         _current.store.max_records, _current.store.retention_days = max_records, retention_days
         return _current
     if _current is not None:
         _current.close()
-    _current = Runtime(state_dir=state_dir,
-                       store=Store(state_dir, max_records=max_records, retention_days=retention_days),
-                       config=ConfigStore(state_dir), catalog=ModelCatalog(state_dir))
+        _current = None
+    store = Store(state_dir, url=store_url, max_records=max_records, retention_days=retention_days)
+    logger.info("anthropic-proxy records to %s (%s)", store.location, store.dialect.name)
+    _current = Runtime(state_dir=state_dir, store=store, config=ConfigStore(state_dir),
+                       catalog=ModelCatalog(state_dir), store_url=store_url)
     return _current
 
 

@@ -1,4 +1,5 @@
-"""The shared, durable record store (SQLite): written off the proxy's hot path, read by everyone else.
+"""The shared, durable record store (SQLite, or PostgreSQL for a team): written off the proxy's hot path, read by
+everyone else.
 
 Writes go through a queue to one writer thread, so no client ever waits for the disk. Reads open their
 own connection (WAL lets them run beside the writer); async callers run them with `asyncio.to_thread`.
@@ -20,6 +21,14 @@ at), a blob when no record and no node uses it. `get` and `iter_records` reassem
 (`record_json` equal, byte for byte). Rows of a v2 database stay readable as they were; the writer rewrites
 them in the new form, a few at a time, whenever it has nothing else to do.
 
+Two databases (`dialects.py`): SQLite in the state dir (the default), or PostgreSQL (`store_url`), where several
+proxy instances write one database and each web app shows all their records. The logic here is shared; the
+dialect supplies the connection, migrations, write locking and the few expressions spelled differently. Every
+record carries its writer's instance id (`owner`). On PostgreSQL an instance announces itself in `instances`
+(refreshed every half minute) and at start-up closes only the `pending` records no live instance owns: those of
+its own predecessor (same host and state dir) and of instances silent for five minutes. SQLite serves one proxy
+per state dir: at start-up all its `pending` records are orphans.
+
 Search (`q`): the `search` column holds what is *new* in each record, lower-cased and masked: the text of the
 messages this call added to its conversation (`bodies.new_turn`: the latest user turn, with its tool results)
 and of the answer. A record is found by its own prompt and its answer; the history it repeats and the system
@@ -31,8 +40,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import queue
-import sqlite3
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -43,18 +54,22 @@ from pathlib import Path
 from typing import Any
 
 from . import bodies
+from .dialects import DB_NAME, SQLITE_MIGRATIONS, Connection, Dialect, dialect_for
 from .masking import mask_text
 from .pricing import PriceBook, savings_for_tokens
 from .record import Record, RecordError
 
 logger = logging.getLogger("anthropic_proxy.store")
 
-DB_NAME = "records.sqlite3"
+__all__ = ["DB_NAME", "RecordFilter", "Store", "StoreCorrupt", "parse_time_range", "record_json"]
+
 _STOP = object()
 _PRUNE_EVERY = 500  # writes between two retention passes
 _BATCH_SECONDS = 0.05  # how long the writer waits for more records after the first
 _RETRY_SECONDS = 1.0  # between two attempts while writes fail
 _MAX_UNSAVED = 10_000  # records held in memory while writes fail
+_HEARTBEAT_SECONDS = 30.0  # how often an instance on a shared database says it is alive
+_STALE_SECONDS = 300.0  # an instance silent this long is gone: its pending records are orphans
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +82,8 @@ class RecordFilter:
     session: str | None = None
     q: str | None = None
 
-    def where(self) -> tuple[str, list[Any]]:
+    def where(self, search: str = Dialect.search) -> tuple[str, list[Any]]:
+        """The SQL condition (`?` placeholders) and its parameters; `search`: the dialect's text match."""
         clauses: list[str] = []
         params: list[Any] = []
         for column, value in (("status", self.status), ("model", self.model),
@@ -82,7 +98,7 @@ class RecordFilter:
             clauses.append("ts <= ?")
             params.append(self.until.timestamp())
         if self.q:
-            clauses.append("instr(lower(search), ?) > 0")
+            clauses.append(search)
             params.append(self.q.lower())
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
@@ -100,58 +116,7 @@ def parse_time_range(value: str | None) -> datetime | None:
     return datetime.now(UTC) - _TIME_RANGES[value]
 
 
-# Each entry moves the schema one version up; never edit a released one, append a new one.
-_MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE records (
-        id TEXT PRIMARY KEY,
-        ts REAL NOT NULL,
-        status TEXT NOT NULL,
-        provider TEXT NOT NULL,
-        model TEXT,
-        session TEXT,
-        search TEXT NOT NULL DEFAULT '',
-        summary TEXT NOT NULL,
-        data TEXT NOT NULL
-    );
-    CREATE INDEX records_ts ON records(ts);
-    CREATE INDEX records_status_ts ON records(status, ts);
-    CREATE INDEX records_model ON records(model);
-    CREATE INDEX records_session ON records(session);
-    """,
-    # v2: metrics as real columns, so the monitor's stats are SQL aggregates (no JSON parsing per row).
-    """
-    ALTER TABLE records ADD COLUMN duration_ms REAL;
-    ALTER TABLE records ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE records ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE records ADD COLUMN cache_creation_tokens INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE records ADD COLUMN cache_read_tokens INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE records ADD COLUMN cost_usd REAL;
-    UPDATE records SET
-        duration_ms = json_extract(summary, '$.metrics.durationMs'),
-        input_tokens = coalesce(json_extract(summary, '$.usage.inputTokens'), 0),
-        output_tokens = coalesce(json_extract(summary, '$.usage.outputTokens'), 0),
-        cache_creation_tokens = coalesce(json_extract(summary, '$.usage.cacheCreationInputTokens'), 0),
-        cache_read_tokens = coalesce(json_extract(summary, '$.usage.cacheReadInputTokens'), 0),
-        cost_usd = json_extract(summary, '$.costUsd');
-    CREATE INDEX records_provider_ts ON records(provider, ts);
-    CREATE INDEX records_model_ts ON records(model, ts);
-    CREATE INDEX records_metrics ON records(ts, status, provider, model, duration_ms, input_tokens, output_tokens,
-                                            cache_creation_tokens, cache_read_tokens, cost_usd);
-    """,
-    # v3: bodies cut into content-addressed pieces (see the module docstring). v2 rows keep refs NULL.
-    """
-    ALTER TABLE records ADD COLUMN refs TEXT;
-    CREATE INDEX records_legacy ON records(ts) WHERE refs IS NULL;
-    CREATE TABLE blobs (id TEXT PRIMARY KEY, data TEXT NOT NULL);
-    CREATE TABLE nodes (id TEXT PRIMARY KEY, parent TEXT, blob TEXT NOT NULL) WITHOUT ROWID;
-    CREATE INDEX nodes_parent ON nodes(parent);
-    CREATE INDEX nodes_blob ON nodes(blob);
-    CREATE TABLE record_refs (record_id TEXT NOT NULL, ref TEXT NOT NULL, PRIMARY KEY (record_id, ref))
-        WITHOUT ROWID;
-    CREATE INDEX record_refs_ref ON record_refs(ref);
-    """,
-]
+_MIGRATIONS = SQLITE_MIGRATIONS  # (the name older tests and tools know)
 
 _METRIC_COLUMNS = ("duration_ms", "input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens",
                    "cost_usd")
@@ -200,16 +165,15 @@ def _search_text(record: Record) -> str:
 
 
 def _utf8(text: str | None) -> str | None:
-    """Text SQLite can store: a lone surrogate (valid in a JSON escape, not in UTF-8) becomes '?'."""
-    if text is None or text.isascii():
+    """Text both databases can store: a lone surrogate (valid in a JSON escape, not in UTF-8) becomes '?', and so
+    does NUL (PostgreSQL's text cannot hold it)."""
+    if text is None or (text.isascii() and "\x00" not in text):
         return text
-    return text.encode("utf-8", "replace").decode("utf-8")
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "?")
 
 
 _RECORD_COLUMNS = ("id", "ts", "status", "provider", "model", "session", "search", "summary", "data", "refs",
-                   *_METRIC_COLUMNS)
-_INSERT = (f"INSERT OR REPLACE INTO records ({', '.join(_RECORD_COLUMNS)}) "
-           f"VALUES ({', '.join('?' * len(_RECORD_COLUMNS))})")
+                   *_METRIC_COLUMNS, "owner")
 _CHAIN = """
     WITH RECURSIVE chain(id, parent, blob, depth) AS (
         SELECT id, parent, blob, 0 FROM nodes WHERE id = ?
@@ -229,11 +193,11 @@ class _Prepared:
     split: bodies.Split
 
 
-def _prepare(record: Record) -> _Prepared:
+def _prepare(record: Record, owner: str) -> _Prepared:
     split = bodies.split(record.model_dump(mode="json", by_alias=True))
     row = (record.id, record.timestamp.timestamp(), record.status, record.provider, _utf8(record.model),
            _utf8(record.session_id), _search_text(record), mask_text(json.dumps(record.summary())), split.skeleton,
-           json.dumps(split.refs, separators=(",", ":")), *_metric_values(record))
+           json.dumps(split.refs, separators=(",", ":")), *_metric_values(record), owner)
     return _Prepared(record.id, row, split)
 
 
@@ -242,15 +206,27 @@ class StoreCorrupt(RuntimeError):
 
 
 class Store:
-    """SQLite store. `put` never blocks; every other method is a synchronous read or admin call.
+    """The record store. `put` never blocks; every other method is a synchronous read or admin call.
 
-    `close_orphans=False` opens a store without ending the `pending` records of another process that may
-    be running on the same state dir (the `export`/`import` commands)."""
+    `url`: empty for SQLite in `state_dir`, or `postgresql://...` (see `dialects.py`).
+    `close_orphans=False` opens a store without ending any `pending` record and without announcing itself as
+    an instance (the `export`/`import` commands, which run beside a proxy)."""
 
-    def __init__(self, state_dir: Path, *, max_records: int = 50_000, retention_days: float = 30,
+    def __init__(self, state_dir: Path, *, url: str = "", max_records: int = 50_000, retention_days: float = 30,
                  busy_timeout: float = 30, close_orphans: bool = True) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self.path = state_dir / DB_NAME
+        self.dialect = dialect_for(state_dir, url, busy_timeout=busy_timeout)
+        if not url:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dialect.path  # the SQLite file (None for PostgreSQL)
+        self.location = self.dialect.location  # for logs and /health: the file, or the URL without password
+        # Who writes: one id per run; `name` is the same for this host and state dir across restarts.
+        self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.instance_name = f"{socket.gethostname()}:{state_dir.expanduser().resolve()}"
+        self._announced = close_orphans and self.dialect.shared  # in `instances`, with heartbeats
+        self._upsert = self.dialect.upsert("records", _RECORD_COLUMNS, "id")
+        self._add_blob = self.dialect.insert_ignore("blobs", ("id", "data"))
+        self._add_node = self.dialect.insert_ignore("nodes", ("id", "parent", "blob"))
+        self._announce = self.dialect.upsert("instances", ("id", "name", "seen"), "id")
         self.max_records = max_records
         self.retention_days = retention_days
         self.busy_timeout = busy_timeout  # how long a write waits for another process's lock
@@ -261,44 +237,50 @@ class Store:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._queued: dict[str, Record] = {}  # put but not yet written: `get` answers from here
         with self._connect() as db:
-            self._migrate(db)
+            self.dialect.migrate(db)
             if close_orphans:
                 self._close_orphans(db)
             self._legacy = db.execute("SELECT 1 FROM records WHERE refs IS NULL LIMIT 1").fetchone() is not None
         self._writer = threading.Thread(target=self._write_loop, name="anthropic-proxy-store", daemon=True)
         self._writer.start()
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        return db
+    def _connect(self) -> Connection:
+        return self.dialect.connect()
 
-    @staticmethod
-    def _migrate(db: sqlite3.Connection) -> None:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(_MIGRATIONS):
-            raise RuntimeError(f"store schema v{version} is newer than this anthropic-proxy supports")
-        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-            db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
-
-    def _close_orphans(self, db: sqlite3.Connection) -> None:
-        """Records a crashed run left `pending` can never finish now: end them with the reason."""
-        orphans: list[Record] = []
-        for row in db.execute("SELECT data, refs FROM records WHERE status = 'pending'").fetchall():
-            record = self._load(db, *row)
-            record.status = "error"
-            record.error = record.error or RecordError(
-                type="proxy_stopped", message="the proxy stopped before this exchange finished")
-            orphans.append(record)
-        if orphans:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                self._store(db, [_prepare(r) for r in orphans])
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+    def _close_orphans(self, db: Connection) -> None:
+        """Records a crashed run left `pending` can never finish now: end them with the reason. Only those no
+        live instance owns: this one's predecessor's (same name), a silent instance's, or nobody's (v3 rows).
+        On a shared database, then announce this instance, in the same transaction (two instances starting at
+        once do not close each other's records). SQLite announces nothing: its pending records are all orphans."""
+        shared = self.dialect.shared
+        if shared:
+            db.begin_write()
+        try:
+            now = time.time()
+            rows = db.execute(
+                "SELECT data, refs FROM records WHERE status = 'pending' AND (owner IS NULL OR owner NOT IN "
+                "(SELECT id FROM instances WHERE seen >= ? AND name <> ?))",
+                (now - _STALE_SECONDS, self.instance_name)).fetchall()
+            orphans: list[Record] = []
+            for row in rows:
+                record = self._load(db, *row)
+                record.status = "error"
+                record.error = record.error or RecordError(
+                    type="proxy_stopped", message="the proxy stopped before this exchange finished")
+                orphans.append(record)
+            if orphans and not shared:
+                db.begin_write()
+            self._store(db, [_prepare(r, self.instance_id) for r in orphans])
+            if shared:
+                db.execute("DELETE FROM instances WHERE seen < ? OR name = ?",
+                           (now - _STALE_SECONDS, self.instance_name))
+                db.execute(self._announce, (self.instance_id, self.instance_name, now))
+            if db.in_transaction:
+                db.commit()
+        except BaseException:
+            if db.in_transaction:
+                db.rollback()
+            raise
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -317,17 +299,25 @@ class Store:
         self._writer.join(timeout=30)
 
     def _write_loop(self) -> None:
-        db = self._connect()
+        db = self.dialect.connect(lazy=True)  # opened by the first write (which reports a failure to open)
         writes = 0
         unsaved: dict[str, Record] = {}  # records whose write failed (disk full, database locked): retried
+        heartbeat = self._announced
+        next_beat = time.monotonic() + _HEARTBEAT_SECONDS
         while True:
             idle_work = self._legacy and not unsaved
+            # Old rows are rewritten a few at a time with pauses between (the writer shares the GIL with the
+            # proxy): about a tenth of one core until they are all done.
+            timeout = _RETRY_SECONDS if unsaved else 0.2 if idle_work else None
+            if heartbeat:
+                timeout = max(0.0, min(timeout or _HEARTBEAT_SECONDS, next_beat - time.monotonic()))
             try:
-                # Old rows are rewritten a few at a time with pauses between (the writer shares the GIL with the
-                # proxy): about a tenth of one core until they are all done.
-                batch = [self._queue.get(timeout=_RETRY_SECONDS if unsaved else 0.2 if idle_work else None)]
+                batch = [self._queue.get(timeout=timeout)]
             except queue.Empty:
                 batch = []
+            if heartbeat and time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + _HEARTBEAT_SECONDS
+                self._beat(db)
             self._gather(batch)
             if not batch and idle_work:
                 self._upgrade_legacy(db)
@@ -355,9 +345,21 @@ class Store:
             if any(item is _STOP for item in batch):
                 if unsaved:
                     logger.error("store: %d record(s) could not be written to %s before shutdown",
-                                 len(unsaved), self.path)
+                                 len(unsaved), self.location)
+                if self._announced:
+                    with contextlib.suppress(*self.dialect.errors):
+                        db.reopen_if_broken()
+                        db.execute("DELETE FROM instances WHERE id = ?", (self.instance_id,))
                 db.close()
                 return
+
+    def _beat(self, db: Connection) -> None:
+        """Tell the other instances on the database that this one is alive (its pending records are live)."""
+        try:
+            db.reopen_if_broken()
+            db.execute(self._announce, (self.instance_id, self.instance_name, time.time()))
+        except self.dialect.errors as exc:  # the next write reports a lasting failure
+            logger.debug("store: heartbeat failed (%s)", self.dialect.scrub(str(exc)))
 
     def _gather(self, batch: list[Any]) -> None:
         """Wait a moment for more after the first record: a call's pending and final versions then usually
@@ -379,48 +381,51 @@ class Store:
             self._queued.pop(unsaved.pop(next(iter(unsaved))).id, None)
             self.lost += 1
             if self.lost == 1 or self.lost % 1000 == 0:
-                logger.error("store: %d record(s) lost: %s kept refusing writes", self.lost, self.path)
+                logger.error("store: %d record(s) lost: %s kept refusing writes", self.lost, self.location)
 
     def _prepare_all(self, records: list[Record]) -> list[_Prepared]:
         prepared: list[_Prepared] = []
         for record in records:
             try:
-                prepared.append(_prepare(record))
+                prepared.append(_prepare(record, self.instance_id))
             except Exception:  # one record that cannot be serialised must not stop the writer
                 self.lost += 1
                 logger.exception("store: record %s cannot be stored", record.id)
         return prepared
 
-    def _write(self, db: sqlite3.Connection, records: list[Record]) -> bool:
+    def _rollback(self, db: Connection) -> None:
+        with contextlib.suppress(*self.dialect.errors):  # a full disk (or a lost server) can refuse even this
+            if db.in_transaction:
+                db.rollback()
+
+    def _write(self, db: Connection, records: list[Record]) -> bool:
         prepared = self._prepare_all(records)
         try:
-            db.execute("BEGIN IMMEDIATE")
+            db.reopen_if_broken()
+            db.begin_write()
             self._store(db, prepared)
-            db.execute("COMMIT")
-        except (ValueError, TypeError):  # a bug, not the disk: retrying would fail forever; keep the writer alive
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
+            db.commit()
+        except (ValueError, TypeError, *self.dialect.unstorable):  # a bug or data no database takes, not the
+            # disk: retrying would fail forever; keep the writer alive
+            self._rollback(db)
             self.lost += len(prepared)
             logger.exception("store: %d record(s) could not be stored", len(prepared))
             return True
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):  # a full disk can refuse even this
-                    db.execute("ROLLBACK")
+        except self.dialect.errors as exc:
+            self._rollback(db)
             self.write_errors += 1
+            message = self.dialect.scrub(str(exc)).strip()
             if self.last_write_error is None:  # log a failure streak once, not at every retry
                 logger.error("store: writing to %s failed (%s); keeping %d record(s) in memory and retrying",
-                             self.path, exc, len(prepared))
-            self.last_write_error = str(exc)
+                             self.location, message, len(prepared))
+            self.last_write_error = message
             return False
         if self.last_write_error is not None:
-            logger.warning("store: writing to %s works again", self.path)
+            logger.warning("store: writing to %s works again", self.location)
             self.last_write_error = None
         return True
 
-    @staticmethod
-    def _store(db: sqlite3.Connection, prepared: list[_Prepared]) -> None:
+    def _store(self, db: Connection, prepared: list[_Prepared]) -> None:
         """Insert or replace records with the pieces they add (inside the caller's transaction)."""
         garbage: set[str] = set()
         for item in prepared:
@@ -428,7 +433,7 @@ class Store:
             for keys in split.refs.values():
                 for key, ref in keys.items():
                     if key != bodies.MESSAGES:
-                        db.execute("INSERT OR IGNORE INTO blobs (id, data) VALUES (?, ?)", (ref, split.blobs[ref]))
+                        db.execute(self._add_blob, (ref, split.blobs[ref]))
             for chain in split.chains.values():
                 # Nodes exist as a prefix of the chain (a node's ancestors always exist): binary search its end.
                 lo, hi = 0, len(chain)  # chain[:lo] exists, chain[hi:] does not
@@ -439,11 +444,11 @@ class Store:
                     else:
                         hi = mid
                 for node, parent, blob in chain[lo:]:
-                    db.execute("INSERT OR IGNORE INTO blobs (id, data) VALUES (?, ?)", (blob, split.blobs[blob]))
-                    db.execute("INSERT INTO nodes (id, parent, blob) VALUES (?, ?, ?)", (node, parent, blob))
+                    db.execute(self._add_blob, (blob, split.blobs[blob]))
+                    db.execute(self._add_node, (node, parent, blob))
             old = {ref for (ref,) in db.execute("SELECT ref FROM record_refs WHERE record_id = ?", (item.record_id,))}
             new = split.ref_ids()
-            db.execute(_INSERT, item.row)
+            db.execute(self._upsert, item.row)
             if old != new:
                 db.executemany("DELETE FROM record_refs WHERE record_id = ? AND ref = ?",
                                [(item.record_id, ref) for ref in old - new])
@@ -453,40 +458,40 @@ class Store:
         if garbage:
             _collect(db, garbage)
 
-    def _upgrade_legacy(self, db: sqlite3.Connection, count: int = 8) -> None:
+    def _upgrade_legacy(self, db: Connection, count: int = 8) -> None:
         """Rewrite a few v2 rows (whole bodies) in the v3 form; clears `_legacy` when none are left."""
         try:
+            db.reopen_if_broken()
             rows = db.execute("SELECT data FROM records WHERE refs IS NULL ORDER BY ts LIMIT ?", (count,)).fetchall()
             if not rows:
                 self._legacy = False
                 return
             prepared = self._prepare_all([Record.model_validate_json(data) for (data,) in rows])
-            db.execute("BEGIN IMMEDIATE")
+            db.begin_write()
             self._store(db, prepared)
-            db.execute("COMMIT")
+            db.commit()
         except Exception as exc:  # try again when the writer is next idle; never lose the row
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            logger.warning("store: rewriting old records failed (%s); will retry", exc)
+            self._rollback(db)
+            logger.warning("store: rewriting old records failed (%s); will retry", self.dialect.scrub(str(exc)))
             time.sleep(_RETRY_SECONDS)
 
-    def _prune(self, db: sqlite3.Connection) -> None:
+    def _prune(self, db: Connection) -> None:
+        """Retention. On a shared database every instance prunes; the write lock makes the passes take turns
+        (deleting what another pass already deleted does nothing)."""
         cutoff = time.time() - self.retention_days * 86400
-        ids = [i for (i,) in db.execute("SELECT id FROM records WHERE ts < ?", (cutoff,))]
-        ids += [i for (i,) in db.execute("SELECT id FROM records WHERE ts >= ? ORDER BY ts DESC LIMIT -1 OFFSET ?",
-                                         (cutoff, self.max_records))]
-        if not ids:
-            return
         try:
-            db.execute("BEGIN IMMEDIATE")
-            _delete_records(db, ids)
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:  # retention runs again after the next writes
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            logger.warning("store: retention pass failed (%s)", exc)
+            db.reopen_if_broken()
+            db.begin_write()
+            ids = [i for (i,) in db.execute("SELECT id FROM records WHERE ts < ?", (cutoff,))]
+            ids += [i for (i,) in db.execute(
+                f"SELECT id FROM records WHERE ts >= ? ORDER BY ts DESC LIMIT {self.dialect.unlimited} OFFSET ?",
+                (cutoff, self.max_records))]
+            if ids:
+                _delete_records(db, ids)
+            db.commit()
+        except self.dialect.errors as exc:  # retention runs again after the next writes
+            self._rollback(db)
+            logger.warning("store: retention pass failed (%s)", self.dialect.scrub(str(exc)))
 
     def import_records(self, records: Iterable[Record]) -> dict[str, int]:
         """Add records in ONE transaction: all of them or, if `records` raises (bad input), none.
@@ -497,7 +502,7 @@ class Store:
         seen = imported = 0
         batch: list[Record] = []
         with self._reader() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin_write()
             try:
                 for record in records:
                     seen += 1
@@ -506,25 +511,25 @@ class Store:
                         imported += self._import_batch(db, batch)
                         batch.clear()
                 imported += self._import_batch(db, batch)
-                db.execute("COMMIT")
+                db.commit()
             except BaseException:
-                db.execute("ROLLBACK")
+                db.rollback()
                 raise
         return {"records": seen, "imported": imported, "skipped": seen - imported}
 
-    def _import_batch(self, db: sqlite3.Connection, batch: list[Record]) -> int:
+    def _import_batch(self, db: Connection, batch: list[Record]) -> int:
         fresh: dict[str, Record] = {}
         for record in batch:
             if record.id not in fresh and not db.execute("SELECT 1 FROM records WHERE id = ?",
                                                          (record.id,)).fetchone():
                 fresh[record.id] = record
-        self._store(db, [_prepare(r) for r in fresh.values()])
+        self._store(db, [_prepare(r, self.instance_id) for r in fresh.values()])
         return len(fresh)
 
     # --- reading -------------------------------------------------------------------------------
 
     @staticmethod
-    def _load(db: sqlite3.Connection, data: str, refs: str | None) -> Record:
+    def _load(db: Connection, data: str, refs: str | None) -> Record:
         if refs is None:  # a v2 row: the whole record
             return Record.model_validate_json(data)
 
@@ -551,7 +556,7 @@ class Store:
 
     def query(self, flt: RecordFilter, *, page: int = 1, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
         """Summaries of one page of matching records, newest first, and the count of all matches."""
-        where, params = flt.where()
+        where, params = flt.where(self.dialect.search)
         with self._reader() as db:
             total = db.execute(f"SELECT count(*) FROM records{where}", params).fetchone()[0]
             rows = db.execute(f"SELECT summary FROM records{where} ORDER BY ts DESC LIMIT ? OFFSET ?",
@@ -560,7 +565,7 @@ class Store:
 
     def iter_records(self, flt: RecordFilter) -> Iterator[Record]:
         """Every matching record, oldest first, read in batches (exports stream from this)."""
-        where, params = flt.where()
+        where, params = flt.where(self.dialect.search)
         last_ts, last_id = float("-inf"), ""
         while True:
             with self._reader() as db:
@@ -587,18 +592,13 @@ class Store:
         records (base rates: a long-context request saves a little more than this says); cache reads without
         a price (unknown models, OpenRouter) are counted in `cacheSavingsUnpricedTokens`.
         """
-        where, params = flt.where()
+        where, params = flt.where(self.dialect.search)
         now = time.time() if now is None else now
         with self._reader() as db:
             # One pass over the matching rows (a covering index when unfiltered), then every figure
             # from that narrow copy: a text search (`q`) scans the big rows once, not once per figure.
-            # The session comes from its own (covering) index, joined by rowid, so the records are still read
-            # from the metrics index (their big rows stay on disk).
-            db.execute("CREATE TEMP TABLE sess (rid INTEGER PRIMARY KEY, sid TEXT NOT NULL)")
-            db.execute("INSERT INTO sess SELECT rowid, session FROM records WHERE session IS NOT NULL")
-            db.execute("CREATE TEMP TABLE sel AS SELECT ts, status, provider, model, "
-                       + ", ".join(_METRIC_COLUMNS) + ", date(ts, 'unixepoch') AS day, sess.sid AS session "
-                       f"FROM records LEFT JOIN sess ON sess.rid = records.rowid{where}", params)
+            self.dialect.select_into_sel(db, "ts, status, provider, model, " + ", ".join(_METRIC_COLUMNS)
+                                         + f", {self.dialect.utc_day('ts')} AS day", where, params)
             (total, success, errors, pending, cancelled, tin, tout, tcw, tcr, cost, costed, timed, avg_ms,
              first_ts, last_ts) = db.execute(
                 "SELECT count(*), total(status = 'success'), total(status = 'error'), total(status = 'pending'), "
@@ -620,9 +620,9 @@ class Store:
                 {"t": int(b) * bucket, "requests": n, "errors": int(e), "inputTokens": int(i),
                  "outputTokens": int(o), "cacheTokens": int(c), "costUsd": round(k, 8)}
                 for b, n, e, i, o, c, k in db.execute(
-                    "SELECT CAST(ts / ? AS INTEGER) AS b, count(*), total(status = 'error'), total(input_tokens), "
-                    "total(output_tokens), total(cache_creation_tokens + cache_read_tokens), total(cost_usd) "
-                    "FROM sel GROUP BY b ORDER BY b", (bucket,))
+                    f"SELECT {self.dialect.floor('ts / ?')} AS b, count(*), total(status = 'error'), "
+                    "total(input_tokens), total(output_tokens), total(cache_creation_tokens + cache_read_tokens), "
+                    "total(cost_usd) FROM sel GROUP BY b ORDER BY b", (bucket,))
             ]
             by_model = [
                 {"model": m, "requests": n, "costUsd": round(k, 8), "inputTokens": int(i), "outputTokens": int(o)}
@@ -658,12 +658,12 @@ class Store:
 
     def analyze(self, flt: RecordFilter, *, top: int = 5) -> dict[str, Any]:
         """Errors by type and the slowest exchanges among the records matching `flt`."""
-        where, params = flt.where()
+        where, params = flt.where(self.dialect.search)
         error_where = (where + " AND" if where else " WHERE") + " status = 'error'"
         timed_where = (where + " AND" if where else " WHERE") + " duration_ms IS NOT NULL"
         with self._reader() as db:
             errors = [{"type": t or "unknown", "count": n} for t, n in db.execute(
-                f"SELECT json_extract(summary, '$.error.type') AS t, count(*) FROM records{error_where} "
+                f"SELECT {self.dialect.json_text('summary', 'error', 'type')} AS t, count(*) FROM records{error_where} "
                 "GROUP BY t ORDER BY 2 DESC", params)]
             slowest = [json.loads(s) for (s,) in db.execute(
                 f"SELECT summary FROM records{timed_where} ORDER BY duration_ms DESC LIMIT ?", [*params, top])]
@@ -680,27 +680,28 @@ class Store:
     def stats(self) -> dict[str, Any]:
         with self._reader() as db:
             count = db.execute("SELECT count(*) FROM records").fetchone()[0]
-        size = sum(p.stat().st_size for p in self.path.parent.glob(DB_NAME + "*") if p.exists())
-        return {"path": str(self.path), "records": count, "bytes": size, "writeErrors": self.write_errors,
-                "lastWriteError": self.last_write_error, "unsaved": self.unsaved, "lost": self.lost,
-                "queued": self._queue.qsize()}
+            size = self.dialect.size(db)
+        return {"path": self.location, "backend": self.dialect.name, "records": count, "bytes": size,
+                "writeErrors": self.write_errors, "lastWriteError": self.last_write_error, "unsaved": self.unsaved,
+                "lost": self.lost, "queued": self._queue.qsize()}
 
     def clear(self) -> int:
         self.flush()
         with self._reader() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin_write()
             try:
                 deleted = db.execute("DELETE FROM records").rowcount
                 for table in ("record_refs", "nodes", "blobs"):
                     db.execute(f"DELETE FROM {table}")
-                db.execute("COMMIT")
+                db.commit()
             except BaseException:
-                db.execute("ROLLBACK")
+                db.rollback()
                 raise
         return deleted
 
-    def _reader(self) -> _ClosingConnection:
-        return _ClosingConnection(self._connect())
+    def _reader(self) -> Connection:
+        """A connection for one read (or admin call); `with` closes it."""
+        return self._connect()
 
 
 # ---- breakdowns (`aggregate`) -------------------------------------------------------------------------------
@@ -723,7 +724,7 @@ def _nearest_rank(values: list[float], p: float) -> float | None:
     return values[round(p * (len(values) - 1))] if values else None  # as `aggregate`'s own p50 / p95
 
 
-def _breakdowns(db: sqlite3.Connection, book: PriceBook | None, top_sessions: int) -> dict[str, Any]:
+def _breakdowns(db: Connection, book: PriceBook | None, top_sessions: int) -> dict[str, Any]:
     """By model, provider, day and session over the `sel` temp table (see `aggregate`)."""
     groups: dict[str, dict[str, dict[str, Any]]] = {"model": {}, "provider": {}, "day": {}, "session": {}}
     # One scan for three breakdowns: (model, provider, day) rows are few; their sums make each breakdown.
@@ -745,7 +746,7 @@ def _breakdowns(db: sqlite3.Connection, book: PriceBook | None, top_sessions: in
         groups["session"][key_value] = {"session": key_value, **_group_entry(tuple(values)), "firstTs": first_ts,
                                         "lastTs": last_ts, "models": sorted(m for m in json.loads(models) if m)}
     top = list(groups["session"])
-    in_top = f"session IN ({', '.join('?' * len(top))})" if top else "0"
+    in_top = f"session IN ({', '.join('?' * len(top))})" if top else "1 = 0"
 
     # Latency p50 / p95 per group: the durations read once in order, split by group (a few ms per 10,000).
     durations: dict[str, dict[str, list[float]]] = {d: {} for d in groups}
@@ -815,7 +816,7 @@ def _breakdown_view(groups: dict[str, dict[str, dict[str, Any]]], session_count:
     }
 
 
-def _delete_records(db: sqlite3.Connection, ids: list[str]) -> None:
+def _delete_records(db: Connection, ids: list[str]) -> None:
     """Delete records and whatever pieces only they used (inside the caller's transaction)."""
     garbage: set[str] = set()
     for start in range(0, len(ids), 500):
@@ -828,7 +829,7 @@ def _delete_records(db: sqlite3.Connection, ids: list[str]) -> None:
     _collect(db, garbage)
 
 
-def _collect(db: sqlite3.Connection, candidates: set[str]) -> None:
+def _collect(db: Connection, candidates: set[str]) -> None:
     """Remove the nodes and blobs among `candidates` (and, for nodes, their ancestors) nothing uses any more."""
     blobs: set[str] = set()
     nodes = list(candidates)
@@ -850,17 +851,4 @@ def _collect(db: sqlite3.Connection, candidates: set[str]) -> None:
         if not db.execute("SELECT 1 FROM record_refs WHERE ref = ? LIMIT 1", (ref,)).fetchone() \
                 and not db.execute("SELECT 1 FROM nodes WHERE blob = ? LIMIT 1", (ref,)).fetchone():
             db.execute("DELETE FROM blobs WHERE id = ?", (ref,))
-
-
-class _ClosingConnection:
-    """`with store._reader() as db:` closes the connection afterwards (sqlite3's own context manager doesn't)."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self._db
-
-    def __exit__(self, *exc: object) -> None:
-        self._db.close()
 

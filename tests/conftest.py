@@ -11,6 +11,9 @@ Fixtures (see also the helpers on `ProxyProcess`):
 - `sent_requests` + `client`: an `anthropic.Anthropic` pointed at `proxy`, max_retries=0, default header
   `x-test-tag: <test_tag>`; each request the SDK puts on the wire is appended to `sent_requests`.
 - `make_client(**kwargs)`: more SDK clients on the same `proxy`/`sent_requests` (e.g. max_retries=2).
+- `postgres` (session): a throwaway PostgreSQL server (`fakes.postgres.PostgresServer`), started on first use.
+- `store_url`: parametrises a test over both store backends: "" (SQLite in the test's dir) or the URL of a fresh
+  PostgreSQL database (with a password in it, which must never show).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ if _TESTS_DIR not in sys.path:
 
 from fakes.anthropic_upstream import FakeAnthropic  # noqa: E402
 from fakes.harness import FAKE_API_KEY, ProxyProcess  # noqa: E402
+from fakes.postgres import PG_PASSWORD, PostgresServer  # noqa: E402
 
 
 # ---- fixtures ----------------------------------------------------------------------------------------------
@@ -38,6 +42,21 @@ from fakes.harness import FAKE_API_KEY, ProxyProcess  # noqa: E402
 def fake_anthropic() -> Iterator[FakeAnthropic]:
     with FakeAnthropic() as fake:
         yield fake
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request) -> str:
+    if request.param == "sqlite":
+        return ""
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.url(server.create_database(), password=PG_PASSWORD)
 
 
 def _factory(tmp_path_factory: pytest.TempPathFactory, default_upstream: Callable[[], str], started: list):

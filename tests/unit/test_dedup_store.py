@@ -20,19 +20,24 @@ from .test_store import KEY, make_record
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    store = Store(tmp_path)
+def store(tmp_path: Path, store_url: str):
+    """A store on each backend (see `store_url` in conftest.py)."""
+    store = Store(tmp_path, url=store_url)
     yield store
     store.close()
 
 
-def counts(path: Path) -> dict[str, int]:
-    db = sqlite3.connect(path / DB_NAME)
-    try:
+def counts(store: Store) -> dict[str, int]:
+    with store._reader() as db:
         return {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                 for t in ("records", "blobs", "nodes", "record_refs")}
-    finally:
-        db.close()
+
+
+def stored_bytes(store: Store) -> int:
+    """The text the store keeps for its records (whatever the database's page overhead)."""
+    with store._reader() as db:
+        return sum(db.execute(f"SELECT coalesce(sum(length({c})), 0) FROM {t}").fetchone()[0]
+                   for t, c in (("records", "data"), ("records", "summary"), ("records", "search"), ("blobs", "data")))
 
 
 def db_size(path: Path) -> int:
@@ -117,30 +122,47 @@ def test_a_session_is_stored_once_not_once_per_turn(tmp_path: Path):
         reopened.close()
 
 
-def test_pieces_are_shared_and_collected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    store = Store(tmp_path)
+def test_dedup_growth_is_linear(store: Store):
+    """On each backend: the stored text grows with the session, not with turns x history."""
+    records = list(session_records(200))
+    final_body = len(json.dumps(records[-1].request.body, separators=(",", ":")))
+    for record in records[:100]:
+        store.put(record)
+    store.flush()
+    first_half = stored_bytes(store)
+    for record in records[100:]:
+        store.put(record)
+    store.flush()
+    total = stored_bytes(store)
+    assert total < 8 * final_body, (total, final_body)
+    assert total < 2.6 * first_half, (total, first_half)
+    assert store.get(records[-1].id) == records[-1] and store.get(records[0].id) == records[0]
+
+
+def test_pieces_are_shared_and_collected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_url: str):
+    store = Store(tmp_path, url=store_url)
     now = datetime.now(UTC)
     old = list(session_records(6, seed=1, start=now - timedelta(days=3)))
     fresh = list(session_records(6, seed=2, start=now - timedelta(minutes=5)))
     for record in [*old, *fresh]:
         store.put(record)
     store.flush()
-    both = counts(tmp_path)
+    both = counts(store)
     assert both["records"] == 12
     # the captured system and tools are one blob each for both sessions; messages of the shared first turn too
-    shared = counts(tmp_path)["blobs"]
+    shared = counts(store)["blobs"]
     store.close()
 
     monkeypatch.setattr("anthropic_proxy.store._PRUNE_EVERY", 1)
-    store = Store(tmp_path, retention_days=1)
+    store = Store(tmp_path, url=store_url, retention_days=1)
     store.put(fresh[-1])  # a write runs the retention pass: the old session goes, with what only it used
     store.flush()
-    after = counts(tmp_path)
+    after = counts(store)
     assert after["records"] == 6 and after["blobs"] < shared and after["nodes"] < both["nodes"]
     for record in fresh:
         assert store.get(record.id) == record
     assert store.clear() == 6
-    assert counts(tmp_path) == {"records": 0, "blobs": 0, "nodes": 0, "record_refs": 0}
+    assert counts(store) == {"records": 0, "blobs": 0, "nodes": 0, "record_refs": 0}
     store.close()
 
 
@@ -153,7 +175,7 @@ def test_a_replaced_record_drops_the_pieces_only_it_used(store: Store):
     store.put(second)
     store.flush()
     assert store.get(first.id) == second
-    assert counts(store.path.parent) == {"records": 1, "blobs": 2, "nodes": 1, "record_refs": 2}
+    assert counts(store) == {"records": 1, "blobs": 2, "nodes": 1, "record_refs": 2}
 
 
 def test_deleting_one_branch_keeps_the_shared_prefix(store: Store):
@@ -165,15 +187,13 @@ def test_deleting_one_branch_keeps_the_shared_prefix(store: Store):
     for record in [*records, branch]:
         store.put(record)
     store.flush()
-    before = counts(store.path.parent)
-    db = sqlite3.connect(store.path)
+    before = counts(store)
     from anthropic_proxy.store import _delete_records
-    db.isolation_level = None
-    db.execute("BEGIN")
-    _delete_records(db, [records[-1].id, records[-2].id])
-    db.execute("COMMIT")
-    db.close()
-    after = counts(store.path.parent)
+    with store._reader() as db:
+        db.begin_write()
+        _delete_records(db, [records[-1].id, records[-2].id])
+        db.commit()
+    after = counts(store)
     assert after["records"] == before["records"] - 2 and after["nodes"] < before["nodes"]
     assert store.get("branch") == branch and store.get(records[2].id) == records[2]
 
@@ -204,7 +224,7 @@ def test_search_covers_each_records_own_turn_and_answer(store: Store):
     store.put(first)
     store.flush()
     assert [r["id"] for r in store.query(RecordFilter(q="dugong"))[0]] == [first.id]
-    with sqlite3.connect(store.path) as db:
+    with store._reader() as db:
         longest = db.execute("SELECT max(length(search)) FROM records").fetchone()[0]
     assert longest < 20_000  # bounded by a turn, not by the history
 
@@ -245,7 +265,7 @@ def test_old_databases_migrate_and_stay_exact(tmp_path: Path, version: int):
         expected = {r.id: record_json(r) for r in [*records[:-1], orphan]}
         assert {r.id: record_json(r) for r in store.iter_records(RecordFilter())} == expected  # readable at once
         deadline = time.monotonic() + 10  # the writer rewrites the old rows when idle
-        while counts(tmp_path)["record_refs"] == 0 or sqlite3.connect(store.path).execute(
+        while counts(store)["record_refs"] == 0 or sqlite3.connect(store.path).execute(
                 "SELECT count(*) FROM records WHERE refs IS NULL").fetchone()[0]:
             assert time.monotonic() < deadline, "old rows not rewritten"
             time.sleep(0.05)

@@ -18,8 +18,9 @@ def make_record(**fields) -> Record:
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    store = Store(tmp_path)
+def store(tmp_path: Path, store_url: str):
+    """A store on each backend (see `store_url` in conftest.py)."""
+    store = Store(tmp_path, url=store_url)
     yield store
     store.close()
 
@@ -95,13 +96,13 @@ def test_keys_never_reach_the_database_file(tmp_path: Path):
     assert KEY[:10].encode() in raw
 
 
-def test_records_survive_reopen_and_orphans_are_closed(tmp_path: Path):
-    store = Store(tmp_path)
+def test_records_survive_reopen_and_orphans_are_closed(tmp_path: Path, store_url: str):
+    store = Store(tmp_path, url=store_url)
     done, pending = make_record(status="success"), make_record()
     store.put(done)
     store.put(pending)
     store.close()
-    reopened = Store(tmp_path)
+    reopened = Store(tmp_path, url=store_url)
     try:
         assert reopened.get(done.id).status == "success"
         orphan = reopened.get(pending.id)
@@ -111,9 +112,9 @@ def test_records_survive_reopen_and_orphans_are_closed(tmp_path: Path):
         reopened.close()
 
 
-def test_retention_by_count_and_age(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_retention_by_count_and_age(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_url: str):
     monkeypatch.setattr("anthropic_proxy.store._PRUNE_EVERY", 1)
-    store = Store(tmp_path, max_records=3, retention_days=1)
+    store = Store(tmp_path, url=store_url, max_records=3, retention_days=1)
     now = datetime.now(UTC)
     old = make_record(timestamp=now - timedelta(days=2))
     fresh = [make_record(timestamp=now - timedelta(seconds=i)) for i in range(5)]

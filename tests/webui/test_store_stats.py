@@ -22,8 +22,8 @@ def make(i: int, *, status: str = "success", model: str = "m-a", duration: float
                   cost_usd=cost, metrics=Metrics(duration_ms=duration))
 
 
-def test_aggregate_figures(tmp_path):
-    store = Store(tmp_path)
+def test_aggregate_figures(tmp_path, store_url):
+    store = Store(tmp_path, url=store_url)
     for i in range(1, 11):  # durations 100..1000, 10 records
         store.put(make(i, duration=100.0 * i, model="m-a" if i <= 6 else "m-b",
                        prompt=f"p{i} needle" if i == 3 else "x"))
