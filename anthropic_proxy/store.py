@@ -285,7 +285,11 @@ class Store:
     # --- writing -------------------------------------------------------------------------------
 
     def put(self, record: Record) -> None:
-        """Queue an insert-or-replace; the latest put of a record wins. `get` sees it at once."""
+        """Queue an insert-or-replace; the latest put of a record wins. `get` sees it at once.
+
+        The store keeps a shallow copy: the caller goes on changing its record (its stream is still arriving),
+        and the writer, in another thread, must see each put as it was, with its own identity."""
+        record = record.model_copy()
         self._queued[record.id] = record
         self._queue.put(record)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,11 @@ def test_streamed_cost_matches_the_hand_computed_value(proxy, test_tag):
     assert (USAGE_START["input_tokens"], FINAL_OUTPUT_TOKENS) == (25, 42)
     assert record["costUsd"] == pytest.approx((25 * 3 + 42 * 15 + 100 * 3.75 + 200 * 0.30) / 1e6, abs=1e-12)
     assert record["costUsd"] == 0.00114 and record["costNote"] is None
-    listed = next(r for r in proxy.list_records(limit=50)["data"] if r["id"] == record["id"])
+    # the list reads the database, which the background writer brings up to date a moment later
+    deadline = time.monotonic() + 5
+    while (listed := next(r for r in proxy.list_records(limit=50)["data"] if r["id"] == record["id"])) \
+            ["status"] != "success" and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert listed["costUsd"] == 0.00114 and listed["costNote"] is None
 
 
