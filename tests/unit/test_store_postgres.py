@@ -127,3 +127,20 @@ def test_without_psycopg_the_error_says_what_to_install(tmp_path: Path, monkeypa
     monkeypatch.setitem(sys.modules, "psycopg", None)
     with pytest.raises(RuntimeError, match=r"pip install 'anthropic-proxy\[postgres\]'"):
         Store(tmp_path, url="postgresql://u:pw@127.0.0.1/db")
+
+
+def test_an_instance_keeps_saying_it_is_alive(tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("anthropic_proxy.store._HEARTBEAT_SECONDS", 0.1)
+    store = Store(tmp_path, url=url)
+
+    def seen() -> float:
+        with store._reader() as db:
+            return db.execute("SELECT seen FROM instances WHERE id = ?", (store.instance_id,)).fetchone()[0]
+
+    try:
+        first = seen()
+        wait_until(lambda: seen() > first, timeout=5)
+    finally:
+        store.close()
+    with store._reader() as db:  # a clean shutdown leaves the table
+        assert db.execute("SELECT count(*) FROM instances").fetchone()[0] == 0
