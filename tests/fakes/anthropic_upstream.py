@@ -38,16 +38,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import itertools
 import json
-import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from .server import FakeServer
 
 FINAL_TEXT = "Hello! I'm doing well, thanks for asking."
 TOOL_INPUT = {"location": "Paris, France", "unit": "celsius"}
@@ -110,134 +109,16 @@ class Exchange:
         return json.loads(self.body)
 
 
-class FakeAnthropic:
+class FakeAnthropic(FakeServer):
+    name = "fake Anthropic upstream"
+
     def __init__(self, host: str = "127.0.0.1") -> None:
-        self.host = host
-        self.port: int | None = None
-        self.exchanges: list[Exchange] = []
-        self._seq = itertools.count(1)
-        self._lock = threading.Lock()
-        self._holds: dict[str, threading.Event] = {}
-        self._holding: set[str] = set()
+        super().__init__(host)
         self._flaky: dict[str, int] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._stopping = threading.Event()
-
-    # ---- lifecycle -----------------------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> FakeAnthropic:
-        started = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._astart())
-            except BaseException as exc:
-                failure.append(exc)
-                started.set()
-                return
-            started.set()
-            loop.run_forever()
-            assert self._runner is not None
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-anthropic", daemon=True)
-        self._thread.start()
-        if not started.wait(10):
-            raise RuntimeError("fake Anthropic upstream did not start")
-        if failure:
-            raise failure[0]
-        return self
-
-    async def _astart(self) -> None:
-        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    def stop(self) -> None:
-        self._stopping.set()
-        for ev in list(self._holds.values()):
-            ev.set()
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-
-    def __enter__(self) -> FakeAnthropic:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> FakeAnthropic:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.to_thread(self.stop)
-
-    # ---- inspection ----------------------------------------------------------------------------------------
-    def clear(self) -> None:
-        with self._lock:
-            self.exchanges.clear()
-
-    def find(self, predicate: Callable[[Exchange], bool]) -> list[Exchange]:
-        with self._lock:
-            return [ex for ex in self.exchanges if predicate(ex)]
 
     def tagged(self, tag: str) -> list[Exchange]:
         """Exchanges whose request carried `x-test-tag: <tag>`."""
         return self.find(lambda ex: ex.header("x-test-tag") == tag)
-
-    def wait_for(
-        self, predicate: Callable[[Exchange], bool], *, count: int = 1, timeout: float = 10.0
-    ) -> Exchange:
-        """Wait until `count` exchanges match; return the last one that matched."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.find(predicate)
-            if len(found) >= count:
-                return found[count - 1]
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"fake upstream: {len(found)}/{count} matching requests after {timeout}s; "
-                    f"received {[(ex.method, ex.raw_path, ex.scenario) for ex in self.exchanges]}"
-                )
-            time.sleep(0.01)
-
-    # ---- hold control --------------------------------------------------------------------------------------
-    def _hold_event(self, hold_id: str) -> threading.Event:
-        with self._lock:
-            return self._holds.setdefault(hold_id, threading.Event())
-
-    def release(self, hold_id: str) -> None:
-        self._hold_event(hold_id).set()
-
-    def is_holding(self, hold_id: str) -> bool:
-        """True while a `hold` answer has sent its first part and waits for `release(hold_id)`."""
-        with self._lock:
-            return hold_id in self._holding
-
-    def wait_holding(self, hold_id: str, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.is_holding(hold_id):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"fake upstream never started holding {hold_id!r}")
-            time.sleep(0.005)
 
     # ---- request handling ----------------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -266,6 +147,9 @@ class FakeAnthropic:
             raise
         finally:
             ex.finished.set()
+
+    def _describe(self, ex: Exchange) -> Any:
+        return (ex.method, ex.raw_path, ex.scenario)
 
     def _scenario(self, request: web.Request, ex: Exchange) -> str:
         if name := request.headers.get("x-fake-scenario"):

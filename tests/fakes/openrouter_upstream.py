@@ -42,18 +42,16 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import itertools
 import json
-import logging
 import re
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from .server import FakeServer
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 RECORDINGS_DIR = DATA_DIR / "openrouter"
@@ -355,90 +353,20 @@ def error_body(status: int, message: str, metadata: dict[str, Any] | None = None
 
 
 # ---- the server --------------------------------------------------------------------------------------------
-class FakeOpenRouter:
+class FakeOpenRouter(FakeServer):
+    name = "fake OpenRouter"
+
     def __init__(self, host: str = "127.0.0.1", keys: set[str] | None = None, write_delay: float = 0.002) -> None:
-        self.host = host
-        self.port: int | None = None
+        super().__init__(host)
         self.keys: set[str] = set(keys) if keys is not None else {DEFAULT_KEY}
         self.write_delay = write_delay
-        self.exchanges: list[Exchange] = []
-        self._seq = itertools.count(1)
-        self._lock = threading.Lock()
-        self._holds: dict[str, threading.Event] = {}
-        self._holding: set[str] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._stopping = threading.Event()
-
-    # ---- lifecycle -----------------------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     @property
     def base_url(self) -> str:
         """What the proxy's `openrouter_base_url` option is set to."""
         return self.url + API_PREFIX
 
-    def start(self, port: int = 0) -> FakeOpenRouter:
-        started = threading.Event()
-        failure: list[BaseException] = []
-        self._stopping.clear()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._astart(port))
-            except BaseException as exc:
-                failure.append(exc)
-                started.set()
-                return
-            started.set()
-            loop.run_forever()
-            assert self._runner is not None
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-openrouter", daemon=True)
-        self._thread.start()
-        if not started.wait(10):
-            raise RuntimeError("fake OpenRouter did not start")
-        if failure:
-            raise failure[0]
-        return self
-
-    async def _astart(self, port: int) -> None:
-        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, port, reuse_address=True)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    def stop(self) -> None:
-        self._stopping.set()
-        for ev in list(self._holds.values()):
-            ev.set()
-        if self._loop is not None and self._thread is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-
-    def __enter__(self) -> FakeOpenRouter:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # ---- inspection ----------------------------------------------------------------------------------------
-    def find(self, predicate: Callable[[Exchange], bool]) -> list[Exchange]:
-        with self._lock:
-            return [ex for ex in self.exchanges if predicate(ex)]
-
     def by_user(self, user: str) -> list[Exchange]:
         """chat/completions calls whose body carried `user: <user>` (Anthropic metadata.user_id)."""
         return self.find(lambda ex: ex.path.endswith("/chat/completions") and ex.user == user)
@@ -446,35 +374,8 @@ class FakeOpenRouter:
     def calls_to(self, path: str) -> list[Exchange]:
         return self.find(lambda ex: ex.path == API_PREFIX + path)
 
-    def wait_for(self, predicate: Callable[[Exchange], bool], *, count: int = 1, timeout: float = 10.0) -> Exchange:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.find(predicate)
-            if len(found) >= count:
-                return found[count - 1]
-            if time.monotonic() > deadline:
-                raise AssertionError(f"fake OpenRouter: {len(found)}/{count} matching requests after {timeout}s; "
-                                     f"received {[(ex.method, ex.path, ex.recording) for ex in self.exchanges]}")
-            time.sleep(0.01)
-
-    # ---- holds ---------------------------------------------------------------------------------------------
-    def _hold_event(self, hold_id: str) -> threading.Event:
-        with self._lock:
-            return self._holds.setdefault(hold_id, threading.Event())
-
-    def release(self, hold_id: str) -> None:
-        self._hold_event(hold_id).set()
-
-    def is_holding(self, hold_id: str) -> bool:
-        with self._lock:
-            return hold_id in self._holding
-
-    def wait_holding(self, hold_id: str, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.is_holding(hold_id):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"fake OpenRouter never held {hold_id!r}")
-            time.sleep(0.005)
+    def _describe(self, ex: Exchange) -> Any:
+        return (ex.method, ex.path, ex.recording)
 
     # ---- handler -------------------------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
