@@ -18,17 +18,14 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes.harness import ProxyProcess
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import expect
 
+from .conftest import open_monitor
 from .test_api import send, wait_final
-from .test_browser import ARGS, CHROMIUM, Console
 
 SONNET, OPUS, HAIKU = "claude-sonnet-4-5-20250929", "claude-opus-4-8", "claude-haiku-4-5"
 UNKNOWN = "claude-unreleased-9"  # no price
@@ -201,30 +198,6 @@ def test_config_shows_where_prices_come_from(proxy):
 
 
 # ---- the page --------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "Debian's chromium is required: apt-get install -y chromium"
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1440, "height": 1000})
-    p = context.new_page()
-    p.set_default_timeout(10_000)
-    p.console = Console(p)  # type: ignore[attr-defined]
-    yield p
-    context.close()
-
-
-def open_monitor(page: Page, proxy: ProxyProcess, query: str = "") -> None:
-    page.goto(f"{proxy.url}/monitor{query}")
-    expect(page.get_by_test_id("live-indicator")).to_have_attribute("data-state", "live")
-
-
 def test_analyze_dialog_shows_types_and_opens_an_expensive_request(page, proxy, populated):
     open_monitor(page, proxy)
     page.get_by_test_id("analyze").click()
