@@ -298,6 +298,13 @@ class Store:
         self._queue.put(done)
         done.wait(timeout)
 
+    def _settle(self) -> None:
+        """Before a read over many records: let the writer finish what was put (it then stops gathering), so
+        a list or a figure never lags a record that `get` already shows final. Bounded: a failing disk
+        must not hang a page."""
+        if self._queued:
+            self.flush(timeout=2)
+
     def close(self) -> None:
         self._queue.put(_STOP)
         self._writer.join(timeout=30)
@@ -560,6 +567,7 @@ class Store:
 
     def query(self, flt: RecordFilter, *, page: int = 1, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
         """Summaries of one page of matching records, newest first, and the count of all matches."""
+        self._settle()
         where, params = flt.where(self.dialect.search)
         with self._reader() as db:
             total = db.execute(f"SELECT count(*) FROM records{where}", params).fetchone()[0]
@@ -569,6 +577,7 @@ class Store:
 
     def iter_records(self, flt: RecordFilter) -> Iterator[Record]:
         """Every matching record, oldest first, read in batches (exports stream from this)."""
+        self._settle()
         where, params = flt.where(self.dialect.search)
         last_ts, last_id = float("-inf"), ""
         while True:
@@ -596,6 +605,7 @@ class Store:
         records (base rates: a long-context request saves a little more than this says); cache reads without
         a price (unknown models, OpenRouter) are counted in `cacheSavingsUnpricedTokens`.
         """
+        self._settle()
         where, params = flt.where(self.dialect.search)
         now = time.time() if now is None else now
         with self._reader() as db:
