@@ -157,7 +157,9 @@ function drawCharts(stats) {
     labels: hist.map((b) => b.fromMs), format: fmt.int,
     tickLabel: (from, long) => {
       const b = hist.find((x) => x.fromMs === from);
-      const text = b.toMs === null ? `≥ ${fmt.ms(from)}` : `< ${fmt.ms(b.toMs)}`;
+      // ticks are narrow: "<250ms", "<2s", "≥1m" (the tooltip says it in full)
+      const short = (ms) => (ms < 1000 ? `${ms}ms` : ms < 60000 ? `${ms / 1000}s` : `${ms / 60000}m`);
+      const text = b.toMs === null ? `≥${short(from)}` : `<${short(b.toMs)}`;
       return long ? `${fmt.ms(from)} – ${b.toMs === null ? "∞" : fmt.ms(b.toMs)}` : text;
     },
     series: [{ name: "requests", cls: "s3", values: hist.map((b) => b.count) }],
