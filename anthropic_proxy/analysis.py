@@ -246,8 +246,9 @@ class Percentiles(_Model):
     avg: float | None = None
 
 
-class Breakdown(_Model):
-    key: str
+class Tally(_Model):
+    """The figures every group of records has (a model, a day, a session, ...)."""
+
     requests: int = 0
     errors: int = 0
     input_tokens: int = 0
@@ -256,6 +257,10 @@ class Breakdown(_Model):
     cache_read_tokens: int = 0
     cost_usd: float = 0.0
     unpriced_requests: int = 0
+
+
+class Breakdown(Tally):
+    key: str
     cache_savings_usd: float = 0.0
     avg_duration_ms: float | None = None
 
@@ -287,17 +292,9 @@ class RequestSummary(_Model):
     preview: str
 
 
-class SessionSummary(_Model):
+class SessionSummary(Tally):
     session_id: str
-    requests: int = 0
     turns: int = 0
-    errors: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation_tokens: int = 0
-    cache_read_tokens: int = 0
-    cost_usd: float = 0.0
-    unpriced_requests: int = 0
     cache_hit_rate: float | None = None
     started: datetime | None = None
     ended: datetime | None = None
