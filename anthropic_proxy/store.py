@@ -37,14 +37,11 @@ prompt are not searched (they would make every later record of the session match
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import queue
 import secrets
 import socket
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -53,22 +50,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from . import bodies
+from . import bodies, store_writer
 from .dialects import DB_NAME, SQLITE_MIGRATIONS, Connection, Dialect, dialect_for
 from .masking import mask_text
 from .pricing import PriceBook, savings_for_tokens
 from .record import Record, RecordError
+from .store_rows import METRIC_COLUMNS, RowWriter, prepare
+from .store_writer import WriterProcess, WriterSettings
 
 logger = logging.getLogger("anthropic_proxy.store")
 
 __all__ = ["DB_NAME", "RecordFilter", "Store", "StoreCorrupt", "parse_time_range", "record_json"]
 
-_STOP = object()
-_PRUNE_EVERY = 500  # writes between two retention passes
-_BATCH_SECONDS = 0.05  # how long the writer waits for more records after the first
-_RETRY_SECONDS = 1.0  # between two attempts while writes fail
-_MAX_UNSAVED = 10_000  # records held in memory while writes fail
-_HEARTBEAT_SECONDS = 30.0  # how often an instance on a shared database says it is alive
 _STALE_SECONDS = 300.0  # an instance silent this long is gone: its pending records are orphans
 
 
@@ -118,17 +111,9 @@ def parse_time_range(value: str | None) -> datetime | None:
 
 _MIGRATIONS = SQLITE_MIGRATIONS  # (the name older tests and tools know)
 
-_METRIC_COLUMNS = ("duration_ms", "input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens",
-                   "cost_usd")
 # Latency histogram buckets (upper bounds, ms); the last bucket is open-ended.
 LATENCY_BUCKETS_MS = (250, 500, 1000, 2000, 5000, 10_000, 30_000, 60_000)
 _TIME_BUCKETS_S = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
-
-
-def _metric_values(record: Record) -> tuple[Any, ...]:
-    usage = record.usage
-    return (record.metrics.duration_ms, usage.input_tokens, usage.output_tokens,
-            usage.cache_creation_input_tokens, usage.cache_read_input_tokens, record.cost_usd)
 
 
 def time_bucket_seconds(span_seconds: float, target_buckets: int = 48) -> int:
@@ -147,33 +132,6 @@ def record_json(record: Record) -> str:
         return mask_text(json.dumps(record.model_dump(mode="json", by_alias=True), separators=(",", ":")))
 
 
-def _search_text(record: Record) -> str:
-    """What `q` searches: the text this call added to its conversation (its latest turn) and the answer's
-    text, lower-cased and masked. Bounded per record: the resent history is not repeated here."""
-    parts: list[str] = []
-    body = record.request.body
-    if isinstance(body, dict):
-        messages = body.get("messages")
-        for message in bodies.new_turn(messages) if isinstance(messages, list) else ():
-            if isinstance(message, dict):
-                parts.extend(bodies.iter_texts(message.get("content")))
-    elif isinstance(body, str):
-        parts.append(body[:10_000])
-    if record.message:
-        parts.extend(bodies.iter_texts(record.message.get("content")))
-    return _utf8(mask_text("\n".join(parts)).lower())
-
-
-def _utf8(text: str | None) -> str | None:
-    """Text both databases can store: a lone surrogate (valid in a JSON escape, not in UTF-8) becomes '?', and so
-    does NUL (PostgreSQL's text cannot hold it)."""
-    if text is None or (text.isascii() and "\x00" not in text):
-        return text
-    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "?")
-
-
-_RECORD_COLUMNS = ("id", "ts", "status", "provider", "model", "session", "search", "summary", "data", "refs",
-                   *_METRIC_COLUMNS, "owner")
 _CHAIN = """
     WITH RECURSIVE chain(id, parent, blob, depth) AS (
         SELECT id, parent, blob, 0 FROM nodes WHERE id = ?
@@ -182,23 +140,6 @@ _CHAIN = """
     )
     SELECT chain.parent, blobs.data FROM chain LEFT JOIN blobs ON blobs.id = chain.blob ORDER BY chain.depth DESC
 """
-
-
-@dataclass(slots=True)
-class _Prepared:
-    """A record made ready for the database (done outside the write transaction)."""
-
-    record_id: str
-    row: tuple[Any, ...]
-    split: bodies.Split
-
-
-def _prepare(record: Record, owner: str) -> _Prepared:
-    split = bodies.split(record.model_dump(mode="json", by_alias=True))
-    row = (record.id, record.timestamp.timestamp(), record.status, record.provider, _utf8(record.model),
-           _utf8(record.session_id), _search_text(record), mask_text(json.dumps(record.summary())), split.skeleton,
-           json.dumps(split.refs, separators=(",", ":")), *_metric_values(record), owner)
-    return _Prepared(record.id, row, split)
 
 
 class StoreCorrupt(RuntimeError):
@@ -215,6 +156,7 @@ class Store:
     def __init__(self, state_dir: Path, *, url: str = "", max_records: int = 50_000, retention_days: float = 30,
                  busy_timeout: float = 30, close_orphans: bool = True) -> None:
         self.dialect = dialect_for(state_dir, url, busy_timeout=busy_timeout)
+        self.state_dir, self.url = state_dir, url
         if not url:
             state_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dialect.path  # the SQLite file (None for PostgreSQL)
@@ -223,26 +165,19 @@ class Store:
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.instance_name = f"{socket.gethostname()}:{state_dir.expanduser().resolve()}"
         self._announced = close_orphans and self.dialect.shared  # in `instances`, with heartbeats
-        self._upsert = self.dialect.upsert("records", _RECORD_COLUMNS, "id")
-        self._add_blob = self.dialect.insert_ignore("blobs", ("id", "data"))
-        self._add_node = self.dialect.insert_ignore("nodes", ("id", "parent", "blob"))
+        self.rows = RowWriter(self.dialect)
         self._announce = self.dialect.upsert("instances", ("id", "name", "seen"), "id")
         self.max_records = max_records
         self.retention_days = retention_days
         self.busy_timeout = busy_timeout  # how long a write waits for another process's lock
-        self.write_errors = 0  # failed write attempts
-        self.last_write_error: str | None = None  # set while writes fail
-        self.unsaved = 0  # records waiting in memory for a write that works
-        self.lost = 0  # records dropped because writes failed for too long (or could not be serialised)
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._queued: dict[str, Record] = {}  # put but not yet written: `get` answers from here
+        self._writer: WriterProcess | None = None  # started by the first put (the proxy's store: at once)
         with self._connect() as db:
             self.dialect.migrate(db)
             if close_orphans:
                 self._close_orphans(db)
             self._legacy = db.execute("SELECT 1 FROM records WHERE refs IS NULL LIMIT 1").fetchone() is not None
-        self._writer = threading.Thread(target=self._write_loop, name="anthropic-proxy-store", daemon=True)
-        self._writer.start()
+        if close_orphans:  # a proxy's store: its writer also beats the heartbeat and rewrites v2 rows when idle
+            self._writer_process()
 
     def _connect(self) -> Connection:
         return self.dialect.connect()
@@ -270,7 +205,7 @@ class Store:
                 orphans.append(record)
             if orphans and not shared:
                 db.begin_write()
-            self._store(db, [_prepare(r, self.instance_id) for r in orphans])
+            self.rows.store(db, [prepare(r, self.instance_id) for r in orphans])
             if shared:
                 db.execute("DELETE FROM instances WHERE seen < ? OR name = ?",
                            (now - _STALE_SECONDS, self.instance_name))
@@ -288,221 +223,54 @@ class Store:
         """Queue an insert-or-replace; the latest put of a record wins. `get` sees it at once.
 
         The store keeps a shallow copy: the caller goes on changing its record (its stream is still arriving),
-        and the writer, in another thread, must see each put as it was, with its own identity."""
-        record = record.model_copy()
-        self._queued[record.id] = record
-        self._queue.put(record)
+        and the writer's sender, in another thread, must see each put as it was, with its own identity."""
+        self._writer_process().put(record.model_copy())
 
     def flush(self, timeout: float = 10) -> None:
-        done = threading.Event()
-        self._queue.put(done)
-        done.wait(timeout)
+        """Wait until the writer has tried to write everything put so far (bounded by `timeout`)."""
+        if self._writer is not None:
+            self._writer.flush(timeout)
 
     def _settle(self) -> None:
-        """Before a read over many records: let the writer finish what was put (it then stops gathering), so
-        a list or a figure never lags a record that `get` already shows final. Bounded: a failing disk
-        must not hang a page."""
-        if self._queued:
+        """Before a read over many records: let the writer finish what was put, so a list or a figure never
+        lags a record that `get` already shows final. Bounded: a failing disk must not hang a page."""
+        if self._writer is not None and self._writer.queued:
             self.flush(timeout=2)
 
     def close(self) -> None:
-        self._queue.put(_STOP)
-        self._writer.join(timeout=30)
+        if self._writer is not None:
+            self._writer.close()
 
-    def _write_loop(self) -> None:
-        db = self.dialect.connect(lazy=True)  # opened by the first write (which reports a failure to open)
-        writes = 0
-        unsaved: dict[str, Record] = {}  # records whose write failed (disk full, database locked): retried
-        heartbeat = self._announced
-        next_beat = time.monotonic() + _HEARTBEAT_SECONDS
-        while True:
-            idle_work = self._legacy and not unsaved
-            # Old rows are rewritten a few at a time with pauses between (the writer shares the GIL with the
-            # proxy): about a tenth of one core until they are all done.
-            timeout = _RETRY_SECONDS if unsaved else 0.2 if idle_work else None
-            if heartbeat:
-                timeout = max(0.0, min(timeout or _HEARTBEAT_SECONDS, next_beat - time.monotonic()))
-            try:
-                batch = [self._queue.get(timeout=timeout)]
-            except queue.Empty:
-                batch = []
-            if heartbeat and time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + _HEARTBEAT_SECONDS
-                self._beat(db)
-            self._gather(batch)
-            if not batch and idle_work:
-                self._upgrade_legacy(db)
-                continue
-            for item in batch:
-                if isinstance(item, Record):
-                    unsaved.pop(item.id, None)
-                    unsaved[item.id] = item  # the latest put of a record wins
-            if unsaved:
-                written = self._write(db, list(unsaved.values()))
-                if written:
-                    writes += len(unsaved)
-                    for record in unsaved.values():  # the database now has it, unless a newer put came
-                        if self._queued.get(record.id) is record:
-                            del self._queued[record.id]
-                    unsaved.clear()
-                    if writes >= min(_PRUNE_EVERY, max(1, self.max_records // 10)):
-                        writes = 0
-                        self._prune(db)
-                self._keep_within(unsaved)
-            self.unsaved = len(unsaved)
-            for item in batch:
-                if isinstance(item, threading.Event):
-                    item.set()
-            if any(item is _STOP for item in batch):
-                if unsaved:
-                    logger.error("store: %d record(s) could not be written to %s before shutdown",
-                                 len(unsaved), self.location)
-                if self._announced:
-                    with contextlib.suppress(*self.dialect.errors):
-                        db.reopen_if_broken()
-                        db.execute("DELETE FROM instances WHERE id = ?", (self.instance_id,))
-                db.close()
-                return
+    def _writer_process(self) -> WriterProcess:
+        if self._writer is None:
+            settings = WriterSettings(
+                state_dir=self.state_dir, url=self.url, busy_timeout=self.busy_timeout,
+                instance_id=self.instance_id, instance_name=self.instance_name, announced=self._announced,
+                legacy=self._legacy, prune_every=store_writer.PRUNE_EVERY,
+                heartbeat_seconds=store_writer.HEARTBEAT_SECONDS)
+            self._writer = WriterProcess(settings, lambda: (self.max_records, self.retention_days))
+        return self._writer
 
-    def _beat(self, db: Connection) -> None:
-        """Tell the other instances on the database that this one is alive (its pending records are live)."""
-        try:
-            db.reopen_if_broken()
-            db.execute(self._announce, (self.instance_id, self.instance_name, time.time()))
-        except self.dialect.errors as exc:  # the next write reports a lasting failure
-            logger.debug("store: heartbeat failed (%s)", self.dialect.scrub(str(exc)))
+    # The writer's counters (0 / None before the first put): /health and `stats` show them.
+    @property
+    def write_errors(self) -> int:
+        """Failed write attempts."""
+        return self._writer.write_errors if self._writer else 0
 
-    def _gather(self, batch: list[Any]) -> None:
-        """Wait a moment for more after the first record: a call's pending and final versions then usually
-        arrive together and are written once, and the writer (which shares the GIL with the proxy) works
-        after a call rather than during it. A flush or stop request ends the wait at once."""
-        if not batch:
-            return
-        deadline = time.monotonic() + _BATCH_SECONDS
-        while len(batch) < 256 and not isinstance(batch[-1], threading.Event) and batch[-1] is not _STOP:
-            remaining = deadline - time.monotonic()
-            try:
-                batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
-            except queue.Empty:
-                return
+    @property
+    def last_write_error(self) -> str | None:
+        """Set while writes fail."""
+        return self._writer.last_write_error if self._writer else None
 
-    def _keep_within(self, unsaved: dict[str, Record]) -> None:
-        """Memory is the last resort while the disk refuses writes: keep the newest, count what is dropped."""
-        while len(unsaved) > _MAX_UNSAVED:
-            self._queued.pop(unsaved.pop(next(iter(unsaved))).id, None)
-            self.lost += 1
-            if self.lost == 1 or self.lost % 1000 == 0:
-                logger.error("store: %d record(s) lost: %s kept refusing writes", self.lost, self.location)
+    @property
+    def unsaved(self) -> int:
+        """Records waiting in the writer's memory for a write that works."""
+        return self._writer.unsaved if self._writer else 0
 
-    def _prepare_all(self, records: list[Record]) -> list[_Prepared]:
-        prepared: list[_Prepared] = []
-        for record in records:
-            try:
-                prepared.append(_prepare(record, self.instance_id))
-            except Exception:  # one record that cannot be serialised must not stop the writer
-                self.lost += 1
-                logger.exception("store: record %s cannot be stored", record.id)
-        return prepared
-
-    def _rollback(self, db: Connection) -> None:
-        with contextlib.suppress(*self.dialect.errors):  # a full disk (or a lost server) can refuse even this
-            if db.in_transaction:
-                db.rollback()
-
-    def _write(self, db: Connection, records: list[Record]) -> bool:
-        prepared = self._prepare_all(records)
-        try:
-            db.reopen_if_broken()
-            db.begin_write()
-            self._store(db, prepared)
-            db.commit()
-        except (ValueError, TypeError, *self.dialect.unstorable):  # a bug or data no database takes, not the
-            # disk: retrying would fail forever; keep the writer alive
-            self._rollback(db)
-            self.lost += len(prepared)
-            logger.exception("store: %d record(s) could not be stored", len(prepared))
-            return True
-        except self.dialect.errors as exc:
-            self._rollback(db)
-            self.write_errors += 1
-            message = self.dialect.scrub(str(exc)).strip()
-            if self.last_write_error is None:  # log a failure streak once, not at every retry
-                logger.error("store: writing to %s failed (%s); keeping %d record(s) in memory and retrying",
-                             self.location, message, len(prepared))
-            self.last_write_error = message
-            return False
-        if self.last_write_error is not None:
-            logger.warning("store: writing to %s works again", self.location)
-            self.last_write_error = None
-        return True
-
-    def _store(self, db: Connection, prepared: list[_Prepared]) -> None:
-        """Insert or replace records with the pieces they add (inside the caller's transaction)."""
-        garbage: set[str] = set()
-        for item in prepared:
-            split = item.split
-            for keys in split.refs.values():
-                for key, ref in keys.items():
-                    if key != bodies.MESSAGES:
-                        db.execute(self._add_blob, (ref, split.blobs[ref]))
-            for chain in split.chains.values():
-                # Nodes exist as a prefix of the chain (a node's ancestors always exist): binary search its end.
-                lo, hi = 0, len(chain)  # chain[:lo] exists, chain[hi:] does not
-                while lo < hi:
-                    mid = (lo + hi) // 2
-                    if db.execute("SELECT 1 FROM nodes WHERE id = ?", (chain[mid][0],)).fetchone():
-                        lo = mid + 1
-                    else:
-                        hi = mid
-                for node, parent, blob in chain[lo:]:
-                    db.execute(self._add_blob, (blob, split.blobs[blob]))
-                    db.execute(self._add_node, (node, parent, blob))
-            old = {ref for (ref,) in db.execute("SELECT ref FROM record_refs WHERE record_id = ?", (item.record_id,))}
-            new = split.ref_ids()
-            db.execute(self._upsert, item.row)
-            if old != new:
-                db.executemany("DELETE FROM record_refs WHERE record_id = ? AND ref = ?",
-                               [(item.record_id, ref) for ref in old - new])
-                db.executemany("INSERT INTO record_refs (record_id, ref) VALUES (?, ?)",
-                               [(item.record_id, ref) for ref in new - old])
-                garbage |= old - new
-        if garbage:
-            _collect(db, garbage)
-
-    def _upgrade_legacy(self, db: Connection, count: int = 8) -> None:
-        """Rewrite a few v2 rows (whole bodies) in the v3 form; clears `_legacy` when none are left."""
-        try:
-            db.reopen_if_broken()
-            rows = db.execute("SELECT data FROM records WHERE refs IS NULL ORDER BY ts LIMIT ?", (count,)).fetchall()
-            if not rows:
-                self._legacy = False
-                return
-            prepared = self._prepare_all([Record.model_validate_json(data) for (data,) in rows])
-            db.begin_write()
-            self._store(db, prepared)
-            db.commit()
-        except Exception as exc:  # try again when the writer is next idle; never lose the row
-            self._rollback(db)
-            logger.warning("store: rewriting old records failed (%s); will retry", self.dialect.scrub(str(exc)))
-            time.sleep(_RETRY_SECONDS)
-
-    def _prune(self, db: Connection) -> None:
-        """Retention. On a shared database every instance prunes; the write lock makes the passes take turns
-        (deleting what another pass already deleted does nothing)."""
-        cutoff = time.time() - self.retention_days * 86400
-        try:
-            db.reopen_if_broken()
-            db.begin_write()
-            ids = [i for (i,) in db.execute("SELECT id FROM records WHERE ts < ?", (cutoff,))]
-            ids += [i for (i,) in db.execute(
-                f"SELECT id FROM records WHERE ts >= ? ORDER BY ts DESC LIMIT {self.dialect.unlimited} OFFSET ?",
-                (cutoff, self.max_records))]
-            if ids:
-                _delete_records(db, ids)
-            db.commit()
-        except self.dialect.errors as exc:  # retention runs again after the next writes
-            self._rollback(db)
-            logger.warning("store: retention pass failed (%s)", self.dialect.scrub(str(exc)))
+    @property
+    def lost(self) -> int:
+        """Records dropped: writes failed for too long, or they could not be serialised."""
+        return self._writer.lost if self._writer else 0
 
     def import_records(self, records: Iterable[Record]) -> dict[str, int]:
         """Add records in ONE transaction: all of them or, if `records` raises (bad input), none.
@@ -534,7 +302,7 @@ class Store:
             if record.id not in fresh and not db.execute("SELECT 1 FROM records WHERE id = ?",
                                                          (record.id,)).fetchone():
                 fresh[record.id] = record
-        self._store(db, [_prepare(r, self.instance_id) for r in fresh.values()])
+        self.rows.store(db, [prepare(r, self.instance_id) for r in fresh.values()])
         return len(fresh)
 
     # --- reading -------------------------------------------------------------------------------
@@ -559,7 +327,8 @@ class Store:
         return Record.model_validate(bodies.assemble(json.loads(data), json.loads(refs), blob, messages))
 
     def get(self, record_id: str) -> Record | None:
-        if (queued := self._queued.get(record_id)) is not None:  # newer than the database until written
+        if self._writer is not None and (queued := self._writer.pending(record_id)) is not None:
+            # newer than the database until written
             return queued
         with self._reader() as db:
             row = db.execute("SELECT data, refs FROM records WHERE id = ?", (record_id,)).fetchone()
@@ -611,7 +380,7 @@ class Store:
         with self._reader() as db:
             # One pass over the matching rows (a covering index when unfiltered), then every figure
             # from that narrow copy: a text search (`q`) scans the big rows once, not once per figure.
-            self.dialect.select_into_sel(db, "ts, status, provider, model, " + ", ".join(_METRIC_COLUMNS)
+            self.dialect.select_into_sel(db, "ts, status, provider, model, " + ", ".join(METRIC_COLUMNS)
                                          + f", {self.dialect.utc_day('ts')} AS day", where, params)
             (total, success, errors, pending, cancelled, tin, tout, tcw, tcr, cost, costed, timed, avg_ms,
              first_ts, last_ts) = db.execute(
@@ -697,7 +466,8 @@ class Store:
             size = self.dialect.size(db)
         return {"path": self.location, "backend": self.dialect.name, "records": count, "bytes": size,
                 "writeErrors": self.write_errors, "lastWriteError": self.last_write_error, "unsaved": self.unsaved,
-                "lost": self.lost, "queued": self._queue.qsize()}
+                "lost": self.lost, "queued": len(self._writer.queued) if self._writer else 0,
+                "writerRestarts": self._writer.restarts if self._writer else 0}
 
     def clear(self) -> int:
         self.flush()
@@ -828,41 +598,4 @@ def _breakdown_view(groups: dict[str, dict[str, dict[str, Any]]], session_count:
         "recordsWithoutSession": sum(e["requests"] for e in groups["provider"].values()) - with_session,
         "cacheSavingsUsd": savings, "cacheSavingsUnpricedTokens": unpriced_reads,
     }
-
-
-def _delete_records(db: Connection, ids: list[str]) -> None:
-    """Delete records and whatever pieces only they used (inside the caller's transaction)."""
-    garbage: set[str] = set()
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        marks = ", ".join("?" * len(chunk))
-        garbage.update(ref for (ref,) in db.execute(f"SELECT ref FROM record_refs WHERE record_id IN ({marks})",
-                                                    chunk))
-        db.execute(f"DELETE FROM record_refs WHERE record_id IN ({marks})", chunk)
-        db.execute(f"DELETE FROM records WHERE id IN ({marks})", chunk)
-    _collect(db, garbage)
-
-
-def _collect(db: Connection, candidates: set[str]) -> None:
-    """Remove the nodes and blobs among `candidates` (and, for nodes, their ancestors) nothing uses any more."""
-    blobs: set[str] = set()
-    nodes = list(candidates)
-    while nodes:
-        ref = nodes.pop()
-        if db.execute("SELECT 1 FROM record_refs WHERE ref = ? LIMIT 1", (ref,)).fetchone():
-            continue
-        row = db.execute("SELECT parent, blob FROM nodes WHERE id = ?", (ref,)).fetchone()
-        if row is None:
-            blobs.add(ref)  # not a node: a blob (system, tools)
-            continue
-        if db.execute("SELECT 1 FROM nodes WHERE parent = ? LIMIT 1", (ref,)).fetchone():
-            continue
-        db.execute("DELETE FROM nodes WHERE id = ?", (ref,))
-        blobs.add(row[1])
-        if row[0] is not None:
-            nodes.append(row[0])
-    for ref in blobs:
-        if not db.execute("SELECT 1 FROM record_refs WHERE ref = ? LIMIT 1", (ref,)).fetchone() \
-                and not db.execute("SELECT 1 FROM nodes WHERE blob = ? LIMIT 1", (ref,)).fetchone():
-            db.execute("DELETE FROM blobs WHERE id = ?", (ref,))
 

@@ -20,7 +20,8 @@ from .. import export as exporting
 from ..record import FINAL_STATUSES, Record
 from ..runtime import RUNTIME_KEY as RUNTIME
 from ..runtime import Runtime
-from ..store import RecordFilter, _search_text, parse_time_range, record_json
+from ..store import RecordFilter, parse_time_range, record_json
+from ..store_rows import search_text
 from .common import error_response
 from .security import token_required
 
@@ -197,7 +198,7 @@ def _event_wanted(runtime: Runtime, event: dict[str, Any], flt: RecordFilter, se
     if event["type"] in ("cleared", "lagged") or not record_id:
         return True
     record = _in_flight(runtime, record_id) if flt.q else None
-    if summary_matches(summary, flt, _search_text(record) if record else None) or record_id in sent_ids:
+    if summary_matches(summary, flt, search_text(record) if record else None) or record_id in sent_ids:
         sent_ids.add(record_id)
         return True
     return False

@@ -113,7 +113,7 @@ def test_records_survive_reopen_and_orphans_are_closed(tmp_path: Path, store_url
 
 
 def test_retention_by_count_and_age(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_url: str):
-    monkeypatch.setattr("anthropic_proxy.store._PRUNE_EVERY", 1)
+    monkeypatch.setattr("anthropic_proxy.store_writer.PRUNE_EVERY", 1)
     store = Store(tmp_path, url=store_url, max_records=3, retention_days=1)
     now = datetime.now(UTC)
     old = make_record(timestamp=now - timedelta(days=2))

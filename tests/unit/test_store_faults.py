@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -71,3 +72,53 @@ def test_full_disk_keeps_records_in_memory_until_space_returns(tiny_disk: Path):
         assert store.query(RecordFilter())[1] == 5 and store.lost == 0
     finally:
         store.close()
+
+
+def test_a_killed_writer_process_is_replaced_and_nothing_is_lost(tmp_path: Path):
+    store = Store(tmp_path)
+    try:
+        first = [make_record(status="success") for _ in range(3)]
+        for record in first:
+            store.put(record)
+        store.flush()
+        writer = store._writer
+        old_pid = writer._process.pid
+        writer._process.kill()
+        writer._process.wait()
+        later = [make_record(status="success") for _ in range(3)]
+        for record in later:
+            store.put(record)  # sent to a dead process, or queued while it restarts
+        wait_until(lambda: writer._process.pid != old_pid and not writer.queued)
+        assert store.stats()["writerRestarts"] == 1
+        assert {r["id"] for r in store.query(RecordFilter())[0]} == {r.id for r in first + later}
+        assert store.lost == 0
+    finally:
+        store.close()
+
+
+def test_the_writer_process_ends_with_the_store_and_with_the_proxy(tmp_path: Path):
+    store = Store(tmp_path)
+    process = store._writer._process
+    store.put(make_record(status="success"))
+    store.close()
+    assert process.poll() == 0  # a clean stop: it wrote, then exited
+    assert Store(tmp_path, close_orphans=False).query(RecordFilter())[1] == 1
+
+    # The proxy killed outright (no close): the writer sees its socket end, writes what it holds, and exits.
+    script = (f"from pathlib import Path; from anthropic_proxy.store import Store; "
+              f"from tests.unit.test_store import make_record; import os, sys; "
+              f"s = Store(Path({str(tmp_path / 'b')!r})); s.put(make_record(status='success')); "
+              f"import time; time.sleep(0.5); "
+              f"print(s._writer._process.pid, flush=True); os._exit(0)")
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                           cwd=Path(__file__).resolve().parents[2])
+    pid = int(child.stdout.split()[0])
+    wait_until(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid))
+    assert Store(tmp_path / "b", close_orphans=False).query(RecordFilter())[1] == 1
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().lower()
+    except FileNotFoundError:
+        return "zombie"

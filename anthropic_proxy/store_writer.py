@@ -1,0 +1,502 @@
+"""The store's writer: a process of its own, so the proxy never pays for the database with its GIL.
+
+Cutting a record into content-addressed pieces, hashing them and writing SQL cost about a millisecond per
+record; in a thread that millisecond was taken from the event loop that moves every client's bytes. Now the
+proxy only serialises each record once (pydantic's Rust encoder, ~60 µs for a 100-event stream) and hands the
+bytes to this process over a socket pair; everything else runs here, on another core.
+
+    proxy (WriterProcess)                               writer process (Writer)
+      put(record) -> `queued` (what `get` answers from)
+      sender thread: gathers 50 ms, one encode per record
+        ("put", max_records, retention_days, [(id, seq, json)])  ->  decode, prepare, write, retry
+        ("flush", token) / ("stop",)                              ->  after the write attempt
+      receiver thread: drops acknowledged puts from `queued`  <-  Report(written, dropped, flushed, counters, logs)
+
+No record is lost to the hand-over: a put stays in `queued` until the writer reports it written (or dropped:
+unserialisable, or beyond `MAX_UNSAVED` while the disk refuses writes). If the writer process dies, the receiver
+starts a new one and sends it everything still queued. The writer ignores SIGINT and SIGTERM (a Ctrl-C or a
+service stop reaches the whole process group) and exits when the proxy says stop or goes away (end of file),
+writing what it holds first. Its log lines travel back in the reports and are logged by the proxy.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection as Channel
+from pathlib import Path
+from typing import Any
+
+from .dialects import Connection, dialect_for
+from .record import Record
+from .store_rows import Prepared, RowWriter, prepare
+from .translate import fastjson
+
+logger = logging.getLogger("anthropic_proxy.store")
+
+BATCH_SECONDS = 0.05  # how long the sender gathers puts before sending them
+PENDING_DELAY = 1.0  # a pending record is written only if its call is still running this much later
+RETRY_SECONDS = 1.0  # between two attempts while writes fail
+MAX_UNSAVED = 10_000  # records held in memory while writes fail
+PRUNE_EVERY = 500  # writes between two retention passes
+HEARTBEAT_SECONDS = 30.0  # how often an instance on a shared database says it is alive
+_RESTART_PAUSE = 1.0  # between two starts of a writer process that keeps dying
+_STOP = object()
+
+
+@dataclass(frozen=True, slots=True)
+class WriterSettings:
+    """What the writer process needs; sent over the socket (a URL's password never shows in `ps`)."""
+
+    state_dir: Path
+    url: str
+    busy_timeout: float
+    instance_id: str
+    instance_name: str
+    announced: bool  # on a shared database: heartbeats, and leave `instances` at stop
+    legacy: bool  # v2 rows are waiting to be rewritten in the v3 form
+    prune_every: int = PRUNE_EVERY
+    heartbeat_seconds: float = HEARTBEAT_SECONDS
+
+
+@dataclass(slots=True)
+class Report:
+    """The writer's answer after each round: which puts are in the database, which are given up, the flushes
+    done, and its counters."""
+
+    written: list[tuple[str, int]] = field(default_factory=list)
+    dropped: list[tuple[str, int]] = field(default_factory=list)
+    flushed: list[int] = field(default_factory=list)
+    write_errors: int = 0
+    last_write_error: str | None = None
+    unsaved: int = 0
+    lost: int = 0
+    logs: list[tuple[int, str]] = field(default_factory=list)
+
+
+def encode(record: Record) -> bytes:
+    """The record as JSON for the writer (a lone surrogate, which UTF-8 cannot hold, goes as a JSON escape)."""
+    try:
+        return record.model_dump_json(by_alias=True).encode()
+    except ValueError:
+        return json.dumps(record.model_dump(mode="json", by_alias=True)).encode()
+
+
+# --- the proxy's side ------------------------------------------------------------------------------------
+
+
+class WriterProcess:
+    """Starts the writer process and feeds it; `put` never blocks (the proxy's event loop calls it).
+
+    The sender and receiver threads do almost no Python work of their own: any CPU they take is taken from the
+    event loop (the GIL), and a loop thread that gave the GIL up for a socket write waits for it. So a final
+    record is encoded right in `put`, once, and a pending one (a call that has just begun) is encoded only if
+    it is still the latest put of its record `PENDING_DELAY` later: a short call writes one row, not two."""
+
+    def __init__(self, settings: WriterSettings, limits: Callable[[], tuple[int, float]]) -> None:
+        self.settings = settings
+        self._limits = limits  # (max_records, retention_days): options that change while running
+        self.queued: dict[str, tuple[int, Record]] = {}  # put, not yet reported written: `get` answers from here
+        self.write_errors = 0
+        self.last_write_error: str | None = None
+        self.unsaved = 0
+        self.lost = 0
+        self.restarts = 0  # writer processes that died and were replaced
+        # (record id, seq, JSON or None: encode later), a flush's Event, or _STOP; appended without a lock
+        self._outbox: collections.deque[Any] = collections.deque()
+        self._wake = threading.Event()  # the outbox has something
+        self._urgent = threading.Event()  # a flush or stop: no gathering
+        self._seq = itertools.count(1)
+        self._tokens = itertools.count(1)
+        self._flushes: dict[int, threading.Event] = {}
+        self._closing = False
+        self._started_at = 0.0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._channel: Channel | None = None
+        self._start()
+        self._sender = threading.Thread(target=self._send_loop, name="anthropic-proxy-store-sender", daemon=True)
+        self._receiver = threading.Thread(target=self._receive_loop, name="anthropic-proxy-store-receiver",
+                                          daemon=True)
+        self._sender.start()
+        self._receiver.start()
+
+    def put(self, record: Record) -> None:
+        seq = next(self._seq)
+        if record.is_final:
+            try:
+                data: bytes | None = encode(record)
+            except Exception:  # one record that cannot be serialised must not stop the others
+                self.queued.pop(record.id, None)  # (nor be written half-way, as its pending put)
+                self._lose(record.id)
+                return
+        else:
+            data = None
+        self.queued[record.id] = (seq, record)
+        self._send((record.id, seq, data))
+        if len(self.queued) > 2 * MAX_UNSAVED:  # the writer cannot keep up or keeps dying: keep the newest
+            self.queued.pop(next(iter(self.queued)))
+            self.lost += 1
+            if self.lost == 1 or self.lost % 1000 == 0:
+                logger.error("store: %d record(s) lost: the writer process is not taking them", self.lost)
+
+    def pending(self, record_id: str) -> Record | None:
+        item = self.queued.get(record_id)
+        return item[1] if item else None
+
+    def flush(self, timeout: float) -> None:
+        done = threading.Event()
+        self._send(done, urgent=True)
+        done.wait(timeout)
+
+    def close(self) -> None:
+        self._closing = True
+        self._send(_STOP, urgent=True)
+        self._sender.join(timeout=30)
+        self._receiver.join(timeout=30)
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+        if self.queued:
+            logger.error("store: %d record(s) could not be written before shutdown", len(self.queued))
+
+    def _send(self, item: Any, *, urgent: bool = False) -> None:
+        self._outbox.append(item)
+        if urgent:
+            self._urgent.set()
+        if not self._wake.is_set():  # (setting it takes a lock: once per batch, not once per put)
+            self._wake.set()
+
+    def _lose(self, record_id: str) -> None:
+        self.lost += 1
+        logger.exception("store: record %s cannot be stored", record_id)
+
+    # --- threads -----------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair()
+        # The child imports this package the way the proxy did (a script's sys.path, not only site-packages).
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "anthropic_proxy.store_writer", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+        theirs.close()
+        self._started_at = time.monotonic()
+        channel = Channel(ours.detach())
+        channel.send(self.settings)
+        self._channel = channel
+
+    def _restart(self) -> None:
+        """The writer process died: start another and give it everything not yet written."""
+        code = self._process.wait() if self._process is not None else None
+        self.restarts += 1
+        logger.error("store: the writer process stopped (exit code %s); starting another", code)
+        if self._channel is not None:
+            self._channel.close()
+        time.sleep(max(0.0, self._started_at + _RESTART_PAUSE - time.monotonic()))
+        self._start()
+        for record_id, (seq, _) in list(self.queued.items()):
+            self._send((record_id, seq, None))  # encoded again by the sender, from the record `get` shows
+        for done in list(self._flushes.values()):
+            self._send(done, urgent=True)
+        self._flushes.clear()
+
+    def _send_loop(self) -> None:
+        deferred: dict[str, tuple[float, int]] = {}  # pending records: id -> (when to encode, seq)
+        while True:
+            self._wake.wait(min(due for due, _ in deferred.values()) - time.monotonic() if deferred else None)
+            self._urgent.wait(BATCH_SECONDS)  # gather the puts of a moment into one message
+            self._wake.clear()
+            self._urgent.clear()
+            ready: dict[str, tuple[int, bytes]] = {}
+            flushes: list[threading.Event] = []
+            stop = False
+            while self._outbox:
+                item = self._outbox.popleft()
+                if isinstance(item, tuple):
+                    record_id, seq, data = item
+                    if data is None:
+                        deferred[record_id] = (time.monotonic() + PENDING_DELAY, seq)
+                    else:
+                        deferred.pop(record_id, None)
+                        ready[record_id] = (seq, data)
+                elif item is _STOP:
+                    stop = True
+                else:
+                    flushes.append(item)
+            now = time.monotonic()
+            for record_id, (due, seq) in list(deferred.items()):
+                if due <= now or flushes or stop:
+                    del deferred[record_id]
+                    self._encode_later(record_id, seq, ready)
+            messages: list[tuple[Any, ...]] = []
+            if ready:
+                messages.append(("put", *self._limits(), [(rid, seq, data) for rid, (seq, data) in ready.items()]))
+            for done in flushes:
+                token = next(self._tokens)
+                self._flushes[token] = done
+                messages.append(("flush", token))
+            if stop:
+                messages.append(("stop",))
+            for message in messages:
+                channel = self._channel
+                try:
+                    if channel is not None:
+                        channel.send(message)
+                except OSError:  # the process died: the receiver starts another and re-sends what is queued
+                    break
+            if stop:
+                return
+
+    def _encode_later(self, record_id: str, seq: int, ready: dict[str, tuple[int, bytes]]) -> None:
+        """A deferred put, if it is still the latest of its record (a final put supersedes a pending one)."""
+        item = self.queued.get(record_id)
+        if item is None or item[0] != seq or record_id in ready:
+            return
+        try:
+            ready[record_id] = (seq, encode(item[1]))
+        except Exception:
+            self._forget(record_id, seq)
+            self._lose(record_id)
+
+    def _receive_loop(self) -> None:
+        while True:
+            channel = self._channel
+            try:
+                report: Report = channel.recv()  # type: ignore[union-attr]
+            except (EOFError, OSError):
+                if self._closing:
+                    return
+                self._restart()
+                continue
+            self._apply(report)
+
+    def _apply(self, report: Report) -> None:
+        for level, message in report.logs:
+            logger.log(level, message)
+        for record_id, seq in (*report.written, *report.dropped):
+            self._forget(record_id, seq)
+        self.write_errors, self.last_write_error = report.write_errors, report.last_write_error
+        self.unsaved, self.lost = report.unsaved, self.lost + report.lost
+        for token in report.flushed:
+            if (done := self._flushes.pop(token, None)) is not None:
+                done.set()
+
+    def _forget(self, record_id: str, seq: int) -> None:
+        """Drop a put from `queued` unless a newer put of the record came since."""
+        item = self.queued.get(record_id)
+        if item is not None and item[0] == seq:
+            del self.queued[record_id]
+
+
+# --- the writer process ----------------------------------------------------------------------------------
+
+
+class _Collect(logging.Handler):
+    """Keeps the writer's log lines for the next report (the proxy logs them its own way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[tuple[int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+        self.lines.append((record.levelno, text))
+
+
+class Writer:
+    """The loop of the writer process: receive, write, report; retry while the database refuses writes."""
+
+    def __init__(self, settings: WriterSettings, channel: Channel, logs: _Collect) -> None:
+        self.settings = settings
+        self.channel = channel
+        self.logs = logs
+        self.dialect = dialect_for(settings.state_dir, settings.url, busy_timeout=settings.busy_timeout)
+        self.rows = RowWriter(self.dialect)
+        self.db: Connection = self.dialect.connect(lazy=True)  # opened by the first write (which reports failure)
+        self._announce = self.dialect.upsert("instances", ("id", "name", "seen"), "id")
+        self.legacy = settings.legacy
+        self.max_records, self.retention_days = 50_000, 30.0
+        self.write_errors = 0
+        self.last_write_error: str | None = None
+        self.lost = 0  # since the last report
+        self.unsaved: dict[str, tuple[int, Prepared]] = {}  # write failed (disk full, locked): retried
+        self._writes = 0
+        self._parent_gone = False
+
+    def run(self) -> None:
+        settings = self.settings
+        next_beat = time.monotonic() + settings.heartbeat_seconds
+        stopping = False
+        while not stopping:
+            idle_work = self.legacy and not self.unsaved
+            # Old rows are rewritten a few at a time with pauses between, whenever nothing else waits.
+            timeout = RETRY_SECONDS if self.unsaved else 0.2 if idle_work else None
+            if settings.announced:
+                timeout = max(0.0, min(timeout or settings.heartbeat_seconds, next_beat - time.monotonic()))
+            messages = self._receive(timeout)
+            if settings.announced and time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + settings.heartbeat_seconds
+                self._beat()
+            if not messages and idle_work:
+                self._upgrade_legacy()
+                continue
+            report = Report()
+            for message in messages:
+                if message[0] == "put":
+                    _, self.max_records, self.retention_days, items = message
+                    self._take(items, report)
+                elif message[0] == "flush":
+                    report.flushed.append(message[1])
+                else:
+                    stopping = True
+            if self.unsaved and self._write():
+                report.written = [(record_id, seq) for record_id, (seq, _) in self.unsaved.items()]
+                self._writes += len(self.unsaved)
+                self.unsaved.clear()
+                if self._writes >= min(settings.prune_every, max(1, self.max_records // 10)):
+                    self._writes = 0
+                    self.rows.prune(self.db, max_records=self.max_records, retention_days=self.retention_days)
+            self._keep_within(report)
+            self._report(report)
+        if self.unsaved:
+            logger.error("store: %d record(s) could not be written to %s before shutdown",
+                         len(self.unsaved), self.dialect.location)
+        if settings.announced:
+            with contextlib.suppress(*self.dialect.errors):
+                self.db.reopen_if_broken()
+                self.db.execute("DELETE FROM instances WHERE id = ?", (settings.instance_id,))
+        self.db.close()
+        self._report(Report())
+
+    def _receive(self, timeout: float | None) -> list[tuple[Any, ...]]:
+        """What the proxy sent, waiting up to `timeout` for the first message; the proxy gone is a stop."""
+        messages: list[tuple[Any, ...]] = []
+        try:
+            if self.channel.poll(timeout):
+                messages.append(self.channel.recv())
+                while len(messages) < 64 and self.channel.poll(0):
+                    messages.append(self.channel.recv())
+        except (EOFError, OSError):
+            self._parent_gone = True
+            messages.append(("stop",))
+        return messages
+
+    def _take(self, items: list[tuple[str, int, bytes]], report: Report) -> None:
+        for record_id, seq, payload in items:
+            try:
+                # Two parses: `prepare` cuts `data` in place, and the record must keep its own copy.
+                prepared = prepare(Record.model_validate(fastjson.loads(payload)), self.settings.instance_id,
+                                   fastjson.loads(payload))
+            except Exception:  # one record that cannot be stored must not stop the writer
+                self.lost += 1
+                report.dropped.append((record_id, seq))
+                logger.exception("store: record %s cannot be stored", record_id)
+                continue
+            self.unsaved.pop(record_id, None)
+            self.unsaved[record_id] = (seq, prepared)  # the latest put of a record wins
+
+    def _write(self) -> bool:
+        """One transaction for everything unsaved; False when the database refused it (then it is retried)."""
+        db, dialect = self.db, self.dialect
+        try:
+            db.reopen_if_broken()
+            db.begin_write()
+            self.rows.store(db, [prepared for _, prepared in self.unsaved.values()])
+            db.commit()
+        except (ValueError, TypeError, *dialect.unstorable):  # a bug or data no database takes, not the disk:
+            # retrying would fail forever; keep the writer alive
+            self.rows.rollback(db)
+            self.lost += len(self.unsaved)
+            logger.exception("store: %d record(s) could not be stored", len(self.unsaved))
+            return True
+        except dialect.errors as exc:
+            self.rows.rollback(db)
+            self.write_errors += 1
+            message = dialect.scrub(str(exc)).strip()
+            if self.last_write_error is None:  # log a failure streak once, not at every retry
+                logger.error("store: writing to %s failed (%s); keeping %d record(s) in memory and retrying",
+                             dialect.location, message, len(self.unsaved))
+            self.last_write_error = message
+            return False
+        if self.last_write_error is not None:
+            logger.warning("store: writing to %s works again", dialect.location)
+            self.last_write_error = None
+        return True
+
+    def _keep_within(self, report: Report) -> None:
+        """Memory is the last resort while the disk refuses writes: keep the newest, count what is dropped."""
+        while len(self.unsaved) > MAX_UNSAVED:
+            record_id = next(iter(self.unsaved))
+            report.dropped.append((record_id, self.unsaved.pop(record_id)[0]))
+            self.lost += 1
+            logger.error("store: a record was lost: %s kept refusing writes", self.dialect.location)
+
+    def _report(self, report: Report) -> None:
+        report.write_errors, report.last_write_error = self.write_errors, self.last_write_error
+        report.unsaved, report.lost = len(self.unsaved), self.lost
+        report.logs, self.logs.lines = self.logs.lines, []
+        if self._parent_gone:
+            return
+        try:
+            self.channel.send(report)
+            self.lost = 0
+        except OSError:
+            self._parent_gone = True
+
+    def _beat(self) -> None:
+        """Tell the other instances on the database that this one is alive (its pending records are live)."""
+        try:
+            self.db.reopen_if_broken()
+            self.db.execute(self._announce, (self.settings.instance_id, self.settings.instance_name, time.time()))
+        except self.dialect.errors as exc:  # the next write reports a lasting failure
+            logger.debug("store: heartbeat failed (%s)", self.dialect.scrub(str(exc)))
+
+    def _upgrade_legacy(self, count: int = 8) -> None:
+        """Rewrite a few v2 rows (whole bodies) in the v3 form; clears `legacy` when none are left."""
+        db = self.db
+        try:
+            db.reopen_if_broken()
+            rows = db.execute("SELECT data FROM records WHERE refs IS NULL ORDER BY ts LIMIT ?", (count,)).fetchall()
+            if not rows:
+                self.legacy = False
+                return
+            prepared = [prepare(Record.model_validate_json(data), self.settings.instance_id) for (data,) in rows]
+            db.begin_write()
+            self.rows.store(db, prepared)
+            db.commit()
+        except Exception as exc:  # try again when the writer is next idle; never lose the row
+            self.rows.rollback(db)
+            logger.warning("store: rewriting old records failed (%s); will retry", self.dialect.scrub(str(exc)))
+            time.sleep(RETRY_SECONDS)
+
+
+def main() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the proxy decides when this process ends
+        signal.signal(signum, signal.SIG_IGN)
+    channel = Channel(int(sys.argv[1]))
+    logs = _Collect()
+    logging.getLogger().addHandler(logs)
+    logging.getLogger().setLevel(logging.INFO)
+    Writer(channel.recv(), channel, logs).run()
+
+
+if __name__ == "__main__":  # `python -m`: run the module's own classes (reports pickle by module name)
+    from anthropic_proxy.store_writer import main as run
+
+    run()
