@@ -8,7 +8,7 @@ Three proxies in reverse mode in front of one fake upstream (a separate process)
 Requests alternate between the proxies (interleaved, random order each round), so drift in the
 machine's load hits all of them alike. Prints a table; ratios are addon / baseline.
 
-    .venv/bin/python bench/bench_proxy.py [--rounds 300] [--streams 200]
+    .venv/bin/python bench/bench_proxy.py [--rounds 300] [--streams 200] [--slices 5]
 """
 
 from __future__ import annotations
@@ -172,6 +172,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=300, help="latency rounds per proxy (default 300)")
     parser.add_argument("--streams", type=int, default=200, help="streams per throughput run (default 200)")
+    parser.add_argument("--slices", type=int, default=5,
+                        help="interleaved throughput runs per proxy and concurrency; the median counts (default 5)")
     parser.add_argument("--rss-requests", type=int, default=10_000,
                         help="calls with 50 KB bodies before reading each proxy's RSS (default 10000; 0 skips)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
@@ -203,11 +205,12 @@ def main() -> None:
             wait_ready(url)
         measure_latency(targets, 20)  # warm-up
         latency = measure_latency(targets, args.rounds)
-        throughput = {name: {} for name in targets}
+        throughput: dict[str, dict[int, list[float]]] = {name: {10: [], 50: []} for name in targets}
         for concurrency in (10, 50):
-            for name in random.sample(list(targets), len(targets)):
-                throughput[name][concurrency] = asyncio.run(
-                    streams_per_second(targets[name], args.streams, concurrency))
+            for _ in range(args.slices):  # interleaved slices, random order each time; the median is reported
+                for name in random.sample(list(targets), len(targets)):
+                    throughput[name][concurrency].append(asyncio.run(
+                        streams_per_second(targets[name], args.streams, concurrency)))
         rss: dict[str, tuple[float, float]] = {}
         if args.rss_requests:
             pids = {"bare": procs[1].pid, "addon": procs[3].pid}
@@ -229,8 +232,9 @@ def report(latency: dict, throughput: dict, rss: dict, args: argparse.Namespace)
         return f"| {label} | {base:.2f} {unit} | {ours:.2f} {unit} | {ours / base:.2f}x |"
 
     ours, bare, bare_stream = latency["addon"], latency["bare"], latency["bare+stream"]
-    print(f"{args.rounds} interleaved rounds; SSE answers of {SSE_EVENTS} events; "
-          f"{args.streams} streams per throughput run; Python {sys.version.split()[0]}, {os.cpu_count()} cores")
+    print(f"{args.rounds} interleaved rounds; SSE answers of {SSE_EVENTS} events; {args.slices} interleaved "
+          f"throughput runs of {args.streams} streams per proxy (median); "
+          f"Python {sys.version.split()[0]}, {os.cpu_count()} cores")
     print("| measure | baseline | anthropic-proxy | ratio |")
     print("|---|---|---|---|")
     for p in (50, 99):
@@ -243,7 +247,8 @@ def report(latency: dict, throughput: dict, rss: dict, args: argparse.Namespace)
               statistics.median(bare_stream["sse"]), "ms"))
     for concurrency in (10, 50):
         print(row(f"streams/s at concurrency {concurrency} (baseline: mitmdump + stream)",
-                  throughput["addon"][concurrency], throughput["bare+stream"][concurrency], "/s"))
+                  statistics.median(throughput["addon"][concurrency]),
+                  statistics.median(throughput["bare+stream"][concurrency]), "/s"))
     if rss:
         print(row("RSS idle (baseline: bare mitmdump)", rss["addon"][0], rss["bare"][0], "MB"))
         print(row(f"RSS after {args.rss_requests} calls with 50 KB bodies (baseline: bare mitmdump)",
