@@ -103,17 +103,20 @@ class Exchange:
     def _observe_client_bytes(self, out: bytes, end: bool) -> None:
         metrics = self.record.metrics
         metrics.response_bytes += len(out)
-        events = list(self._client_events.feed(out)) if out else []
+        events = self._client_events.feed(out) if out else []
         if end:
-            events.extend(self._client_events.flush())
+            events += self._client_events.flush()
+        if not events:
+            return
         t_ms = self.elapsed_ms()
+        chunks, add = self.record.chunks, self._accumulator.add
         for event in events:
             data = _event_data(event.data)
-            self.record.chunks.append(Chunk(t_ms, event.event, data))
+            chunks.append(Chunk(t_ms, event.event, data))
             if isinstance(data, dict):
-                self._accumulator.add(data)
-        metrics.chunk_count = len(self.record.chunks)
-        if events and self._bus.has_subscribers and time.monotonic() - self._last_progress > _PROGRESS_INTERVAL:
+                add(data)
+        metrics.chunk_count = len(chunks)
+        if self._bus.has_subscribers and time.monotonic() - self._last_progress > _PROGRESS_INTERVAL:
             self._last_progress = time.monotonic()
             self._refresh_from_stream()
             self._bus.publish("progressed", self.record.summary())
