@@ -162,6 +162,15 @@ def _price(runtime: runtime_module.Runtime, record: Record, route: Route | None)
         logger.exception("pricing failed for record %s", record.id)
 
 
+_handlers_seen: dict[str, tuple[tuple[int, ...], bool]] = {}  # hook -> (the addons looked at, any implements it)
+
+
 def _has_handlers(hook_name: str) -> bool:
-    """Whether any loaded addon implements the hook: triggering walks every addon, so skip it when none does."""
-    return any(hasattr(addon, hook_name) for addon in traverse(ctx.master.addons.chain))
+    """Whether any loaded addon implements the hook: triggering walks every addon, so skip it when none does.
+    The answer holds until an addon comes or goes (a script loaded or reloaded changes mitmproxy's lookup)."""
+    addons = ctx.master.addons
+    key = tuple(map(id, addons.lookup.values()))
+    seen = _handlers_seen.get(hook_name)
+    if seen is None or seen[0] != key:
+        seen = _handlers_seen[hook_name] = (key, any(hasattr(a, hook_name) for a in traverse(addons.chain)))
+    return seen[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 from pathlib import Path
@@ -158,6 +159,10 @@ class Startup:
         runtime = runtime_module.current_runtime()
         if runtime is not None and runtime.watchdog is None:  # one per process, across script reloads
             runtime.watchdog = asyncio.get_running_loop().create_task(watchdog.watch(runtime))
+            # Everything loaded so far (mitmproxy, pydantic, the web app: ~110k objects) lives as long as the
+            # process: out of the collector's sight, a full collection stops rescanning it. Measured: GC time
+            # under a stream load 1.0 s -> 0.4 s of 6 s CPU.
+            gc.freeze()
         if self.manages_mode and list(ctx.options.mode) == ["regular"]:
             host, port = self.listen_address()
             # proxyserver re-binds when `mode` changes while running.

@@ -169,3 +169,22 @@ async def test_forward_proxy_flows_are_refused_until_reverse_mode_is_up(proxy):
     await run_request(addons, flow)
     assert not flow.live and flow.error is not None
     assert runtime_module.current_runtime().exchanges == {}
+
+
+def test_record_complete_handlers_are_looked_up_again_when_addons_change():
+    from anthropic_proxy.addons.recording import _has_handlers
+    from anthropic_proxy.hooks import AnthropicRecordCompleteHook
+
+    class Listener:
+        def anthropic_record_complete(self, record):
+            pass
+
+    name = AnthropicRecordCompleteHook.name
+    with taddons.context() as tctx:
+        assert not _has_handlers(name)
+        assert not _has_handlers(name)  # (from the cache)
+        listener = Listener()
+        tctx.master.addons.add(listener)
+        assert _has_handlers(name)
+        tctx.master.addons.remove(listener)
+        assert not _has_handlers(name)
