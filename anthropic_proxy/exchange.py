@@ -33,7 +33,7 @@ class StreamTransform(Protocol):
 
 def _event_data(data: str) -> Any:
     try:
-        return fastjson.loads(data)
+        return fastjson.loads_event(data)
     except ValueError:
         return data
 

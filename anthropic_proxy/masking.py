@@ -13,7 +13,7 @@ SECRET_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization",
 
 # Anthropic (sk-ant-...), OpenRouter (sk-or-v1-...), OpenAI-style (sk-...) keys, and any bearer token.
 # Both patterns begin with a literal so the regex engine can skip ahead: mask_text runs over every record
-# (100 KB bodies from Claude Code), in the store's writer thread, which shares the GIL with the proxy.
+# (100 KB bodies from Claude Code), in the store's writer process, and over web-app answers and exports.
 _KEY = re.compile(r"sk-[A-Za-z0-9][A-Za-z0-9_\-]{15,}")
 # A token never contains "..." (that is how a masked one looks), so masking twice changes nothing.
 _BEARER = re.compile(r"earer(\s+)((?:[A-Za-z0-9_~+/=\-]|\.(?!\.)){16,})")

@@ -1,8 +1,9 @@
 """The shared, durable record store (SQLite, or PostgreSQL for a team): written off the proxy's hot path, read by
 everyone else.
 
-Writes go through a queue to one writer thread, so no client ever waits for the disk. Reads open their
-own connection (WAL lets them run beside the writer); async callers run them with `asyncio.to_thread`.
+Writes go to a writer process of its own (`store_writer.py`), so no client ever waits for the disk and the
+proxy's GIL does not pay for it; how a record becomes rows is `store_rows.py`. Reads open their own connection
+(WAL lets them run beside the writer); async callers run them with `asyncio.to_thread`.
 
 Bodies without the quadratic repetition (schema v3): Claude Code resends the whole conversation on every
 call, so a record's body is cut into content-addressed pieces (`bodies.split`: system, tools, each message):

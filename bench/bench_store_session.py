@@ -62,6 +62,7 @@ def throughput(sessions: int, session_turns: int, repeat: int) -> None:
     for _ in range(repeat):
         with tempfile.TemporaryDirectory() as tmp:
             store = Store(Path(tmp))
+            store.flush()  # the writer process is up (its start is not part of the figure)
             started = time.perf_counter()
             for record in records:
                 store.put(record)

@@ -30,7 +30,7 @@ class SSEEvent:
     comment: bool = False
 
     def json(self) -> Any:
-        return fastjson.loads(self.data)
+        return fastjson.loads_event(self.data)
 
 
 class SSEDecoder:

@@ -52,7 +52,7 @@ class _ToolCall:
 
 def _json_complete(text: str) -> bool:
     try:
-        fastjson.loads(text)
+        fastjson.loads_event(text)
     except ValueError:
         return False
     return True
@@ -138,7 +138,7 @@ class StreamTranslator:
             self._end_of_stream()
             return
         try:
-            chunk = fastjson.loads(data)
+            chunk = fastjson.loads_event(data)
         except ValueError:
             logger.warning("dropped an upstream stream event that is not JSON: %.200s", data)
             return
