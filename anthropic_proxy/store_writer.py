@@ -419,14 +419,10 @@ class Writer:
             db.begin_write()
             self.rows.store(db, [prepared for _, prepared in self.unsaved.values()])
             db.commit()
-        except (ValueError, TypeError, *dialect.unstorable):  # a bug or data no database takes, not the disk:
-            # retrying would fail forever; keep the writer alive
-            self.rows.rollback(db)
-            self.lost += len(self.unsaved)
-            logger.exception("store: %d record(s) could not be stored", len(self.unsaved))
-            return True
         except dialect.errors as exc:
             self.rows.rollback(db)
+            if isinstance(exc, dialect.unstorable):
+                return self._give_up()
             self.write_errors += 1
             message = dialect.scrub(str(exc)).strip()
             if self.last_write_error is None:  # log a failure streak once, not at every retry
@@ -434,9 +430,19 @@ class Writer:
                              dialect.location, message, len(self.unsaved))
             self.last_write_error = message
             return False
+        except Exception:  # a bug, or data no database takes
+            self.rows.rollback(db)
+            return self._give_up()
         if self.last_write_error is not None:
             logger.warning("store: writing to %s works again", dialect.location)
             self.last_write_error = None
+        return True
+
+    def _give_up(self) -> bool:
+        """Retrying cannot help (nor could a new writer process: the proxy would send it the same records), so
+        count them lost and keep writing the others."""
+        self.lost += len(self.unsaved)
+        logger.exception("store: %d record(s) could not be stored", len(self.unsaved))
         return True
 
     def _keep_within(self, report: Report) -> None:
