@@ -98,13 +98,15 @@ class Recorder:
             session_id=session_of(flow.request.headers, body),
         )
         record.metrics.request_bytes = len(client.content)
-        exchange = Exchange(record, bus=runtime.bus, on_final=lambda r: self._finished(flow.id, r))
+        # The body's bytes go to the store with the record: its writer parses them, rather than this event loop
+        # encoding the parsed body again (see store_writer.encode).
+        exchange = Exchange(record, bus=runtime.bus, on_final=lambda r: self._finished(flow.id, r, client.content))
         exchange.started -= max(0.0, time.time() - flow.request.timestamp_start)  # count from the first byte in
         exchange.transform = route.translator if route else None
         exchange.abort = lambda: close_upstream(flow)
         runtime.exchanges[flow.id] = exchange
         flow.metadata[RECORD_ID] = record.id
-        runtime.store.put(record)
+        runtime.store.put(record, request_body=client.content)
         if runtime.bus.has_subscribers:  # a summary costs a model dump: only for someone watching
             runtime.bus.publish("started", record.summary())
 
@@ -137,14 +139,14 @@ class Recorder:
             exchange.fail(flow.error.msg, cancelled=_is_client_gone(flow))
 
     @staticmethod
-    def _finished(flow_id: str, record: Record) -> None:
+    def _finished(flow_id: str, record: Record, request_body: bytes) -> None:
         runtime = runtime_module.current_runtime()
         if runtime is None:
             return
         runtime.exchanges.pop(flow_id, None)
         route = runtime.routes.pop(flow_id, None)
         _price(runtime, record, route)
-        runtime.store.put(record)
+        runtime.store.put(record, request_body=request_body)
         if runtime.bus.has_subscribers:
             runtime.bus.publish("ended", record.summary())
         if _has_handlers(AnthropicRecordCompleteHook.name):

@@ -220,12 +220,14 @@ class Store:
 
     # --- writing -------------------------------------------------------------------------------
 
-    def put(self, record: Record) -> None:
+    def put(self, record: Record, *, request_body: bytes | None = None) -> None:
         """Queue an insert-or-replace; the latest put of a record wins. `get` sees it at once.
 
+        `request_body`: the bytes `record.request.body` was parsed from (`exchange.parse_body`), when the caller has
+        them: the writer then parses those instead of the proxy encoding the body again (see `store_writer.encode`).
         The store keeps a shallow copy: the caller goes on changing its record (its stream is still arriving),
         and the writer's sender, in another thread, must see each put as it was, with its own identity."""
-        self._writer_process().put(record.model_copy())
+        self._writer_process().put(record.model_copy(), request_body)
 
     def flush(self, timeout: float = 10) -> None:
         """Wait until the writer has tried to write everything put so far (bounded by `timeout`)."""

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from .dialects import Connection, dialect_for
+from .exchange import parse_body
 from .record import Record
 from .store_rows import Prepared, RowWriter, prepare
 from .translate import fastjson
@@ -86,12 +87,36 @@ class Report:
     logs: list[tuple[int, str]] = field(default_factory=list)
 
 
-def encode(record: Record) -> bytes:
-    """The record as JSON for the writer (a lone surrogate, which UTF-8 cannot hold, goes as a JSON escape)."""
+Encoded = tuple[bytes, bytes | None]  # the record's JSON, and its request body's own bytes if they go apart
+
+
+def encode(record: Record, request_body: bytes | None = None) -> Encoded:
+    """The record as JSON for the writer (a lone surrogate, which UTF-8 cannot hold, goes as a JSON escape).
+
+    `request_body`: the bytes `record.request.body` was parsed from (`exchange.parse_body`). Then the body goes
+    as those bytes and the writer parses them again: Claude Code's bodies are hundreds of KB, and encoding one
+    costs milliseconds of the proxy's event loop; handing over bytes costs nothing."""
+    exclude: Any = {"request": {"body"}} if request_body is not None else None
     try:
-        return record.model_dump_json(by_alias=True).encode()
+        return record.model_dump_json(by_alias=True, exclude=exclude).encode(), request_body
     except ValueError:
-        return json.dumps(record.model_dump(mode="json", by_alias=True)).encode()
+        return json.dumps(record.model_dump(mode="json", by_alias=True, exclude=exclude)).encode(), request_body
+
+
+def decode(encoded: Encoded) -> dict[str, Any]:
+    """`encode`'s record as JSON data (`model_dump(mode="json", by_alias=True)`), a new copy at each call."""
+    payload, request_body = encoded
+    data = fastjson.loads(payload)
+    if request_body is not None:
+        data["request"]["body"] = parse_body(request_body)  # the last key of `request`, as in the model
+    return data
+
+
+@dataclass(slots=True)
+class _Put:
+    seq: int
+    record: Record
+    request_body: bytes | None
 
 
 # --- the proxy's side ------------------------------------------------------------------------------------
@@ -108,7 +133,7 @@ class WriterProcess:
     def __init__(self, settings: WriterSettings, limits: Callable[[], tuple[int, float]]) -> None:
         self.settings = settings
         self._limits = limits  # (max_records, retention_days): options that change while running
-        self.queued: dict[str, tuple[int, Record]] = {}  # put, not yet reported written: `get` answers from here
+        self.queued: dict[str, _Put] = {}  # put, not yet reported written: `get` answers from here
         self.write_errors = 0
         self.last_write_error: str | None = None
         self.unsaved = 0
@@ -132,18 +157,18 @@ class WriterProcess:
         self._sender.start()
         self._receiver.start()
 
-    def put(self, record: Record) -> None:
+    def put(self, record: Record, request_body: bytes | None = None) -> None:
         seq = next(self._seq)
         if record.is_final:
             try:
-                data: bytes | None = encode(record)
+                data: Encoded | None = encode(record, request_body)
             except Exception:  # one record that cannot be serialised must not stop the others
                 self.queued.pop(record.id, None)  # (nor be written half-way, as its pending put)
                 self._lose(record.id)
                 return
         else:
             data = None
-        self.queued[record.id] = (seq, record)
+        self.queued[record.id] = _Put(seq, record, request_body)
         self._send((record.id, seq, data))
         if len(self.queued) > 2 * MAX_UNSAVED:  # the writer cannot keep up or keeps dying: keep the newest
             self.queued.pop(next(iter(self.queued)))
@@ -153,7 +178,7 @@ class WriterProcess:
 
     def pending(self, record_id: str) -> Record | None:
         item = self.queued.get(record_id)
-        return item[1] if item else None
+        return item.record if item else None
 
     def flush(self, timeout: float) -> None:
         done = threading.Event()
@@ -208,8 +233,8 @@ class WriterProcess:
             self._channel.close()
         time.sleep(max(0.0, self._started_at + _RESTART_PAUSE - time.monotonic()))
         self._start()
-        for record_id, (seq, _) in list(self.queued.items()):
-            self._send((record_id, seq, None))  # encoded again by the sender, from the record `get` shows
+        for record_id, item in list(self.queued.items()):
+            self._send((record_id, item.seq, None))  # encoded again by the sender, from the record `get` shows
         for done in list(self._flushes.values()):
             self._send(done, urgent=True)
         self._flushes.clear()
@@ -221,7 +246,7 @@ class WriterProcess:
             self._urgent.wait(BATCH_SECONDS)  # gather the puts of a moment into one message
             self._wake.clear()
             self._urgent.clear()
-            ready: dict[str, tuple[int, bytes]] = {}
+            ready: dict[str, tuple[int, Encoded]] = {}
             flushes: list[threading.Event] = []
             stop = False
             while self._outbox:
@@ -261,13 +286,13 @@ class WriterProcess:
             if stop:
                 return
 
-    def _encode_later(self, record_id: str, seq: int, ready: dict[str, tuple[int, bytes]]) -> None:
+    def _encode_later(self, record_id: str, seq: int, ready: dict[str, tuple[int, Encoded]]) -> None:
         """A deferred put, if it is still the latest of its record (a final put supersedes a pending one)."""
         item = self.queued.get(record_id)
-        if item is None or item[0] != seq or record_id in ready:
+        if item is None or item.seq != seq or record_id in ready:
             return
         try:
-            ready[record_id] = (seq, encode(item[1]))
+            ready[record_id] = (seq, encode(item.record, item.request_body))
         except Exception:
             self._forget(record_id, seq)
             self._lose(record_id)
@@ -298,7 +323,7 @@ class WriterProcess:
     def _forget(self, record_id: str, seq: int) -> None:
         """Drop a put from `queued` unless a newer put of the record came since."""
         item = self.queued.get(record_id)
-        if item is not None and item[0] == seq:
+        if item is not None and item.seq == seq:
             del self.queued[record_id]
 
 
@@ -397,12 +422,11 @@ class Writer:
             messages.append(("stop",))
         return messages
 
-    def _take(self, items: list[tuple[str, int, bytes]], report: Report) -> None:
-        for record_id, seq, payload in items:
+    def _take(self, items: list[tuple[str, int, Encoded]], report: Report) -> None:
+        for record_id, seq, encoded in items:
             try:
-                # Two parses: `prepare` cuts `data` in place, and the record must keep its own copy.
-                prepared = prepare(Record.model_validate(fastjson.loads(payload)), self.settings.instance_id,
-                                   fastjson.loads(payload))
+                # Two decodes: `prepare` cuts `data` in place, and the record must keep its own copy.
+                prepared = prepare(Record.model_validate(decode(encoded)), self.settings.instance_id, decode(encoded))
             except Exception:  # one record that cannot be stored must not stop the writer
                 self.lost += 1
                 report.dropped.append((record_id, seq))

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from anthropic_proxy.record import HttpRequestPart, Record, RecordError, Usage
-from anthropic_proxy.store import DB_NAME, RecordFilter, Store, parse_time_range
+from anthropic_proxy.store import DB_NAME, RecordFilter, Store, parse_time_range, record_json
 
 KEY = "sk-ant-api03-" + "S3cr3tM1ddl3" * 5 + "-AbCd"
 
@@ -152,3 +152,25 @@ def test_time_range_validation():
     assert parse_time_range(None) is None
     with pytest.raises(ValueError, match="timeRange"):
         parse_time_range("2w")
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"model": "m", "messages": [{"role": "user", "content": "h\\u00e9llo \\ud83d\\ude00"}], '
+    b'"n": 123456789012345678901234567890}',
+    b'{"messages": [{"role": "user", "content": "lone \\ud800 surrogate"}]}',
+    b"not json at all",
+    b"",
+])
+def test_a_request_body_handed_over_as_bytes_is_stored_as_parsed(store: Store, raw: bytes):
+    """The proxy gives the writer the body's bytes instead of encoding the parsed body: same record stored."""
+    from anthropic_proxy.exchange import parse_body
+
+    with_bytes = make_record(body=parse_body(raw), status="success")
+    encoded = make_record(body=parse_body(raw), status="success")
+    store.put(with_bytes, request_body=raw)
+    store.put(encoded)
+    store.flush()
+    assert store._writer is not None and not store._writer.queued  # what follows reads the database
+    assert store.get(with_bytes.id) == with_bytes
+    assert record_json(store.get(with_bytes.id)) == record_json(with_bytes)
+    assert store.get(encoded.id).request == store.get(with_bytes.id).request
