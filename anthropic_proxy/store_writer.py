@@ -228,7 +228,9 @@ class WriterProcess:
         """The writer process died: start another and give it everything not yet written."""
         code = self._process.wait() if self._process is not None else None
         self.restarts += 1
-        logger.error("store: the writer process stopped (exit code %s); starting another", code)
+        # /health says degraded until the new process reports (its first report sets the writer's own state)
+        self.last_write_error = f"the store's writer process stopped (exit code {code})"
+        logger.error("store: %s; starting another", self.last_write_error)
         if self._channel is not None:
             self._channel.close()
         time.sleep(max(0.0, self._started_at + _RESTART_PAUSE - time.monotonic()))

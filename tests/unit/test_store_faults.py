@@ -85,11 +85,14 @@ def test_a_killed_writer_process_is_replaced_and_nothing_is_lost(tmp_path: Path)
         old_pid = writer._process.pid
         writer._process.kill()
         writer._process.wait()
+        wait_until(lambda: "writer process stopped" in (store.last_write_error or "")
+                   or writer._process.pid != old_pid)
         later = [make_record(status="success") for _ in range(3)]
         for record in later:
             store.put(record)  # sent to a dead process, or queued while it restarts
         wait_until(lambda: writer._process.pid != old_pid and not writer.queued)
         assert store.stats()["writerRestarts"] == 1
+        assert store.last_write_error is None  # the new process reported: healthy again
         assert {r["id"] for r in store.query(RecordFilter())[0]} == {r.id for r in first + later}
         assert store.lost == 0
     finally:
