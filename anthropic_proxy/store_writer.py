@@ -2,13 +2,15 @@
 
 Cutting a record into content-addressed pieces, hashing them and writing SQL cost about a millisecond per
 record; in a thread that millisecond was taken from the event loop that moves every client's bytes. Now the
-proxy only serialises each record once (pydantic's Rust encoder, ~60 µs for a 100-event stream) and hands the
-bytes to this process over a socket pair; everything else runs here, on another core.
+proxy only serialises each record once (pydantic's Rust encoder, ~60 µs for a 100-event stream; the request
+body goes as the client's own bytes) and hands the bytes to this process over a socket pair; everything else
+runs here, on another core.
 
     proxy (WriterProcess)                               writer process (Writer)
-      put(record) -> `queued` (what `get` answers from)
-      sender thread: gathers 50 ms, one encode per record
-        ("put", max_records, retention_days, [(id, seq, json)])  ->  decode, prepare, write, retry
+      put(record, request_body) -> `queued` (what `get` answers from); a final record encoded at once,
+        a pending one by the sender only if its call still runs `PENDING_DELAY` later
+      sender thread: gathers 50 ms of puts into one message
+        ("put", max_records, retention_days, [(id, seq, (json, body))])  ->  decode, prepare, write, retry
         ("flush", token) / ("stop",)                              ->  after the write attempt
       receiver thread: drops acknowledged puts from `queued`  <-  Report(written, dropped, flushed, counters, logs)
 
