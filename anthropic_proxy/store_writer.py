@@ -50,7 +50,7 @@ from .translate import fastjson
 logger = logging.getLogger("anthropic_proxy.store")
 
 BATCH_SECONDS = 0.05  # how long the sender gathers puts before sending them
-PENDING_DELAY = 1.0  # a pending record is written only if its call is still running this much later
+PENDING_DELAY = 0.25  # a pending record is written only if its call is still running this much later
 RETRY_SECONDS = 1.0  # between two attempts while writes fail
 MAX_UNSAVED = 10_000  # records held in memory while writes fail
 PRUNE_EVERY = 500  # writes between two retention passes

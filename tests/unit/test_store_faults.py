@@ -125,3 +125,19 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().lower()
     except FileNotFoundError:
         return "zombie"
+
+
+def test_a_call_still_running_gets_its_pending_row_without_anyone_asking(tmp_path: Path):
+    """A pending record is written once its call has run PENDING_DELAY (a crash then leaves a trace to close)."""
+    store = Store(tmp_path)
+    try:
+        record = make_record()  # pending
+        store.put(record)
+
+        def rows() -> list[tuple[str, str]]:
+            with sqlite3.connect(tmp_path / DB_NAME) as db:  # no flush: only what the writer did by itself
+                return db.execute("SELECT id, status FROM records").fetchall()
+
+        wait_until(lambda: rows() == [(record.id, "pending")], timeout=5)
+    finally:
+        store.close()
