@@ -364,11 +364,15 @@ class _Bucket:
             self.duration_total += record.metrics.duration_ms
             self.timed += 1
 
+    def tally(self) -> dict[str, Any]:
+        """The `Tally` fields, for the models built on it."""
+        return {"requests": self.requests, "errors": self.errors, "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens, "cache_creation_tokens": self.cache_creation_tokens,
+                "cache_read_tokens": self.cache_read_tokens, "cost_usd": _money(self.cost),
+                "unpriced_requests": self.unpriced}
+
     def view(self, key: str) -> Breakdown:
-        return Breakdown(key=key, requests=self.requests, errors=self.errors, input_tokens=self.input_tokens,
-                         output_tokens=self.output_tokens, cache_creation_tokens=self.cache_creation_tokens,
-                         cache_read_tokens=self.cache_read_tokens, cost_usd=_money(self.cost),
-                         unpriced_requests=self.unpriced, cache_savings_usd=_money(self.savings),
+        return Breakdown(key=key, **self.tally(), cache_savings_usd=_money(self.savings),
                          avg_duration_ms=round(self.duration_total / self.timed, 2) if self.timed else None)
 
 
@@ -395,10 +399,7 @@ class _Session(_Bucket):
         prompt = self.input_tokens + self.cache_creation_tokens + self.cache_read_tokens
         duration = (self.ended - self.started).total_seconds() * 1000 if self.started and self.ended else None
         return SessionSummary(
-            session_id=session_id, requests=self.requests, turns=len(self.turns), errors=self.errors,
-            input_tokens=self.input_tokens, output_tokens=self.output_tokens,
-            cache_creation_tokens=self.cache_creation_tokens, cache_read_tokens=self.cache_read_tokens,
-            cost_usd=_money(self.cost), unpriced_requests=self.unpriced,
+            session_id=session_id, **self.tally(), turns=len(self.turns),
             cache_hit_rate=round(self.cache_read_tokens / prompt, 4) if prompt else None,
             started=self.started, ended=self.ended, duration_ms=round(duration, 2) if duration is not None else None,
             models=[m for m, _ in self.models.most_common()])

@@ -167,7 +167,6 @@ class Store:
         self.instance_name = f"{socket.gethostname()}:{state_dir.expanduser().resolve()}"
         self._announced = close_orphans and self.dialect.shared  # in `instances`, with heartbeats
         self.rows = RowWriter(self.dialect)
-        self._announce = self.dialect.upsert("instances", ("id", "name", "seen"), "id")
         self.max_records = max_records
         self.retention_days = retention_days
         self.busy_timeout = busy_timeout  # how long a write waits for another process's lock
@@ -210,7 +209,7 @@ class Store:
             if shared:
                 db.execute("DELETE FROM instances WHERE seen < ? OR name = ?",
                            (now - _STALE_SECONDS, self.instance_name))
-                db.execute(self._announce, (self.instance_id, self.instance_name, now))
+                db.execute(self.rows.announce, (self.instance_id, self.instance_name, now))
             if db.in_transaction:
                 db.commit()
         except BaseException:

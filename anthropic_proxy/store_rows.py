@@ -81,6 +81,8 @@ class RowWriter:
         self._upsert = dialect.upsert("records", RECORD_COLUMNS, "id")
         self._add_blob = dialect.insert_ignore("blobs", ("id", "data"))
         self._add_node = dialect.insert_ignore("nodes", ("id", "parent", "blob"))
+        # An instance says it is alive (id, name, seen): at start-up and in the writer's heartbeats.
+        self.announce = dialect.upsert("instances", ("id", "name", "seen"), "id")
 
     def store(self, db: Connection, prepared: list[Prepared]) -> None:
         """Insert or replace records with the pieces they add (inside the caller's transaction)."""

@@ -70,8 +70,8 @@ class WriterSettings:
     instance_name: str
     announced: bool  # on a shared database: heartbeats, and leave `instances` at stop
     legacy: bool  # v2 rows are waiting to be rewritten in the v3 form
-    prune_every: int = PRUNE_EVERY
-    heartbeat_seconds: float = HEARTBEAT_SECONDS
+    prune_every: int  # PRUNE_EVERY and HEARTBEAT_SECONDS as they were when the store started (tests lower them)
+    heartbeat_seconds: float
 
 
 @dataclass(slots=True)
@@ -358,7 +358,6 @@ class Writer:
         self.dialect = dialect_for(settings.state_dir, settings.url, busy_timeout=settings.busy_timeout)
         self.rows = RowWriter(self.dialect)
         self.db: Connection = self.dialect.connect(lazy=True)  # opened by the first write (which reports failure)
-        self._announce = self.dialect.upsert("instances", ("id", "name", "seen"), "id")
         self.legacy = settings.legacy
         self.max_records, self.retention_days = 50_000, 30.0
         self.write_errors = 0
@@ -497,7 +496,7 @@ class Writer:
         """Tell the other instances on the database that this one is alive (its pending records are live)."""
         try:
             self.db.reopen_if_broken()
-            self.db.execute(self._announce, (self.settings.instance_id, self.settings.instance_name, time.time()))
+            self.db.execute(self.rows.announce, (self.settings.instance_id, self.settings.instance_name, time.time()))
         except self.dialect.errors as exc:  # the next write reports a lasting failure
             logger.debug("store: heartbeat failed (%s)", self.dialect.scrub(str(exc)))
 

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,14 @@ def json_body(value: Any) -> Any:
         except ValueError:
             return value
     return value
+
+
+def first_text(events: Iterator[Any]) -> str | None:
+    """Read an SDK message stream's events up to its first text delta; the rest stays in `events`."""
+    for event in events:
+        if event.type == "text":
+            return event.text
+    return None
 
 
 class ProxyProcess:

@@ -23,7 +23,7 @@ import anthropic
 import httpx
 import pytest
 from fakes.anthropic_upstream import FINAL_TEXT, FakeAnthropic
-from fakes.harness import DATA_DIR, FAKE_API_KEY, by_tag, headers_get
+from fakes.harness import DATA_DIR, FAKE_API_KEY, by_tag, first_text, headers_get
 from fakes.openrouter_upstream import (
     DEFAULT_KEY,
     ERROR_MESSAGES,
@@ -222,17 +222,13 @@ def test_stream_is_not_buffered(client, fake_openrouter, test_tag):
                                 messages=[{"role": "user", "content": "Say hi"}],
                                 metadata={"user_id": test_tag}) as stream:
         events = iter(stream)
-        first_text = None
-        for event in events:
-            if event.type == "text":
-                first_text = event.text
-                break
+        first = first_text(events)
         ex = only(fake_openrouter.by_user(test_tag), "upstream call")
-        assert first_text == chunks_of(name)[0]["choices"][0]["delta"]["content"]
+        assert first == chunks_of(name)[0]["choices"][0]["delta"]["content"]
         assert fake_openrouter.is_holding(hold_id) and not ex.completed, "the proxy waited for the whole answer"
         fake_openrouter.release(hold_id)
         rest = "".join(e.text for e in events if e.type == "text")
-    assert first_text + rest == recorded_text(name)
+    assert first + rest == recorded_text(name)
     assert ex.completed
 
 

@@ -32,6 +32,7 @@ from fakes.harness import (
     FINAL_STATUSES,
     STREAM_BREAK_ERRORS,
     by_tag,
+    first_text,
     headers_get,
     json_body,
 )
@@ -272,11 +273,7 @@ def test_stream_is_not_buffered(client, fake_anthropic, test_tag):
         ) as stream:
             started = time.monotonic()
             events = iter(stream)
-            first_text = None
-            for event in events:
-                if event.type == "text":
-                    first_text = event.text
-                    break
+            first = first_text(events)
             still_holding = fake_anthropic.is_holding(hold_id)
             waited = time.monotonic() - started
             fake_anthropic.release(hold_id)
@@ -284,7 +281,7 @@ def test_stream_is_not_buffered(client, fake_anthropic, test_tag):
             final = stream.get_final_message()
     finally:
         fake_anthropic.release(hold_id)
-    assert first_text == "Hello"
+    assert first == "Hello"
     assert still_holding, f"first text event arrived only after the upstream finished ({waited:.2f}s)"
     assert any(e.type == "message_stop" for e in rest)
     assert final.content[0].text == FINAL_TEXT
