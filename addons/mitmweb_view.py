@@ -25,7 +25,6 @@ from mitmproxy.addonmanager import Loader
 from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy.environment import environment
 from anthropic_proxy.record import Record
-from anthropic_proxy.translate.sse import encode_event
 
 from .webapp import INTERNAL_FLOW
 
@@ -116,8 +115,8 @@ def describe(record: Record) -> tuple[str, str]:
 
 
 def client_stream_body(record: Record) -> bytes:
-    """The SSE stream the client received, rebuilt from the record's events (equivalent JSON, not byte-exact)."""
-    return b"".join(encode_event(chunk.event or "message", chunk.data) for chunk in record.chunks)
+    """The SSE stream the client received, byte for byte (from the record's log of it)."""
+    return b"".join(data for _, data in record.client_stream)
 
 
 class MitmwebView:
@@ -195,7 +194,7 @@ class MitmwebView:
             return
         flow.comment, flow.marked = describe(record)
         response = flow.response
-        if response is not None and response.stream and response.raw_content is None and record.chunks:
+        if response is not None and response.stream and response.raw_content is None and record.client_stream:
             # Headers already went out, so this only changes what the view shows (no content-length is added).
             response.data.content = client_stream_body(record)
 

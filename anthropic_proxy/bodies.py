@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from .masking import mask_text
 
 SLOTS: tuple[tuple[str, ...], ...] = (("request", "body"), ("upstreamRequest",))
@@ -128,7 +130,18 @@ def split(data: dict[str, Any]) -> Split:
             body[MESSAGES] = None
         if keys:
             refs[name] = keys
-    return Split(skeleton=canonical(data), refs=refs, blobs=blobs, chains=chains)
+    return Split(skeleton=skeleton_text(data), refs=refs, blobs=blobs, chains=chains)
+
+
+def skeleton_text(value: dict[str, Any]) -> str:
+    """The masked JSON text of what remains of a record: orjson's, several times faster than `canonical` on the
+    hundreds of small objects of a stream's events (the skeleton is not content-addressed: its form is free), or
+    `canonical` for what orjson refuses (a lone surrogate, an integer beyond 64 bits)."""
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        return canonical(value)
+    return mask_text(text)
 
 
 def assemble(skeleton: dict[str, Any], refs: dict[str, dict[str, str]], blob: Callable[[str], Any],

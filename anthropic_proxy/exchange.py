@@ -12,10 +12,9 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from .live import LiveBus
-from .record import Chunk, HttpResponsePart, Record, RecordError, Usage
+from .record import HttpResponsePart, Record, RecordError, Usage
+from .stream_log import StreamOutline
 from .translate import fastjson
-from .translate.accumulate import MessageAccumulator
-from .translate.sse import SSEDecoder
 
 logger = logging.getLogger("anthropic_proxy.exchange")
 
@@ -31,13 +30,6 @@ class StreamTransform(Protocol):
     def fail(self, message: str, error_type: str = "api_error") -> bytes: ...
 
 
-def _event_data(data: str) -> Any:
-    try:
-        return fastjson.loads_event(data)
-    except ValueError:
-        return data
-
-
 class Exchange:
     def __init__(self, record: Record, *, bus: LiveBus, on_final: Callable[[Record], None]) -> None:
         self.record = record
@@ -50,9 +42,8 @@ class Exchange:
         self.transform: StreamTransform | None = None
         self._bus = bus
         self._on_final = on_final
-        self._client_events = SSEDecoder()
-        self._upstream_events = SSEDecoder()
-        self._accumulator = MessageAccumulator()
+        # What the exchange's end needs of the client's stream, read from its log only then (and for live progress).
+        self._outline = StreamOutline()
         self._stream_ended = False
         self._last_progress = 0.0
 
@@ -67,63 +58,54 @@ class Exchange:
         self.record.response = HttpResponsePart(status=status, headers=headers)
 
     def stream_tap(self, data: bytes) -> bytes | Iterable[bytes]:
-        """mitmproxy's streaming callable: forward (or translate) each chunk, recording what the client gets.
+        """mitmproxy's streaming callable: forward (or translate) each chunk, logging what passes (see stream_log.py:
+        nothing here parses the events).
 
         Returning b"" mid-stream would end a chunked HTTP/1.1 response, so "nothing yet" is `[]`.
         """
         end = not data
-        self.last_activity = time.monotonic()
+        self.last_activity = now = time.monotonic()
         if end and self._stream_ended:
             return b""  # HTTP/2 upstreams can signal the end twice
         self._stream_ended = end
-        try:
-            out = self._transformed(data, end)
-            self._observe_client_bytes(out, end)
-        except Exception as exc:  # a recording bug must never cost the client a byte
-            logger.exception("stream tap failed for record %s", self.record.id)
-            if self.transform is None:
-                return data
-            out = self.transform.fail(f"anthropic-proxy failed to translate the stream: {exc}")
+        t_ms = round((now - self.started) * 1000, 2)
+        transform = self.transform
+        if transform is None:
+            out = data
+        else:
+            if data:
+                self.record.upstream_stream.append((t_ms, data))
+            try:
+                out = transform.finish() if end else transform.feed(data)
+            except Exception as exc:  # a translator bug ends the client's stream with an error event, not a hang
+                logger.exception("stream translation failed for record %s", self.record.id)
+                out = transform.fail(f"anthropic-proxy failed to translate the stream: {exc}")
+        self._log_client_bytes(t_ms, out)
         if end:
             return out
         return out if out else []
 
-    def _transformed(self, data: bytes, end: bool) -> bytes:
-        if self.transform is None:
-            return data
-        self._observe_upstream_bytes(data, end)
-        return self.transform.finish() if end else self.transform.feed(data)
-
-    def _observe_upstream_bytes(self, data: bytes, end: bool) -> None:
-        events = self._upstream_events.flush() if end else self._upstream_events.feed(data)
-        t_ms = self.elapsed_ms()
-        for event in events:
-            self.record.upstream_chunks.append(Chunk(t_ms, event.event, _event_data(event.data)))
-
-    def _observe_client_bytes(self, out: bytes, end: bool) -> None:
-        metrics = self.record.metrics
-        metrics.response_bytes += len(out)
-        events = self._client_events.feed(out) if out else []
-        if end:
-            events += self._client_events.flush()
-        if not events:
+    def _log_client_bytes(self, t_ms: float, out: bytes) -> None:
+        if not out:
             return
-        t_ms = self.elapsed_ms()
-        chunks, add = self.record.chunks, self._accumulator.add
-        for event in events:
-            data = _event_data(event.data)
-            chunks.append(Chunk(t_ms, event.event, data))
-            if isinstance(data, dict):
-                add(data)
-        metrics.chunk_count = len(chunks)
-        if self._bus.has_subscribers and time.monotonic() - self._last_progress > _PROGRESS_INTERVAL:
-            self._last_progress = time.monotonic()
-            self._refresh_from_stream()
-            self._bus.publish("progressed", self.record.summary())
+        self.record.client_stream.append((t_ms, out))
+        self.record.metrics.response_bytes += len(out)
+        if self._bus.has_subscribers and self.last_activity - self._last_progress > _PROGRESS_INTERVAL:
+            self._last_progress = self.last_activity
+            try:
+                self._refresh_from_stream()
+                self._bus.publish("progressed", self.record.summary())
+            except Exception:  # a recording bug must never cost the client a byte
+                logger.exception("live progress failed for record %s", self.record.id)
 
-    def _refresh_from_stream(self) -> None:
-        message = self._accumulator.message
-        if message:
+    def _refresh_from_stream(self, *, finished: bool = False) -> None:
+        outline, log = self._outline, self.record.client_stream
+        if finished:
+            outline.finish(log)
+        else:
+            outline.read(log)
+        self.record.metrics.chunk_count = outline.count
+        if message := outline.accumulator.message:
             self.record.message = message
             self.record.usage = Usage.from_anthropic(message.get("usage"))
             self.record.stop_reason = message.get("stop_reason")
@@ -138,11 +120,11 @@ class Exchange:
         assert record.response is not None
         record.response.headers = headers
         if streamed:
-            self._accumulator.finish()
-            self._refresh_from_stream()
-            if self._accumulator.error:
-                self._end("error", _record_error(self._accumulator.error))
-            elif not self._accumulator.stopped:
+            self._refresh_from_stream(finished=True)
+            accumulator = self._outline.accumulator
+            if accumulator.error:
+                self._end("error", _record_error(accumulator.error))
+            elif not accumulator.stopped:
                 self._end("error", RecordError(type="incomplete_stream",
                                                message="the stream ended before message_stop"))
             else:
@@ -169,12 +151,11 @@ class Exchange:
         """The exchange broke off: the client left (`cancelled`) or the upstream failed (`error`)."""
         if self.record.is_final:
             return
-        self._accumulator.finish()
-        self._refresh_from_stream()
-        if self._accumulator.error:
+        self._refresh_from_stream(finished=True)
+        if error := self._outline.accumulator.error:
             # The client already got an error event (SDKs close the connection on it): that error ended the
             # exchange, not the client leaving or the upstream going away afterwards.
-            self._end("error", _record_error(self._accumulator.error))
+            self._end("error", _record_error(error))
             return
         if cancelled:
             self._end("cancelled", RecordError(type="client_disconnected", message=message))
@@ -192,7 +173,7 @@ class Exchange:
         data = self.transform.keepalive()
         if data:
             self.send_to_client(data)
-            self._observe_client_bytes(data, end=False)
+            self._log_client_bytes(self.elapsed_ms(), data)
 
     def _end(self, status: str, error: RecordError | None = None) -> None:
         record = self.record

@@ -58,6 +58,7 @@ from .pricing import PriceBook, savings_for_tokens
 from .record import Record, RecordError
 from .store_rows import METRIC_COLUMNS, RowWriter, prepare
 from .store_writer import WriterProcess, WriterSettings
+from .stream_log import read_streams
 
 logger = logging.getLogger("anthropic_proxy.store")
 
@@ -330,8 +331,8 @@ class Store:
 
     def get(self, record_id: str) -> Record | None:
         if self._writer is not None and (queued := self._writer.pending(record_id)) is not None:
-            # newer than the database until written
-            return queued
+            # newer than the database until written (and a stream's events still in its log)
+            return read_streams(queued)
         with self._reader() as db:
             row = db.execute("SELECT data, refs FROM records WHERE id = ?", (record_id,)).fetchone()
             return self._load(db, *row) if row else None

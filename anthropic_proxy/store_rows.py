@@ -65,11 +65,13 @@ class Prepared:
 
 
 def prepare(record: Record, owner: str, data: dict[str, Any] | None = None) -> Prepared:
-    """`data`: the record's JSON form (`model_dump(mode="json", by_alias=True)`) when the caller has it already."""
+    """`data`: the record's JSON form (`model_dump(mode="json", by_alias=True)`) when the caller has it already. It
+    is cut in place, and may share its values with `record`: all that is read from the record is read first."""
+    search, summary = search_text(record), mask_text(json.dumps(record.summary()))
     split = bodies.split(data if data is not None else record.model_dump(mode="json", by_alias=True))
     row = (record.id, record.timestamp.timestamp(), record.status, record.provider, _utf8(record.model),
-           _utf8(record.session_id), search_text(record), mask_text(json.dumps(record.summary())), split.skeleton,
-           json.dumps(split.refs, separators=(",", ":")), *metric_values(record), owner)
+           _utf8(record.session_id), search, summary, split.skeleton, json.dumps(split.refs, separators=(",", ":")),
+           *metric_values(record), owner)
     return Prepared(record.id, row, split)
 
 

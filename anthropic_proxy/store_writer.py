@@ -45,6 +45,7 @@ from .dialects import Connection, dialect_for
 from .exchange import parse_body
 from .record import Record
 from .store_rows import Prepared, RowWriter, prepare
+from .stream_log import StreamLog, StreamReader, chunk_json
 from .translate import fastjson
 
 logger = logging.getLogger("anthropic_proxy.store")
@@ -55,6 +56,7 @@ RETRY_SECONDS = 1.0  # between two attempts while writes fail
 MAX_UNSAVED = 10_000  # records held in memory while writes fail
 PRUNE_EVERY = 500  # writes between two retention passes
 HEARTBEAT_SECONDS = 30.0  # how often an instance on a shared database says it is alive
+WRITER_NICENESS = 10  # added to the writer process's nice value (a lower CPU priority than the proxy's)
 _RESTART_PAUSE = 1.0  # between two starts of a writer process that keeps dying
 _STOP = object()
 
@@ -89,7 +91,8 @@ class Report:
     logs: list[tuple[int, str]] = field(default_factory=list)
 
 
-Encoded = tuple[bytes, bytes | None]  # the record's JSON, and its request body's own bytes if they go apart
+# The record's JSON; its request body's own bytes if they go apart; its logged streams (client, upstream) if any.
+Encoded = tuple[bytes, bytes | None, tuple[StreamLog, StreamLog] | None]
 
 
 def encode(record: Record, request_body: bytes | None = None) -> Encoded:
@@ -97,21 +100,37 @@ def encode(record: Record, request_body: bytes | None = None) -> Encoded:
 
     `request_body`: the bytes `record.request.body` was parsed from (`exchange.parse_body`). Then the body goes
     as those bytes and the writer parses them again: Claude Code's bodies are hundreds of KB, and encoding one
-    costs milliseconds of the proxy's event loop; handing over bytes costs nothing."""
+    costs milliseconds of the proxy's event loop; handing over bytes costs nothing. A stream goes the same way, as
+    the bytes it logged: the writer reads its events (see stream_log.py)."""
     exclude: Any = {"request": {"body"}} if request_body is not None else None
+    streams = (list(record.client_stream), list(record.upstream_stream)) \
+        if record.client_stream or record.upstream_stream else None
     try:
-        return record.model_dump_json(by_alias=True, exclude=exclude).encode(), request_body
+        payload = record.model_dump_json(by_alias=True, exclude=exclude).encode()
     except ValueError:
-        return json.dumps(record.model_dump(mode="json", by_alias=True, exclude=exclude)).encode(), request_body
+        payload = json.dumps(record.model_dump(mode="json", by_alias=True, exclude=exclude)).encode()
+    return payload, request_body, streams
 
 
-def decode(encoded: Encoded) -> dict[str, Any]:
-    """`encode`'s record as JSON data (`model_dump(mode="json", by_alias=True)`), a new copy at each call."""
-    payload, request_body = encoded
+def decode(encoded: Encoded) -> tuple[Record, dict[str, Any]]:
+    """`encode`'s record, and its JSON data (`model_dump(mode="json", by_alias=True)`) for `prepare`. The two share
+    their bodies (`prepare` reads the record before it cuts the data).
+
+    A stream's events are read from its logs here, straight into their JSON form: the record gets only the message
+    (what `prepare` uses of them), the data gets the chunks too."""
+    payload, request_body, streams = encoded
     data = fastjson.loads(payload)
     if request_body is not None:
         data["request"]["body"] = parse_body(request_body)  # the last key of `request`, as in the model
-    return data
+    record = Record.model_validate(data)
+    if streams is not None:
+        client, upstream = (StreamReader(chunk=chunk_json) for _ in streams)
+        client.finish(streams[0])
+        upstream.finish(streams[1])
+        data["chunks"], data["upstreamChunks"] = client.chunks, upstream.chunks
+        if (message := client.accumulator.message) is not None:
+            record.message = data["message"] = message
+    return record, data
 
 
 @dataclass(slots=True)
@@ -428,8 +447,8 @@ class Writer:
     def _take(self, items: list[tuple[str, int, Encoded]], report: Report) -> None:
         for record_id, seq, encoded in items:
             try:
-                # Two decodes: `prepare` cuts `data` in place, and the record must keep its own copy.
-                prepared = prepare(Record.model_validate(decode(encoded)), self.settings.instance_id, decode(encoded))
+                record, data = decode(encoded)
+                prepared = prepare(record, self.settings.instance_id, data)
             except Exception:  # one record that cannot be stored must not stop the writer
                 self.lost += 1
                 report.dropped.append((record_id, seq))
@@ -522,6 +541,9 @@ class Writer:
 def main() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):  # the proxy decides when this process ends
         signal.signal(signum, signal.SIG_IGN)
+    # Writing can wait, traffic cannot: when the cores are busy, the proxy (and the client beside it) come first.
+    with contextlib.suppress(OSError):
+        os.nice(WRITER_NICENESS)
     channel = Channel(int(sys.argv[1]))
     logs = _Collect()
     logging.getLogger().addHandler(logs)

@@ -223,7 +223,9 @@ def test_translated_flow_is_understandable(web_proxies, tmp_path_factory, test_t
         if record.get("costUsd") is not None:
             assert f"${record['costUsd']:.6f}"[:6] in comment
         answer = proxy.web(f"/flows/{flow['id']}/response/content.data").content.decode()
-        assert answer.startswith("event: message_start"), "the response is the Anthropic stream the client got"
+        events = [line.removeprefix("event: ") for line in answer.splitlines() if line.startswith("event: ")]
+        assert events[0] == "message_start" and events[-1] == "message_stop", "the Anthropic stream the client got"
+        assert "chat.completion.chunk" not in answer, answer
         proxy.stop()
 
 

@@ -17,6 +17,7 @@ from anthropic_proxy.addons import all_addons
 from anthropic_proxy.addons.recording import RECORD_ID
 from anthropic_proxy.addons.routing import API_CALL
 from anthropic_proxy.addons.startup import Startup
+from anthropic_proxy.stream_log import read_streams
 from anthropic_proxy.translate.sse import encode_event
 
 KEY = "sk-ant-api03-" + "K3yM1ddl3" * 6 + "-Tail"
@@ -115,7 +116,7 @@ async def test_streamed_call_is_routed_recorded_and_passed_through_unchanged(pro
     assert out[0] == stream[:cut] and out[1] == stream[cut:], "the tap must forward bytes unchanged"
     run_response(addons, flow, "response")
 
-    record = exchange.record
+    record = read_streams(exchange.record)
     assert record.status == "success" and record.stop_reason == "end_turn"
     assert record.message["content"] == [{"type": "text", "text": "héllo"}]
     assert (record.usage.input_tokens, record.usage.output_tokens, record.usage.cache_read_input_tokens) == (7, 5, 3)

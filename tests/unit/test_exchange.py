@@ -9,6 +9,7 @@ from typing import Any
 from anthropic_proxy.exchange import Exchange
 from anthropic_proxy.live import LiveBus
 from anthropic_proxy.record import HttpRequestPart, Record
+from anthropic_proxy.stream_log import read_streams
 
 EVENTS: list[tuple[str, Any]] = [
     ("message_start", {"type": "message_start", "message": {"id": "m1", "role": "assistant", "content": [],
@@ -25,13 +26,16 @@ STREAM = b"".join(f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\
 
 
 def record_stream(pieces: list[bytes]) -> tuple[Record, bytes]:
-    """The record of a stream that came in `pieces`, and the bytes the client got."""
+    """The record of a stream that came in `pieces` (its streams read, as the store's writer reads them), and the
+    bytes the client got."""
     record = Record(request=HttpRequestPart(method="POST", path="/v1/messages"), stream=True)
     exchange = Exchange(record, bus=LiveBus(), on_final=lambda _: None)
     exchange.response_started(200, {"content-type": "text/event-stream"})
     sent = b"".join(as_bytes(exchange.stream_tap(piece)) for piece in [*pieces, b""])  # b"": the end of the stream
     exchange.complete(200, {}, None, True)
-    return record, sent
+    # The exchange itself parsed only the outline: the end's facts, none of the content.
+    assert record.chunks == [] and b"".join(data for _, data in record.client_stream) == sent
+    return read_streams(record), sent
 
 
 def as_bytes(out: bytes | Iterable[bytes]) -> bytes:

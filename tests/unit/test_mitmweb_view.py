@@ -21,7 +21,7 @@ from anthropic_proxy.addons.mitmweb_view import (
     hide_internal_flows,
 )
 from anthropic_proxy.addons.webapp import INTERNAL_FLOW
-from anthropic_proxy.record import Chunk, HttpRequestPart, Metrics, Record, RecordError, Usage
+from anthropic_proxy.record import HttpRequestPart, Metrics, Record, RecordError, Usage
 
 
 def make_record(**kwargs) -> Record:
@@ -56,11 +56,11 @@ def test_describe_openrouter_error_cancel_and_unknown_cost():
     assert " · count_tokens · " in counted
 
 
-def test_client_stream_body_rebuilds_the_events():
-    record = make_record(chunks=[Chunk(t_ms=1, event="message_start", data={"type": "message_start"}),
-                                 Chunk(t_ms=2, event="ping", data={"type": "ping"})])
-    assert client_stream_body(record) == (b'event: message_start\ndata: {"type":"message_start"}\n\n'
-                                          b'event: ping\ndata: {"type":"ping"}\n\n')
+def test_client_stream_body_is_the_bytes_the_client_received():
+    record = make_record(client_stream=[(1.0, b'event: message_start\ndata: {"type": "message_start"}\n'),
+                                        (2.5, b'\nevent: ping\r\ndata: {"type":"ping"}\r\n\r\n')])
+    assert client_stream_body(record) == (b'event: message_start\ndata: {"type": "message_start"}\n'
+                                          b'\nevent: ping\r\ndata: {"type":"ping"}\r\n\r\n')
 
 
 def internal_flow():

@@ -1,0 +1,109 @@
+"""Reading a logged stream: the exchange's cheap outline must agree with the whole read on everything it reports,
+however the network cut the stream and whatever its line ends."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from anthropic_proxy.record import HttpRequestPart, Record
+from anthropic_proxy.store_writer import decode, encode
+from anthropic_proxy.stream_log import StreamLog, StreamOutline, StreamReader, read_streams
+
+FIXTURES = Path(__file__).parent.parent / "data" / "anthropic_sse" / "anthropic"
+NAMES = sorted(p.name.removesuffix(".chunks.txt") for p in FIXTURES.glob("*.chunks.txt"))
+
+
+def sse(name: str) -> bytes:
+    """A recorded stream (one event's JSON per line) as the bytes Anthropic sends."""
+    lines = (FIXTURES / f"{name}.chunks.txt").read_text().splitlines()
+    return b"".join(f"event: {json.loads(line)['type']}\ndata: {line}\n\n".encode() for line in lines if line)
+
+
+def cut(stream: bytes, rng: random.Random, pieces: int) -> StreamLog:
+    points = sorted(rng.sample(range(1, len(stream)), min(pieces, len(stream) - 1)))
+    return [(float(i), stream[a:b]) for i, (a, b) in enumerate(zip([0, *points], [*points, len(stream)], strict=True))]
+
+
+def outline_of(log: StreamLog, *, step: int = 1) -> StreamOutline:
+    """The outline as an exchange reads it: some entries at a time while the stream flows, then the end."""
+    outline = StreamOutline()
+    for end in range(step, len(log), step):
+        outline.read(log[:end])
+    outline.finish(log)
+    return outline
+
+
+def whole(log: StreamLog) -> StreamReader:
+    reader = StreamReader()
+    reader.finish(log)
+    return reader
+
+
+def block_types(message: dict[str, Any] | None) -> list[Any]:
+    return [block.get("type") for block in (message or {}).get("content", [])]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"])
+def test_the_outline_agrees_with_the_whole_read(name: str, line_end: bytes) -> None:
+    stream = sse(name).replace(b"\n", line_end)
+    rng = random.Random(name)
+    reference = whole([(0.0, stream)])
+    assert reference.count > 3 and reference.accumulator.stopped
+    for log in ([(0.0, stream)], cut(stream, rng, 7), cut(stream, rng, 40), [(0.0, stream[i:i + 1]) for i in
+                                                                          range(len(stream))]):
+        outline, full = outline_of(log, step=3), whole(log)
+        assert full.count == outline.count == reference.count
+        assert full.accumulator.message == reference.accumulator.message
+        assert outline.chunks == []
+        assert (outline.accumulator.stopped, outline.accumulator.error) == (True, None)
+        got, want = outline.accumulator.message, reference.accumulator.message
+        assert block_types(got) == block_types(want)
+        assert got["usage"] == want["usage"] and got.get("stop_reason") == want.get("stop_reason")
+
+
+def test_the_outline_skips_only_plain_deltas_and_still_sees_the_rest() -> None:
+    delta = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,' \
+            b'"delta":{"type":"text_delta","text":"x"}}\n\n'
+    stream = (b'event: message_start\ndata: {"type":"message_start","message":{"content":[],"usage":'
+              b'{"input_tokens":3}}}\n\n'
+              b'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":'
+              b'{"type":"text","text":""}}\n\n'
+              + delta * 3
+              + b': a comment\n\n'  # counted by neither
+              + b'event:content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{}}\n\n'
+              + b'event: content_block_delta\ndata: not json\n\n'
+              + b'event: content_block_delta\nid: 7\n\n'  # a delta without data is still an event
+              + b'\n\n\n'
+              + b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"busy"}}\n\n'
+              + b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+              b'"usage":{"output_tokens":9}}')  # the last event has no blank line: the end delivers it
+    for log in ([(0.0, stream)], [(float(i), stream[i:i + 1]) for i in range(len(stream))]):
+        outline, full = outline_of(log, step=5), whole(log)
+        assert outline.count == full.count == 10
+        assert outline.accumulator.error == full.accumulator.error == {"type": "overloaded_error",
+                                                                        "message": "busy"}
+        assert outline.accumulator.message["usage"] == {"input_tokens": 3, "output_tokens": 9}
+        assert outline.accumulator.message["stop_reason"] == "end_turn"
+        assert full.accumulator.message["content"] == [{"type": "text", "text": "xxx"}]
+        assert outline.accumulator.message["content"] == [{"type": "text", "text": ""}]
+
+
+def test_the_writer_reads_what_read_streams_reads() -> None:
+    """The store's writer reads a stream straight into JSON; the proxy's `read_streams` into the model. Same record."""
+    stream = sse("anthropic-json-tool.1")
+    record = Record(request=HttpRequestPart(method="POST", path="/v1/messages"), stream=True, status="success")
+    record.client_stream = cut(stream, random.Random(1), 9)
+    record.upstream_stream = [(0.5, b'data: {"choices":[]}\n\n'), (0.75, b"data: [DONE]\n\n")]
+    read = read_streams(record)
+    assert record.chunks == [] and record.message is None, "read_streams leaves the record it was given alone"
+    stored, data = decode(encode(record))
+    assert stored.message == read.message and read.message["content"][0]["type"] == "tool_use"
+    assert data["chunks"] == read.model_dump(mode="json", by_alias=True)["chunks"]
+    assert [c["data"] for c in data["upstreamChunks"]] == [{"choices": []}, "[DONE]"]
+    assert Record.model_validate(data).chunks == read.chunks
