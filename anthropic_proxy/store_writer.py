@@ -45,7 +45,7 @@ from .dialects import Connection, dialect_for
 from .exchange import parse_body
 from .record import Record
 from .store_rows import Prepared, RowWriter, prepare
-from .stream_log import StreamLog, StreamReader, chunk_json
+from .stream_log import StreamLog, StreamReader
 from .translate import fastjson
 
 logger = logging.getLogger("anthropic_proxy.store")
@@ -124,7 +124,7 @@ def decode(encoded: Encoded) -> tuple[Record, dict[str, Any]]:
         data["request"]["body"] = parse_body(request_body)  # the last key of `request`, as in the model
     record = Record.model_validate(data)
     if streams is not None:
-        client, upstream = (StreamReader(chunk=chunk_json) for _ in streams)
+        client, upstream = (StreamReader(as_json=True) for _ in streams)
         client.finish(streams[0])
         upstream.finish(streams[1])
         data["chunks"], data["upstreamChunks"] = client.chunks, upstream.chunks
