@@ -150,22 +150,48 @@ async def send_bodies(url: str, count: int, body_kb: int, concurrency: int = 10)
 
 
 async def streams_per_second(url: str, total: int, concurrency: int) -> float:
-    body = {"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True,
-            "messages": [{"role": "user", "content": "hi"}]}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        queue = list(range(total))
+    """`total` streamed calls over `concurrency` keep-alive connections. The client is a few lines of asyncio, not
+    httpx: on a small machine a heavy client takes the CPU the proxies need, and ends up measuring itself."""
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    request = (f"POST /v1/messages HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
+               f"x-api-key: sk-ant-bench-0000000000000000\r\ncontent-length: {len(body)}\r\n\r\n").encode() + body
+    queue = list(range(total))
 
-        async def worker() -> None:
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
             while queue:
                 queue.pop()
-                async with client.stream("POST", "/v1/messages", json=body) as response:
-                    async for _ in response.aiter_raw():
-                        pass
+                writer.write(request)
+                answer = await read_response(reader)
+                if not answer.startswith(b"event: message_start") or not answer.endswith(b"event: message_stop\n"
+                                                                                          b"data: {\"type\": "
+                                                                                          b"\"message_stop\"}\n\n"):
+                    raise SystemExit(f"{url} sent an incomplete stream: {answer[-200:]!r}")
+        finally:
+            writer.close()
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return total / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return total / (time.perf_counter() - t0)
+
+
+async def read_response(reader: asyncio.StreamReader) -> bytes:
+    """One HTTP/1.1 response's body (status 200 checked; chunked, or with a content-length)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise SystemExit(f"unexpected answer: {head[:200]!r}")
+    headers = head.lower()
+    if b"transfer-encoding: chunked" not in headers:
+        length = int(headers.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+        return await reader.readexactly(length)
+    parts = []
+    while size := int((await reader.readuntil(b"\r\n"))[:-2].split(b";", 1)[0], 16):
+        parts.append((await reader.readexactly(size + 2))[:-2])
+    await reader.readexactly(2)  # the blank line after the last chunk
+    return b"".join(parts)
 
 
 def main() -> None:
