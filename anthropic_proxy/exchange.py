@@ -89,7 +89,6 @@ class Exchange:
         if not out:
             return
         self.record.client_stream.append((t_ms, out))
-        self.record.metrics.response_bytes += len(out)
         if self._bus.has_subscribers and self.last_activity - self._last_progress > _PROGRESS_INTERVAL:
             self._last_progress = self.last_activity
             try:
@@ -104,7 +103,8 @@ class Exchange:
             outline.finish(log)
         else:
             outline.read(log)
-        self.record.metrics.chunk_count = outline.count
+        metrics = self.record.metrics
+        metrics.chunk_count, metrics.response_bytes = outline.count, sum(len(data) for _, data in log)
         if message := outline.accumulator.message:
             self.record.message = message
             self.record.usage = Usage.from_anthropic(message.get("usage"))

@@ -53,6 +53,7 @@ OpenRouter
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -196,8 +197,9 @@ _SUFFIXES = re.compile(r"(?:-v\d+:\d+)$")
 _DATE_OR_LATEST = re.compile(r"-(?:\d{8}|latest)$")
 
 
+@functools.lru_cache(maxsize=1024)
 def model_key(model: str) -> str:
-    """The name a model is priced under (see the module docstring)."""
+    """The name a model is priced under (see the module docstring). Cached: every record is priced by it."""
     key = model.strip().lower()
     key = key.rsplit("/", 1)[-1]  # "anthropic/claude-sonnet-4.5" (OpenRouter ids)
     key = re.sub(r"\[[^\]]*\]$", "", key)  # Claude Code's "claude-opus-4-6[1m]"

@@ -225,9 +225,10 @@ class Store:
 
         `request_body`: the bytes `record.request.body` was parsed from (`exchange.parse_body`), when the caller has
         them: the writer then parses those instead of the proxy encoding the body again (see `store_writer.encode`).
-        The store keeps a shallow copy: the caller goes on changing its record (its stream is still arriving),
-        and the writer's sender, in another thread, must see each put as it was, with its own identity."""
-        self._writer_process().put(record.model_copy(), request_body)
+        The store keeps a shallow copy of a record still pending: the caller goes on changing it (its stream is still
+        arriving), and the writer's sender, in another thread, must see each put as it was, with its own identity.
+        A final record is no longer changed (the record-complete hook gets a copy: `stream_log.read_streams`)."""
+        self._writer_process().put(record if record.is_final else record.model_copy(), request_body)
 
     def flush(self, timeout: float = 10) -> None:
         """Wait until the writer has tried to write everything put so far (bounded by `timeout`)."""

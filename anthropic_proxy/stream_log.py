@@ -4,8 +4,8 @@ On its hot path the proxy keeps only each network chunk's bytes and the time the
 parsing and keeping every event there took about a third of the proxy's CPU per stream. The events are read from
 the log where someone needs them:
 
-- the end of an exchange reads its *outline* (`StreamOutline`): every event but the content deltas,
-  which is all its final state needs (usage, stop reason, an error event, whether `message_stop` came);
+- the end of an exchange reads its *outline* (`StreamOutline`): the message's own events, all its final state
+  needs (usage, stop reason, an error event, whether `message_stop` came);
 - the store's writer process reads the whole log into `chunks` and `message` before writing the record;
 - in the proxy, what shows a record to someone (`Store.get` of a record not yet written, the record-complete hook,
   mitmweb's view) reads it with `read_streams`.
@@ -13,6 +13,7 @@ the log where someone needs them:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -24,9 +25,10 @@ from .translate.sse import SSEDecoder, SSEEvent
 
 StreamLog = list[tuple[float, bytes]]  # (ms after the request, bytes) per network chunk, in order
 
-# Nearly every event of a stream: its payload matters to the message's content, never to the exchange's outcome.
-_CONTENT_DELTA = "content_block_delta"
-_PLAIN_DELTA = b"event: content_block_delta\n"
+# The events an exchange's outcome depends on (its usage, stop reason, error, end); the others make the content.
+_MESSAGE_EVENTS = frozenset({"message_start", "message_delta", "message_stop", "error"})
+_MESSAGE_EVENT_LINE = re.compile(rb"event: ?(?:message_start|message_delta|message_stop|error)\n")
+_PLAIN_DELTA = b"event: content_block_delta\n"  # nearly every event of a stream
 
 
 def event_data(data: str) -> Any:
@@ -72,10 +74,11 @@ class StreamReader:
         self._take(log[-1][0] if log else 0.0, self._decoder.flush())
         self.accumulator.finish()
 
-    def _take(self, t_ms: float, events: list[SSEEvent]) -> None:
-        self.count += len(events)
+    def _take(self, t_ms: float, events: list[SSEEvent], *, counted: bool = False) -> None:
+        if not counted:
+            self.count += len(events)
         if self._outline:
-            events = [event for event in events if event.event != _CONTENT_DELTA]
+            events = [event for event in events if event.event in _MESSAGE_EVENTS]
         values = events_data([event.data for event in events])
         if not self._outline:
             if self._as_json:
@@ -90,12 +93,14 @@ class StreamReader:
 
 
 class StreamOutline(StreamReader):
-    """What an exchange's end needs of its stream, read cheaply: every event is counted, none is kept, and content
-    deltas are skipped unparsed, so the message has its blocks, usage and stop reason but not their content.
+    """What an exchange's end needs of its stream, read cheaply: every event is counted and none is kept; only the
+    message's own events (`message_start`, `message_delta`, `message_stop`, `error`) are parsed, so the message has
+    its usage and stop reason but no content.
 
-    Most deltas are not even decoded. Between two "\n\n" (after which a decoder is always between events), a block
-    that is `event: content_block_delta` plus one more line is only counted, as the decoder would count it; every
-    other block (any other event, a comment, CR line ends) goes through the decoder.
+    Most events are not even decoded. After a "\n\n" a decoder is always between events, so the stream is cut into
+    blocks there. When every block begins with an `event:` line (Anthropic's streams, the translator's), the blocks
+    are counted and a C-speed scan for the message's event names finds the few to decode; otherwise each block that
+    is not a plain content delta goes through the decoder.
     """
 
     __slots__ = ("_rest",)
@@ -115,8 +120,19 @@ class StreamOutline(StreamReader):
             self._rest = buffer
             return
         self._rest = buffer[cut:]
-        t_ms, decode = new[-1][0], self._decoder.feed
-        for block in buffer[:cut - 2].split(b"\n\n"):
+        blocks, t_ms, decode = buffer[:cut], new[-1][0], self._decoder.feed
+        count = blocks.count(b"\n\n")
+        if b"\r" not in blocks and blocks.count(b"\n\nevent:") + blocks.startswith(b"event:") == count:
+            self.count += count  # every block is an event (it has an event line)
+            decoded = -1
+            for match in _MESSAGE_EVENT_LINE.finditer(blocks):  # (a superset: one inside a data line matches too)
+                previous = blocks.rfind(b"\n\n", 0, match.start())
+                start = previous + 2 if previous >= 0 else 0
+                if start > decoded:
+                    decoded = start
+                    self._take(t_ms, decode(blocks[start:blocks.index(b"\n\n", match.start()) + 2]), counted=True)
+            return
+        for block in blocks[:-2].split(b"\n\n"):
             if block.startswith(_PLAIN_DELTA) and block.count(b"\n") == 1:
                 self.count += 1
             else:
@@ -131,10 +147,10 @@ class StreamOutline(StreamReader):
 
 def read_streams(record: Record) -> Record:
     """The record with its `chunks`, `upstream_chunks` and (from what the client received) `message` read from its
-    logged streams: a copy, the record itself untouched. A record without logs (not streamed, or loaded from the
-    store, where they have been read already) comes back as it is."""
+    logged streams: always a copy, the record itself untouched. A record without logs (not streamed, or loaded from
+    the store, where they have been read already) keeps its own."""
     if not record.client_stream and not record.upstream_stream:
-        return record
+        return record.model_copy()
     client, upstream = StreamReader(), StreamReader()
     client.finish(list(record.client_stream))  # (a snapshot: a live stream's log is still growing)
     upstream.finish(list(record.upstream_stream))
