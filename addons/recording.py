@@ -36,10 +36,16 @@ def session_of(headers: http.Headers, body: Any) -> str | None:
     user_id = (body.get("metadata") or {}).get("user_id") if isinstance(body, dict) else None
     if isinstance(user_id, str) and user_id.startswith("{"):
         try:
-            return json.loads(user_id).get("session_id")
+            return _text(json.loads(user_id).get("session_id"))
         except (ValueError, AttributeError):
             return None
     return None
+
+
+def _text(value: Any) -> str | None:
+    """A field of the client's body the record keeps as text: a call with another type there (which the upstream
+    will refuse) is recorded all the same, the body showing what was sent."""
+    return value if isinstance(value, str) else None
 
 
 def exchange_of(flow: http.HTTPFlow) -> Exchange | None:
@@ -92,7 +98,7 @@ class Recorder:
             request=HttpRequestPart(method=client.method, path=client.path, headers=mask_headers(client.headers),
                                     body=body),
             provider="openrouter" if route else "anthropic",
-            model=body.get("model") if isinstance(body, dict) else None,
+            model=_text(body.get("model")) if isinstance(body, dict) else None,
             upstream_model=route.upstream_model if route else None,
             upstream_request=route.upstream_body if route else None,
             stream=bool(body.get("stream")) if isinstance(body, dict) else False,
@@ -131,8 +137,11 @@ class Recorder:
         route = runtime_module.current_runtime().routes.get(flow.id)
         if route is not None and route.upstream_response is not None:
             exchange.record.upstream_response = parse_body(route.upstream_response)
-        exchange.complete(response.status_code, mask_headers(response.headers.items(multi=True)),
-                          None if streamed else response.content, streamed)
+        if streamed:  # its headers went to the client before its body: the record has them (responseheaders)
+            exchange.complete(response.status_code, None, None, streamed=True)
+        else:
+            exchange.complete(response.status_code, mask_headers(response.headers.items(multi=True)),
+                              response.content, streamed=False)
 
     def error(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)

@@ -112,13 +112,15 @@ class Exchange:
 
     # --- endings --------------------------------------------------------------------------------
 
-    def complete(self, status: int, headers: dict[str, str], body: bytes | None, streamed: bool) -> None:
-        """The whole response passed. Decide the record's final state from what the client received."""
+    def complete(self, status: int, headers: dict[str, str] | None, body: bytes | None, streamed: bool) -> None:
+        """The whole response passed. Decide the record's final state from what the client received.
+        `headers`: the response's (masked), or None to keep those recorded when it started."""
         record = self.record
         if record.response is None:
-            self.response_started(status, headers)
+            self.response_started(status, headers or {})
         assert record.response is not None
-        record.response.headers = headers
+        if headers is not None:
+            record.response.headers = headers
         if streamed:
             self._refresh_from_stream(finished=True)
             accumulator = self._outline.accumulator

@@ -189,3 +189,15 @@ def test_record_complete_handlers_are_looked_up_again_when_addons_change():
         assert _has_handlers(name)
         tctx.master.addons.remove(listener)
         assert not _has_handlers(name)
+
+
+async def test_a_body_with_odd_field_types_is_still_recorded(proxy):
+    """A model or session that is not a string (the upstream will refuse the call) must not cost the record."""
+    _, addons = proxy
+    flow = api_flow({"model": 5, "stream": "yes", "metadata": {"user_id": json.dumps({"session_id": 7})},
+                     "messages": [{"role": "user", "content": "hi"}]})
+    del flow.request.headers["x-claude-code-session-id"]
+    await run_request(addons, flow)
+    record = runtime_module.current_runtime().exchanges[flow.id].record
+    assert (record.model, record.session_id, record.stream) == (None, None, True)
+    assert record.request.body["model"] == 5, "the body itself is recorded as sent"
