@@ -172,8 +172,8 @@ class MitmwebView:
         flow.comment = f"{record.model or '?'} {via} · in progress\nrecord {record.id}"
 
     def response(self, flow: http.HTTPFlow) -> None:
-        if self.view is not None:
-            self._finished(flow)
+        if self.view is not None:  # after the Recorder's end of the record, which it defers to the loop's next turn
+            asyncio.get_running_loop().call_soon(self._finished, flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
         if self.view is not None:
@@ -197,6 +197,8 @@ class MitmwebView:
         if response is not None and response.stream and response.raw_content is None and record.client_stream:
             # Headers already went out, so this only changes what the view shows (no content-length is added).
             response.data.content = client_stream_body(record)
+        if self.view.get_by_id(flow.id) is flow:
+            self.view.update([flow])  # (the view took the flow's end before this ran)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

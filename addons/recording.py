@@ -3,6 +3,7 @@ final at its end (success, error or cancelled). Store writes and user hooks run 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -137,11 +138,14 @@ class Recorder:
         route = runtime_module.current_runtime().routes.get(flow.id)
         if route is not None and route.upstream_response is not None:
             exchange.record.upstream_response = parse_body(route.upstream_response)
+        exchange.ended()
+        # The client's response ends only once this hook returns (mitmproxy sends a stream's last chunk after it):
+        # the record's end is worked out in the loop's next turn, off the client's path.
         if streamed:  # its headers went to the client before its body: the record has them (responseheaders)
-            exchange.complete(response.status_code, None, None, streamed=True)
+            args: tuple[Any, ...] = (response.status_code, None, None, True)
         else:
-            exchange.complete(response.status_code, mask_headers(response.headers.items(multi=True)),
-                              response.content, streamed=False)
+            args = (response.status_code, mask_headers(response.headers.items(multi=True)), response.content, False)
+        asyncio.get_running_loop().call_soon(_complete, exchange, args)
 
     def error(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
@@ -161,6 +165,13 @@ class Recorder:
             runtime.bus.publish("ended", record.summary())
         if _has_handlers(AnthropicRecordCompleteHook.name):
             runtime.spawn(ctx.master.addons.trigger_event(AnthropicRecordCompleteHook(read_streams(record))))
+
+
+def _complete(exchange: Exchange, args: tuple[Any, ...]) -> None:
+    try:
+        exchange.complete(*args)
+    except Exception:  # (outside any hook: mitmproxy would not log it)
+        logger.exception("recording the end of record %s failed", exchange.record.id)
 
 
 def _price(runtime: runtime_module.Runtime, record: Record, route: Route | None) -> None:

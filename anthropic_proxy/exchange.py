@@ -45,10 +45,16 @@ class Exchange:
         # What the exchange's end needs of the client's stream, read from its log only then (and for live progress).
         self._outline = StreamOutline()
         self._stream_ended = False
+        self._ended_at: float | None = None
         self._last_progress = 0.0
 
     def elapsed_ms(self) -> float:
-        return round((time.monotonic() - self.started) * 1000, 2)
+        """Since the request began; once the response has ended, until then."""
+        return round(((self._ended_at or time.monotonic()) - self.started) * 1000, 2)
+
+    def ended(self) -> None:
+        """The last byte of the response passed (its record's end may be worked out a moment later)."""
+        self._ended_at = time.monotonic()
 
     # --- response -------------------------------------------------------------------------------
 
@@ -116,6 +122,8 @@ class Exchange:
         """The whole response passed. Decide the record's final state from what the client received.
         `headers`: the response's (masked), or None to keep those recorded when it started."""
         record = self.record
+        if record.is_final:
+            return
         if record.response is None:
             self.response_started(status, headers or {})
         assert record.response is not None
@@ -150,8 +158,9 @@ class Exchange:
         self._end("success")
 
     def fail(self, message: str, *, cancelled: bool, error_type: str = "upstream_error") -> None:
-        """The exchange broke off: the client left (`cancelled`) or the upstream failed (`error`)."""
-        if self.record.is_final:
+        """The exchange broke off: the client left (`cancelled`) or the upstream failed (`error`). Not once the
+        response has ended: then `complete` decides (the client leaving during the last chunk changes nothing)."""
+        if self.record.is_final or self._ended_at is not None:
             return
         self._refresh_from_stream(finished=True)
         if error := self._outline.accumulator.error:

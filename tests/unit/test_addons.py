@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,6 +116,8 @@ async def test_streamed_call_is_routed_recorded_and_passed_through_unchanged(pro
     out = [tap(stream[:cut]), tap(stream[cut:]), tap(b"")]
     assert out[0] == stream[:cut] and out[1] == stream[cut:], "the tap must forward bytes unchanged"
     run_response(addons, flow, "response")
+    assert exchange.record.status == "pending", "the record's end is worked out off the client's path"
+    await asyncio.sleep(0)
 
     record = read_streams(exchange.record)
     assert record.status == "success" and record.stop_reason == "end_turn"
