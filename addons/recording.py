@@ -114,9 +114,8 @@ class Recorder:
         exchange.abort = lambda: close_upstream(flow)
         runtime.exchanges[flow.id] = exchange
         flow.metadata[RECORD_ID] = record.id
-        runtime.store.put(record, request_body=client.content)
-        if runtime.bus.has_subscribers:  # a summary costs a model dump: only for someone watching
-            runtime.bus.publish("started", record.summary())
+        # Stored and announced in the loop's next turn: the request goes upstream first.
+        asyncio.get_running_loop().call_soon(_announce, runtime, record, client.content)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
@@ -165,6 +164,14 @@ class Recorder:
             runtime.bus.publish("ended", record.summary())
         if _has_handlers(AnthropicRecordCompleteHook.name):
             runtime.spawn(ctx.master.addons.trigger_event(AnthropicRecordCompleteHook(read_streams(record))))
+
+
+def _announce(runtime: runtime_module.Runtime, record: Record, request_body: bytes) -> None:
+    if record.is_final:  # it ended at once (an error hook in the same turn): its final put says it all
+        return
+    runtime.store.put(record, request_body=request_body)
+    if runtime.bus.has_subscribers:  # a summary costs a model dump: only for someone watching
+        runtime.bus.publish("started", record.summary())
 
 
 def _complete(exchange: Exchange, args: tuple[Any, ...]) -> None:

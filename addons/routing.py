@@ -6,6 +6,7 @@ import json
 from urllib.parse import urlsplit
 
 from mitmproxy import http
+from mitmproxy.net.http import url
 
 from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy.environment import environment
@@ -68,10 +69,13 @@ class Router:
     def _to_anthropic(flow: http.HTTPFlow, runtime: Runtime) -> None:
         upstream = urlsplit(runtime.settings.anthropic_upstream)
         request = flow.request
-        # Setting scheme/host/port also fixes the Host header and SNI; the path and query stay byte-exact.
-        request.scheme = upstream.scheme
-        request.host = upstream.hostname or ""
-        request.port = upstream.port or (443 if upstream.scheme == "https" else 80)
+        scheme, host = upstream.scheme, upstream.hostname or ""
+        port = upstream.port or (443 if scheme == "https" else 80)
+        if (request.scheme, request.host, request.port) == (scheme, host, port):  # reverse mode to the upstream
+            request.host_header = url.hostport(scheme, host, port)  # (the client's, kept by keep_host_header)
+        else:
+            # Setting scheme/host/port also fixes the Host header and SNI; the path and query stay byte-exact.
+            request.scheme, request.host, request.port = scheme, host, port
         if upstream.path.rstrip("/"):
             request.path = upstream.path.rstrip("/") + request.path
         if flow.metadata.get(API_CALL) == MESSAGES_PATH and _OPENROUTER_SIGNATURE in (request.content or b""):

@@ -8,7 +8,7 @@ Three proxies in reverse mode in front of one fake upstream (a separate process)
 Requests alternate between the proxies (interleaved, random order each round), so drift in the
 machine's load hits all of them alike. Prints a table; ratios are addon / baseline.
 
-    .venv/bin/python bench/bench_proxy.py [--rounds 300] [--streams 200] [--slices 5]
+    .venv/bin/python bench/bench_proxy.py [--rounds 300] [--streams 250] [--slices 11]
 """
 
 from __future__ import annotations
@@ -197,9 +197,9 @@ async def read_response(reader: asyncio.StreamReader) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=300, help="latency rounds per proxy (default 300)")
-    parser.add_argument("--streams", type=int, default=200, help="streams per throughput run (default 200)")
-    parser.add_argument("--slices", type=int, default=5,
-                        help="interleaved throughput runs per proxy and concurrency; the median counts (default 5)")
+    parser.add_argument("--streams", type=int, default=250, help="streams per throughput run (default 250)")
+    parser.add_argument("--slices", type=int, default=11,
+                        help="interleaved throughput runs per proxy and concurrency; the median counts (default 11)")
     parser.add_argument("--rss-requests", type=int, default=10_000,
                         help="calls with 50 KB bodies before reading each proxy's RSS (default 10000; 0 skips)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)

@@ -43,9 +43,13 @@ def reverse_flow() -> tflow.HTTPFlow:
 def api_flow(body: dict, path: str = "/v1/messages?beta=true") -> tflow.HTTPFlow:
     flow = reverse_flow()
     flow.request = tutils.treq(method=b"POST", path=path.encode(), host="127.0.0.1", port=8082,
-                               headers=[(b"x-api-key", KEY.encode()), (b"content-type", b"application/json"),
+                               headers=[(b"host", b"127.0.0.1:8082"), (b"x-api-key", KEY.encode()),
+                                        (b"content-type", b"application/json"),
                                         (b"x-claude-code-session-id", b"session-1")],
                                content=json.dumps(body).encode())
+    # What reverse mode makes of it: the target is the reverse upstream; the Host header stays the client's
+    # (keep_host_header).
+    flow.request.data.scheme, flow.request.data.host, flow.request.data.port = b"https", "upstream.test", 8443
     return flow
 
 
@@ -88,6 +92,7 @@ async def test_streamed_call_is_routed_recorded_and_passed_through_unchanged(pro
     await run_request(addons, flow)
     assert flow.metadata[API_CALL] == "/v1/messages"
     assert (flow.request.scheme, flow.request.host, flow.request.port) == ("https", "upstream.test", 8443)
+    assert flow.request.headers["host"] == "upstream.test:8443", "the upstream's Host, not the proxy's"
     assert flow.request.path == "/base/v1/messages?beta=true"
     assert flow.request.content == json.dumps(body).encode(), "passthrough must not touch the body"
     runtime = runtime_module.current_runtime()
