@@ -122,8 +122,10 @@ class Recorder:
         if exchange is None or flow.response is None:
             return
         response = flow.response
-        exchange.response_started(response.status_code, mask_headers(response.headers.items(multi=True)))
-        if response.headers.get("content-type", "").startswith("text/event-stream"):
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            exchange.response_started(response.status_code, {})  # its headers come with its body (`response`)
+        else:
+            exchange.response_started(response.status_code, mask_headers(response.headers.items(multi=True)))
             response.stream = exchange.stream_tap
             if exchange.transform is not None and response.headers.get("transfer-encoding") == "chunked":
                 exchange.send_to_client = lambda data: send_chunk_to_client(flow, data)
@@ -149,6 +151,9 @@ class Recorder:
     def error(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
         if exchange is not None and flow.error is not None:
+            part = exchange.record.response
+            if part is not None and not part.headers and flow.response is not None:  # cut during a whole body
+                part.headers = mask_headers(flow.response.headers.items(multi=True))
             exchange.fail(flow.error.msg, cancelled=_is_client_gone(flow))
 
     @staticmethod

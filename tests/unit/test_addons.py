@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from mitmproxy import exceptions
+from mitmproxy import flow as flow_module
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
@@ -209,3 +210,20 @@ async def test_a_body_with_odd_field_types_is_still_recorded(proxy):
     record = runtime_module.current_runtime().exchanges[flow.id].record
     assert (record.model, record.session_id, record.stream) == (None, None, True)
     assert record.request.body["model"] == 5, "the body itself is recorded as sent"
+
+
+async def test_a_whole_body_cut_off_keeps_its_response_headers(proxy):
+    """A JSON answer's headers are recorded with its body; an upstream that cuts the body still leaves them."""
+    _, addons = proxy
+    flow = api_flow({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+    await run_request(addons, flow)
+    record = runtime_module.current_runtime().exchanges[flow.id].record
+    flow.response = tutils.tresp(status_code=529, headers=[(b"content-type", b"application/json"),
+                                                           (b"request-id", b"req_1"), (b"set-cookie", KEY.encode())])
+    run_response(addons, flow, "responseheaders")
+    assert record.response.status == 529 and record.response.headers == {}
+    flow.error = flow_module.Error("server disconnected")
+    run_response(addons, flow, "error")
+    assert record.status == "error" and record.error.type == "upstream_error"
+    assert record.response.headers["request-id"] == "req_1"
+    assert record.response.headers["set-cookie"] == KEY[:10] + "..." + KEY[-4:]
