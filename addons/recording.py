@@ -139,14 +139,14 @@ class Recorder:
         route = runtime_module.current_runtime().routes.get(flow.id)
         if route is not None and route.upstream_response is not None:
             exchange.record.upstream_response = parse_body(route.upstream_response)
-        exchange.ended()
+        if streamed:  # its headers went to the client before its body: the record has them (responseheaders)
+            exchange.ended(response.status_code, None, None, True)
+        else:
+            exchange.ended(response.status_code, mask_headers(response.headers.items(multi=True)), response.content,
+                           False)
         # The client's response ends only once this hook returns (mitmproxy sends a stream's last chunk after it):
         # the record's end is worked out in the loop's next turn, off the client's path.
-        if streamed:  # its headers went to the client before its body: the record has them (responseheaders)
-            args: tuple[Any, ...] = (response.status_code, None, None, True)
-        else:
-            args = (response.status_code, mask_headers(response.headers.items(multi=True)), response.content, False)
-        asyncio.get_running_loop().call_soon(_complete, exchange, args)
+        asyncio.get_running_loop().call_soon(_settle, exchange)
 
     def error(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
@@ -179,9 +179,9 @@ def _announce(runtime: runtime_module.Runtime, record: Record, request_body: byt
         runtime.bus.publish("started", record.summary())
 
 
-def _complete(exchange: Exchange, args: tuple[Any, ...]) -> None:
+def _settle(exchange: Exchange) -> None:
     try:
-        exchange.complete(*args)
+        exchange.settle()
     except Exception:  # (outside any hook: mitmproxy would not log it)
         logger.exception("recording the end of record %s failed", exchange.record.id)
 

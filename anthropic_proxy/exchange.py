@@ -46,15 +46,23 @@ class Exchange:
         self._outline = StreamOutline()
         self._stream_ended = False
         self._ended_at: float | None = None
+        self._ending: tuple[int, dict[str, str] | None, bytes | None, bool] | None = None  # for `complete`
         self._last_progress = 0.0
 
     def elapsed_ms(self) -> float:
         """Since the request began; once the response has ended, until then."""
         return round(((self._ended_at or time.monotonic()) - self.started) * 1000, 2)
 
-    def ended(self) -> None:
-        """The last byte of the response passed (its record's end may be worked out a moment later)."""
+    def ended(self, status: int, headers: dict[str, str] | None, body: bytes | None, streamed: bool) -> None:
+        """The last byte of the response passed: `complete` with these, in a moment (`settle`)."""
         self._ended_at = time.monotonic()
+        self._ending = (status, headers, body, streamed)
+
+    def settle(self) -> None:
+        """Complete an ended exchange now, if that has not happened yet."""
+        ending, self._ending = self._ending, None
+        if ending is not None:
+            self.complete(*ending)
 
     # --- response -------------------------------------------------------------------------------
 
@@ -160,6 +168,8 @@ class Exchange:
     def fail(self, message: str, *, cancelled: bool, error_type: str = "upstream_error") -> None:
         """The exchange broke off: the client left (`cancelled`) or the upstream failed (`error`). Not once the
         response has ended: then `complete` decides (the client leaving during the last chunk changes nothing)."""
+        if self._ending is not None:
+            self.settle()
         if self.record.is_final or self._ended_at is not None:
             return
         self._refresh_from_stream(finished=True)

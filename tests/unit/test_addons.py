@@ -227,3 +227,29 @@ async def test_a_whole_body_cut_off_keeps_its_response_headers(proxy):
     assert record.status == "error" and record.error.type == "upstream_error"
     assert record.response.headers["request-id"] == "req_1"
     assert record.response.headers["set-cookie"] == KEY[:10] + "..." + KEY[-4:]
+
+
+async def test_an_error_right_after_the_response_ends_the_record_as_the_response_did(proxy, monkeypatch):
+    """The record's end waits for the loop's next turn; an error before then (the client leaving during the last
+    chunk, or shutdown) completes it from the response, once, rather than calling it cancelled."""
+    _, addons = proxy
+    flow = api_flow({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+    await run_request(addons, flow)
+    runtime = runtime_module.current_runtime()
+    record = runtime.exchanges[flow.id].record
+    finals: list[str] = []
+    put = runtime.store.put
+    monkeypatch.setattr(runtime.store, "put", lambda r, **kw: (finals.append(r.status) if r.is_final else None,
+                                                                put(r, **kw)))
+    flow.response = tutils.tresp(status_code=200, headers=[(b"content-type", b"application/json")],
+                                 content=json.dumps({"type": "message", "stop_reason": "end_turn",
+                                                     "usage": {"input_tokens": 3, "output_tokens": 4}}).encode())
+    run_response(addons, flow, "responseheaders")
+    run_response(addons, flow, "response")
+    assert record.status == "pending"
+    flow.error = flow_module.Error("client disconnected")
+    run_response(addons, flow, "error")
+    assert (record.status, record.stop_reason, record.usage.output_tokens) == ("success", "end_turn", 4)
+    assert flow.id not in runtime.exchanges and finals == ["success"]
+    await asyncio.sleep(0)  # the deferred end finds the record complete and does nothing more
+    assert record.status == "success" and finals == ["success"]
