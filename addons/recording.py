@@ -140,10 +140,10 @@ class Recorder:
         if route is not None and route.upstream_response is not None:
             exchange.record.upstream_response = parse_body(route.upstream_response)
         if streamed:  # its headers went to the client before its body: the record has them (responseheaders)
-            exchange.ended(response.status_code, None, None, True)
+            headers, body = None, None
         else:
-            exchange.ended(response.status_code, mask_headers(response.headers.items(multi=True)), response.content,
-                           False)
+            headers, body = mask_headers(response.headers.items(multi=True)), response.content
+        exchange.ended(response.status_code, headers, body, streamed)
         # The client's response ends only once this hook returns (mitmproxy sends a stream's last chunk after it):
         # the record's end is worked out in the loop's next turn, off the client's path.
         asyncio.get_running_loop().call_soon(_settle, exchange)

@@ -170,7 +170,7 @@ class Exchange:
         response has ended: then `complete` decides (the client leaving during the last chunk changes nothing)."""
         if self._ending is not None:
             self.settle()
-        if self.record.is_final or self._ended_at is not None:
+        if self.record.is_final:
             return
         self._refresh_from_stream(finished=True)
         if error := self._outline.accumulator.error:

@@ -92,7 +92,7 @@ class Record(_Model):
     upstream_chunks: list[Chunk] = Field(default_factory=list)
     # The streams as they passed, (ms after the request, bytes) per network chunk: all the proxy keeps of a stream
     # while it flows. `chunks`, `upstream_chunks` and `message` are read from them away from its hot path (see
-    # stream_log.py); until then `message` holds only the outline (blocks, usage, stop reason). Never serialised.
+    # stream_log.py); until then `message` holds only the outline (usage, stop reason, no content). Never serialised.
     client_stream: list[tuple[float, bytes]] = Field(default_factory=list, exclude=True)
     upstream_stream: list[tuple[float, bytes]] = Field(default_factory=list, exclude=True)
     upstream_response: Any = None  # OpenRouter's raw answer when it was not streamed

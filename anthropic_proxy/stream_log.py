@@ -52,11 +52,11 @@ class StreamReader:
     Each event is counted, kept as a chunk (timed by the network chunk that completed it) and added to the message.
     """
 
-    __slots__ = ("_as_json", "_decoder", "_done", "_outline", "accumulator", "chunks", "count")
+    __slots__ = ("_as_json", "_decoder", "_done", "accumulator", "chunks", "count")
+    _outline = False  # StreamOutline: only the message's own events, none kept
 
     def __init__(self, *, as_json: bool = False) -> None:
         self._as_json = as_json  # keep each event as a Chunk, or (for the store's writer) as a Chunk's JSON form
-        self._outline = False
         self._decoder = SSEDecoder()
         self._done = 0  # log entries read
         self.accumulator = MessageAccumulator()
@@ -104,10 +104,10 @@ class StreamOutline(StreamReader):
     """
 
     __slots__ = ("_rest",)
+    _outline = True
 
     def __init__(self) -> None:
         super().__init__()
-        self._outline = True
         self._rest = b""  # the bytes after the last "\n\n" read
 
     def read(self, log: StreamLog) -> None:
