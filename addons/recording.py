@@ -108,7 +108,8 @@ class Recorder:
         record.metrics.request_bytes = len(client.content)
         # The body's bytes go to the store with the record: its writer parses them, rather than this event loop
         # encoding the parsed body again (see store_writer.encode).
-        exchange = Exchange(record, bus=runtime.bus, on_final=lambda r: self._finished(flow.id, r, client.content))
+        exchange = Exchange(record, bus=runtime.bus, on_final=lambda r: self._finished(flow.id, r, client.content),
+                            end_watched=_end_watched)
         exchange.started -= max(0.0, time.time() - flow.request.timestamp_start)  # count from the first byte in
         exchange.transform = route.translator if route else None
         exchange.abort = lambda: close_upstream(flow)
@@ -163,12 +164,20 @@ class Recorder:
             return
         runtime.exchanges.pop(flow_id, None)
         route = runtime.routes.pop(flow_id, None)
-        _price(runtime, record, route)
+        if record.status != "ended":  # (an ended stream is priced where its outcome is read: stream_log.settle_ended)
+            _price(runtime, record, route)
         runtime.store.put(record, request_body=request_body)
         if runtime.bus.has_subscribers:
             runtime.bus.publish("ended", record.summary())
         if _has_handlers(AnthropicRecordCompleteHook.name):
             runtime.spawn(ctx.master.addons.trigger_event(AnthropicRecordCompleteHook(read_streams(record))))
+
+
+def _end_watched() -> bool:
+    """Whether someone in the proxy takes a record's end as it happens: the live monitor, or a record-complete hook
+    (they need its outcome now; else the store's writer reads it from the stream, see Exchange.complete)."""
+    runtime = runtime_module.current_runtime()
+    return (runtime is not None and runtime.bus.has_subscribers) or _has_handlers(AnthropicRecordCompleteHook.name)
 
 
 def _announce(runtime: runtime_module.Runtime, record: Record, request_body: bytes) -> None:

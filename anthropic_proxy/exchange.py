@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from .live import LiveBus
 from .record import HttpResponsePart, Record, RecordError, Usage
-from .stream_log import StreamOutline
+from .stream_log import StreamOutline, stream_outcome, take_stream
 from .translate import fastjson
 
 logger = logging.getLogger("anthropic_proxy.exchange")
@@ -30,8 +30,13 @@ class StreamTransform(Protocol):
     def fail(self, message: str, error_type: str = "api_error") -> bytes: ...
 
 
+def _always() -> bool:
+    return True
+
+
 class Exchange:
-    def __init__(self, record: Record, *, bus: LiveBus, on_final: Callable[[Record], None]) -> None:
+    def __init__(self, record: Record, *, bus: LiveBus, on_final: Callable[[Record], None],
+                 end_watched: Callable[[], bool] = _always) -> None:
         self.record = record
         self.started = time.monotonic()
         self.last_activity = self.started  # the request, the response headers, or the last chunk
@@ -42,6 +47,9 @@ class Exchange:
         self.transform: StreamTransform | None = None
         self._bus = bus
         self._on_final = on_final
+        # Whether someone in the proxy takes the record's end as it happens (the live monitor, a record-complete
+        # hook). When nobody does, a passthrough stream's outcome is left to the store's writer (`ended`).
+        self._end_watched = end_watched
         # What the exchange's end needs of the client's stream, read from its log only then (and for live progress).
         self._outline = StreamOutline()
         self._stream_ended = False
@@ -117,12 +125,7 @@ class Exchange:
             outline.finish(log)
         else:
             outline.read(log)
-        metrics = self.record.metrics
-        metrics.chunk_count, metrics.response_bytes = outline.count, sum(len(data) for _, data in log)
-        if message := outline.accumulator.message:
-            self.record.message = message
-            self.record.usage = Usage.from_anthropic(message.get("usage"))
-            self.record.stop_reason = message.get("stop_reason")
+        take_stream(self.record, outline, log)
 
     # --- endings --------------------------------------------------------------------------------
 
@@ -138,22 +141,20 @@ class Exchange:
         if headers is not None:
             record.response.headers = headers
         if streamed:
+            if record.provider == "anthropic" and not self._end_watched():
+                # Its outcome is read with the rest of its stream, off the proxy: by the store's writer, which
+                # reads every event anyway, or by `read_streams` for whoever is shown the record sooner.
+                self._end("ended")
+                return
             self._refresh_from_stream(finished=True)
-            accumulator = self._outline.accumulator
-            if accumulator.error:
-                self._end("error", _record_error(accumulator.error))
-            elif not accumulator.stopped:
-                self._end("error", RecordError(type="incomplete_stream",
-                                               message="the stream ended before message_stop"))
-            else:
-                self._end("success")
+            self._end(*stream_outcome(self._outline.accumulator))
             return
         record.metrics.response_bytes = len(body or b"")
         parsed = parse_body(body)
         record.response.body = parsed
         if not 200 <= status < 300:
             error = parsed.get("error") if isinstance(parsed, dict) else None
-            self._end("error", _record_error(error) if isinstance(error, dict)
+            self._end("error", RecordError.from_anthropic(error) if isinstance(error, dict)
                       else RecordError(type="http_error", message=f"upstream answered HTTP {status}"))
             return
         if isinstance(parsed, dict):
@@ -176,7 +177,7 @@ class Exchange:
         if error := self._outline.accumulator.error:
             # The client already got an error event (SDKs close the connection on it): that error ended the
             # exchange, not the client leaving or the upstream going away afterwards.
-            self._end("error", _record_error(error))
+            self._end("error", RecordError.from_anthropic(error))
             return
         if cancelled:
             self._end("cancelled", RecordError(type="client_disconnected", message=message))
@@ -214,5 +215,3 @@ def parse_body(body: bytes | None) -> Any:
         return body.decode("utf-8", "replace")
 
 
-def _record_error(error: dict[str, Any]) -> RecordError:
-    return RecordError(type=str(error.get("type") or "api_error"), message=str(error.get("message") or ""))

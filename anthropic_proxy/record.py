@@ -13,9 +13,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-Status = Literal["pending", "success", "error", "cancelled"]
+# "ended" lives only in the proxy's memory: a stream has ended and its outcome (status, usage, cost) is still to be
+# read from its log. The store's writer reads it before writing, and `stream_log.read_streams` for whoever is shown
+# the record sooner; nothing stores or shows an "ended" record.
+Status = Literal["pending", "ended", "success", "error", "cancelled"]
 Provider = Literal["anthropic", "openrouter"]
-FINAL_STATUSES: frozenset[str] = frozenset({"success", "error", "cancelled"})
+FINAL_STATUSES: frozenset[str] = frozenset({"success", "error", "cancelled"})  # the outcomes stored
 
 
 class _Model(BaseModel):
@@ -69,6 +72,11 @@ class RecordError(_Model):
     type: str
     message: str
 
+    @classmethod
+    def from_anthropic(cls, error: dict[str, Any]) -> RecordError:
+        """From an Anthropic error object (`{"type": ..., "message": ...}`), whatever it holds."""
+        return cls(type=str(error.get("type") or "api_error"), message=str(error.get("message") or ""))
+
 
 class Record(_Model):
     id: str = Field(default_factory=lambda: uuid.uuid4().hex)
@@ -100,7 +108,8 @@ class Record(_Model):
 
     @property
     def is_final(self) -> bool:
-        return self.status in FINAL_STATUSES
+        """Its exchange is over: nothing changes it any more (an `ended` one's outcome is only still unread)."""
+        return self.status != "pending"
 
     def summary(self) -> dict[str, Any]:
         """The record without its bulky parts (bodies, chunks): what lists and live events carry."""

@@ -24,7 +24,7 @@ from . import __version__
 from .exchange import Exchange
 from .live import LiveBus
 from .openrouter_api import ModelCatalog
-from .pricing import PRICES_FILE, PriceBook
+from .pricing import PriceBook
 from .proxy_config import ConfigStore
 from .store import Store
 
@@ -50,7 +50,7 @@ class Runtime:
     store: Store
     config: ConfigStore
     catalog: ModelCatalog
-    prices: PriceBook = None  # type: ignore[assignment]  # built-in table + state_dir/prices.json (__post_init__)
+    prices: PriceBook = None  # type: ignore[assignment]  # built-in table + state_dir/prices.json: the store's
     settings: ProxySettings = field(default_factory=ProxySettings)
     bus: LiveBus = field(default_factory=LiveBus)
     exchanges: dict[str, Exchange] = field(default_factory=dict)  # by mitmproxy flow id
@@ -67,7 +67,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         if self.prices is None:
-            self.prices = PriceBook(self.state_dir / PRICES_FILE)
+            self.prices = self.store.prices
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run `coro` in the background, keeping a reference so the task is not collected mid-way."""

@@ -54,7 +54,7 @@ from typing import Any
 from . import bodies, store_writer
 from .dialects import DB_NAME, SQLITE_MIGRATIONS, Connection, Dialect, dialect_for
 from .masking import mask_text
-from .pricing import PriceBook, savings_for_tokens
+from .pricing import PRICES_FILE, PriceBook, savings_for_tokens
 from .record import Record, RecordError
 from .store_rows import METRIC_COLUMNS, RowWriter, prepare
 from .store_writer import WriterProcess, WriterSettings
@@ -171,6 +171,7 @@ class Store:
         self.max_records = max_records
         self.retention_days = retention_days
         self.busy_timeout = busy_timeout  # how long a write waits for another process's lock
+        self.prices = PriceBook(state_dir / PRICES_FILE)  # the proxy's too (Runtime.prices), and its writer's
         self._writer: WriterProcess | None = None  # started by the first put (the proxy's store: at once)
         with self._connect() as db:
             self.dialect.migrate(db)
@@ -333,7 +334,7 @@ class Store:
     def get(self, record_id: str) -> Record | None:
         if self._writer is not None and (queued := self._writer.pending(record_id)) is not None:
             # newer than the database until written (and a stream's events still in its log)
-            return read_streams(queued)
+            return read_streams(queued, self.prices)
         with self._reader() as db:
             row = db.execute("SELECT data, refs FROM records WHERE id = ?", (record_id,)).fetchone()
             return self._load(db, *row) if row else None

@@ -43,9 +43,10 @@ from typing import Any
 
 from .dialects import Connection, dialect_for
 from .exchange import parse_body
+from .pricing import PRICES_FILE, PriceBook
 from .record import Record
 from .store_rows import Prepared, RowWriter, prepare
-from .stream_log import StreamLog, StreamReader
+from .stream_log import StreamLog, StreamReader, settle_ended
 from .translate import fastjson
 
 logger = logging.getLogger("anthropic_proxy.store")
@@ -112,25 +113,33 @@ def encode(record: Record, request_body: bytes | None = None) -> Encoded:
     return payload, request_body, streams
 
 
-def decode(encoded: Encoded) -> tuple[Record, dict[str, Any]]:
+def decode(encoded: Encoded, prices: PriceBook | None = None) -> tuple[Record, dict[str, Any]]:
     """`encode`'s record, and its JSON data (`model_dump(mode="json", by_alias=True)`) for `prepare`. The two share
     their bodies (`prepare` reads the record before it cuts the data).
 
     A stream's events are read from its logs here, straight into their JSON form: the record gets only the message
-    (what `prepare` uses of them), the data gets the chunks too."""
+    (what `prepare` uses of them), the data gets the chunks too. An `ended` record gets its outcome here, and its
+    cost from `prices` (`stream_log.settle_ended`)."""
     payload, request_body, streams = encoded
     data = fastjson.loads(payload)
     if request_body is not None:
         data["request"]["body"] = parse_body(request_body)  # the last key of `request`, as in the model
     record = Record.model_validate(data)
-    if streams is not None:
-        client, upstream = (StreamReader(as_json=True) for _ in streams)
-        client.finish(streams[0])
-        upstream.finish(streams[1])
+    if streams is not None or record.status == "ended":  # (an ended stream may have logged nothing)
+        client_log, upstream_log = streams or ([], [])
+        client, upstream = StreamReader(as_json=True), StreamReader(as_json=True)
+        client.finish(client_log)
+        upstream.finish(upstream_log)
         data["chunks"], data["upstreamChunks"] = client.chunks, upstream.chunks
         if (message := client.accumulator.message) is not None:
             record.message = data["message"] = message
+        if record.status == "ended":
+            settle_ended(record, client, client_log, prices)
+            data.update(record.model_dump(mode="json", by_alias=True, include=_OUTCOME_FIELDS))
     return record, data
+
+
+_OUTCOME_FIELDS = frozenset({"status", "error", "usage", "stop_reason", "cost_usd", "cost_note", "metrics"})
 
 
 @dataclass(slots=True)
@@ -376,6 +385,7 @@ class Writer:
         self.logs = logs
         self.dialect = dialect_for(settings.state_dir, settings.url, busy_timeout=settings.busy_timeout)
         self.rows = RowWriter(self.dialect)
+        self.prices = PriceBook(settings.state_dir / PRICES_FILE)  # prices `ended` records, as the proxy's would
         self.db: Connection = self.dialect.connect(lazy=True)  # opened by the first write (which reports failure)
         self.legacy = settings.legacy
         self.max_records, self.retention_days = 50_000, 30.0
@@ -447,7 +457,7 @@ class Writer:
     def _take(self, items: list[tuple[str, int, Encoded]], report: Report) -> None:
         for record_id, seq, encoded in items:
             try:
-                record, data = decode(encoded)
+                record, data = decode(encoded, self.prices)
                 prepared = prepare(record, self.settings.instance_id, data)
             except Exception:  # one record that cannot be stored must not stop the writer
                 self.lost += 1

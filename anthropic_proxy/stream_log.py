@@ -4,9 +4,13 @@ On its hot path the proxy keeps only each network chunk's bytes and the time the
 parsing and keeping every event there took about a third of the proxy's CPU per stream. The events are read from
 the log where someone needs them:
 
-- the end of an exchange reads its *outline* (`StreamOutline`): the message's own events, all its final state
+- the end of an exchange that someone in the proxy takes as it happens (the live monitor, a record-complete hook;
+  and every translated one) reads its *outline* (`StreamOutline`): the message's own events, all its final state
   needs (usage, stop reason, an error event, whether `message_stop` came);
-- the store's writer process reads the whole log into `chunks` and `message` before writing the record;
+- otherwise the proxy does not read the stream at all: the record is `ended`, and its outcome is read with the
+  rest of the stream (`settle_ended`);
+- the store's writer process reads the whole log into `chunks` and `message` (and an `ended` record's outcome and
+  cost) before writing the record;
 - in the proxy, what shows a record to someone (`Store.get` of a record not yet written, the record-complete hook,
   mitmweb's view) reads it with `read_streams`.
 """
@@ -18,7 +22,8 @@ from typing import Any
 
 import orjson
 
-from .record import Chunk, Record
+from .pricing import PriceBook, apply_cost
+from .record import Chunk, Record, RecordError, Status, Usage
 from .translate import fastjson
 from .translate.accumulate import MessageAccumulator
 from .translate.sse import SSEDecoder, SSEEvent
@@ -145,16 +150,52 @@ class StreamOutline(StreamReader):
         self.accumulator.finish()
 
 
-def read_streams(record: Record) -> Record:
+def take_stream(record: Record, reader: StreamReader, log: StreamLog) -> None:
+    """What the client's stream, read so far from `log`, tells of its record: its events and bytes, and the
+    message's usage and stop reason."""
+    metrics = record.metrics
+    metrics.chunk_count, metrics.response_bytes = reader.count, sum(len(data) for _, data in log)
+    if (message := reader.accumulator.message) is not None:
+        record.message = message
+        record.usage = Usage.from_anthropic(message.get("usage"))
+        record.stop_reason = message.get("stop_reason")
+
+
+def stream_outcome(accumulator: MessageAccumulator) -> tuple[Status, RecordError | None]:
+    """How a stream that has ended went: as its error event says, cut short (no `message_stop`), or well."""
+    if accumulator.error:
+        return "error", RecordError.from_anthropic(accumulator.error)
+    if not accumulator.stopped:
+        return "error", RecordError(type="incomplete_stream", message="the stream ended before message_stop")
+    return "success", None
+
+
+def settle_ended(record: Record, client: StreamReader, log: StreamLog, prices: PriceBook | None) -> None:
+    """Give an `ended` record (a passthrough stream whose end nobody in the proxy took) the outcome and, given
+    `prices`, the cost its client stream says, `client` having read all of `log`: what `Exchange.complete` and the
+    Recorder would have given it."""
+    take_stream(record, client, log)
+    record.status, record.error = stream_outcome(client.accumulator)
+    if prices is not None:
+        apply_cost(record, prices)
+
+
+def read_streams(record: Record, prices: PriceBook | None = None) -> Record:
     """The record with its `chunks`, `upstream_chunks` and (from what the client received) `message` read from its
-    logged streams: always a copy, the record itself untouched. A record without logs (not streamed, or loaded from
-    the store, where they have been read already) keeps its own."""
-    if not record.client_stream and not record.upstream_stream:
+    logged streams, and an `ended` record's outcome (and, given `prices`, its cost): always a copy, the record
+    itself untouched. A record without logs (not streamed, or loaded from the store, where they have been read
+    already) keeps its own."""
+    if not record.client_stream and not record.upstream_stream and record.status != "ended":
         return record.model_copy()
     client, upstream = StreamReader(), StreamReader()
-    client.finish(list(record.client_stream))  # (a snapshot: a live stream's log is still growing)
+    client_log = list(record.client_stream)  # (a snapshot: a live stream's log is still growing)
+    client.finish(client_log)
     upstream.finish(list(record.upstream_stream))
     update: dict[str, Any] = {"chunks": client.chunks, "upstream_chunks": upstream.chunks}
     if client.accumulator.message is not None:
         update["message"] = client.accumulator.message
-    return record.model_copy(update=update)
+    if record.status != "ended":
+        return record.model_copy(update=update)
+    read = record.model_copy(update={**update, "metrics": record.metrics.model_copy()})  # (its own, to change)
+    settle_ended(read, client, client_log, prices)
+    return read

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from anthropic_proxy.exchange import Exchange
+from anthropic_proxy.live import LiveBus
+from anthropic_proxy.pricing import PriceBook, apply_cost
 from anthropic_proxy.record import HttpRequestPart, Record
 from anthropic_proxy.store_writer import decode, encode
 from anthropic_proxy.stream_log import StreamLog, StreamOutline, StreamReader, read_streams
@@ -119,3 +122,56 @@ def test_the_outline_finds_message_events_however_they_are_named_in_a_block() ->
         assert outline.accumulator.message["stop_reason"] == "tool_use"
     truncated = stream[:stream.index(b"event:message_stop")]
     assert not outline_of([(0.0, truncated)]).accumulator.stopped, "the ping's data is not the end"
+
+
+def ended_and_watched(log: StreamLog) -> tuple[Record, Record]:
+    """One stream ended twice: with nobody in the proxy taking its end (left `ended`) and with someone taking it
+    (the outline decides it; the Recorder prices it)."""
+    records = []
+    for watched in (False, True):
+        record = Record(request=HttpRequestPart(method="POST", path="/v1/messages"), stream=True,
+                        model="claude-sonnet-4-5")
+        exchange = Exchange(record, bus=LiveBus(), on_final=lambda _: None, end_watched=lambda w=watched: w)
+        exchange.response_started(200, {"content-type": "text/event-stream"})
+        for _, data in log:
+            exchange.stream_tap(data)
+        exchange.stream_tap(b"")
+        exchange.complete(200, None, None, True)
+        if record.status != "ended":
+            apply_cost(record, BOOK)
+        records.append(record)
+    return records[0], records[1]
+
+
+BOOK = PriceBook()
+OUTCOME = ("status", "error", "usage", "stop_reason", "cost_usd", "cost_note")
+WHOLE = sse("anthropic-json-tool.1")
+ERROR_EVENT = b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"busy"}}\n\n'
+
+
+@pytest.mark.parametrize(("stream", "status", "error"), [
+    (WHOLE, "success", None),
+    (WHOLE[:WHOLE.index(b"event: message_stop")] + ERROR_EVENT, "error", "overloaded_error"),
+    (WHOLE[:700], "error", "incomplete_stream"),
+    (b"", "error", "incomplete_stream"),
+], ids=["success", "error-event", "cut-short", "empty"])
+def test_an_ended_stream_is_read_where_it_is_shown_as_the_exchange_would_have_decided(
+        stream: bytes, status: str, error: str | None) -> None:
+    """Nobody in the proxy took the stream's end, so the record is `ended`: `read_streams` (what shows a record
+    sooner) and the store's writer give it the outcome and cost the exchange and Recorder would have."""
+    log = cut(stream, random.Random(3), 7) if stream else []
+    ended, watched = ended_and_watched(log)
+    assert ended.status == "ended" and watched.status == status
+    assert (watched.error.type if watched.error else None) == error
+    assert ended.metrics.duration_ms is not None, "its duration stops at its end all the same"
+    expected = {name: getattr(watched, name) for name in OUTCOME}
+    expected_counts = (watched.metrics.chunk_count, watched.metrics.response_bytes)
+    read = read_streams(ended, BOOK)
+    stored, data = decode(encode(ended), BOOK)
+    for shown in (read, stored, Record.model_validate(data)):
+        assert {name: getattr(shown, name) for name in OUTCOME} == expected
+        assert (shown.metrics.chunk_count, shown.metrics.response_bytes) == expected_counts
+        assert shown.metrics.duration_ms == ended.metrics.duration_ms
+    assert ended.status == "ended" and ended.metrics.chunk_count == 0, "read_streams leaves the record alone"
+    if status == "success":
+        assert expected["cost_usd"] and expected["usage"].output_tokens > 0
