@@ -164,8 +164,10 @@ class Recorder:
             return
         runtime.exchanges.pop(flow_id, None)
         route = runtime.routes.pop(flow_id, None)
-        if record.status != "ended":  # (an ended stream is priced where its outcome is read: stream_log.settle_ended)
-            _price(runtime, record, route)
+        if record.status == "ended":  # nobody here takes its end: the store's writer reads its outcome, and prices it
+            runtime.store.put(record, request_body=request_body)
+            return
+        _price(runtime, record, route)
         runtime.store.put(record, request_body=request_body)
         if runtime.bus.has_subscribers:
             runtime.bus.publish("ended", record.summary())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from urllib.parse import urlsplit
 
@@ -67,17 +68,15 @@ class Router:
 
     @staticmethod
     def _to_anthropic(flow: http.HTTPFlow, runtime: Runtime) -> None:
-        upstream = urlsplit(runtime.settings.anthropic_upstream)
+        scheme, host, port, prefix = _upstream_parts(runtime.settings.anthropic_upstream)
         request = flow.request
-        scheme, host = upstream.scheme, upstream.hostname or ""
-        port = upstream.port or (443 if scheme == "https" else 80)
         if (request.scheme, request.host, request.port) == (scheme, host, port):  # reverse mode to the upstream
             request.host_header = url.hostport(scheme, host, port)  # (the client's, kept by keep_host_header)
         else:
             # Setting scheme/host/port also fixes the Host header and SNI; the path and query stay byte-exact.
             request.scheme, request.host, request.port = scheme, host, port
-        if upstream.path.rstrip("/"):
-            request.path = upstream.path.rstrip("/") + request.path
+        if prefix:
+            request.path = prefix + request.path
         if flow.metadata.get(API_CALL) == MESSAGES_PATH and _OPENROUTER_SIGNATURE in (request.content or b""):
             _strip_openrouter_reasoning(request)
 
@@ -134,6 +133,14 @@ class Router:
         status, body, headers = translate_full_response(route, response.status_code, content,
                                                         dict(response.headers))
         flow.response = json_response(status, body, {**_passed_headers(response), **headers})
+
+
+@functools.lru_cache(maxsize=8)
+def _upstream_parts(upstream: str) -> tuple[str, str, int, str]:
+    """`anthropic_upstream` as (scheme, host, port, path prefix): parsed once per value, not once per call."""
+    parts = urlsplit(upstream)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, parts.hostname or "", port, parts.path.rstrip("/")
 
 
 def _strip_openrouter_reasoning(request: http.Request) -> None:
