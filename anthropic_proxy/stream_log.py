@@ -181,21 +181,24 @@ def settle_ended(record: Record, client: StreamReader, log: StreamLog, prices: P
 
 
 def read_streams(record: Record, prices: PriceBook | None = None) -> Record:
-    """The record with its `chunks`, `upstream_chunks` and (from what the client received) `message` read from its
-    logged streams, and an `ended` record's outcome (and, given `prices`, its cost): always a copy, the record
-    itself untouched. A record without logs (not streamed, or loaded from the store, where they have been read
-    already) keeps its own."""
+    """The record with its `chunks`, `upstream_chunks`, `message`, counts and usage read from its logged streams,
+    and an `ended` record's outcome (and, given `prices`, its cost): always a copy, the record itself untouched.
+    A record without logs (not streamed, or loaded from the store, where they have been read already) keeps its
+    own."""
     if not record.client_stream and not record.upstream_stream and record.status != "ended":
         return record.model_copy()
     client, upstream = StreamReader(), StreamReader()
     client_log = list(record.client_stream)  # (a snapshot: a live stream's log is still growing)
-    client.finish(client_log)
-    upstream.finish(list(record.upstream_stream))
-    update: dict[str, Any] = {"chunks": client.chunks, "upstream_chunks": upstream.chunks}
-    if client.accumulator.message is not None:
-        update["message"] = client.accumulator.message
-    if record.status != "ended":
-        return record.model_copy(update=update)
-    read = record.model_copy(update={**update, "metrics": record.metrics.model_copy()})  # (its own, to change)
-    settle_ended(read, client, client_log, prices)
+    if record.is_final:
+        client.finish(client_log)
+        upstream.finish(list(record.upstream_stream))
+    else:  # still flowing: an event without its blank line yet may be half-way
+        client.read(client_log)
+        upstream.read(list(record.upstream_stream))
+    read = record.model_copy(update={"chunks": client.chunks, "upstream_chunks": upstream.chunks,
+                                     "metrics": record.metrics.model_copy()})  # (its own metrics, to change)
+    if record.status == "ended":
+        settle_ended(read, client, client_log, prices)
+    elif client_log:
+        take_stream(read, client, client_log)
     return read

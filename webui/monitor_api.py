@@ -22,6 +22,7 @@ from ..runtime import RUNTIME_KEY as RUNTIME
 from ..runtime import Runtime
 from ..store import RecordFilter, parse_time_range, record_json
 from ..store_rows import search_text
+from ..stream_log import read_streams
 from .common import error_response
 from .security import token_required
 
@@ -109,7 +110,9 @@ def summary_matches(summary: dict[str, Any], flt: RecordFilter, search_text: str
 
 
 def _in_flight(runtime: Runtime, record_id: str) -> Record | None:
-    return next((e.record for e in list(runtime.exchanges.values()) if e.record.id == record_id), None)
+    """A record still in flight, its stream so far read from its log (the exchange itself keeps only bytes)."""
+    record = next((e.record for e in list(runtime.exchanges.values()) if e.record.id == record_id), None)
+    return read_streams(record, runtime.prices) if record is not None else None
 
 
 # ---- records ------------------------------------------------------------------------------------------------

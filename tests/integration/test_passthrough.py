@@ -611,3 +611,30 @@ def test_restart_keeps_records(start_proxy, fake_anthropic, test_tag):
     with httpx.Client(base_url=url, trust_env=False, timeout=20) as c:
         assert c.post("/v1/messages", json=base, headers={"x-test-tag": test_tag + "-d"}).status_code == 200
     assert p.wait_record(by_tag(test_tag + "-d"))["status"] == "success"
+
+
+def test_record_detail_of_a_stream_in_flight_shows_its_events_so_far(make_client, proxy, fake_anthropic, test_tag):
+    """The exchange keeps only the stream's bytes while it flows: the detail API reads them for whoever asks."""
+    client = make_client(default_headers={"x-test-tag": test_tag, "x-fake-scenario": "hold",
+                                          "x-fake-hold-id": test_tag})
+
+    def consume() -> None:
+        with client.messages.stream(model=MODEL, max_tokens=8, messages=MESSAGES) as stream:
+            stream.until_done()
+
+    done = threading.Thread(target=consume, daemon=True)
+    record_id = None
+    done.start()
+    try:
+        fake_anthropic.wait_holding(test_tag)
+        record_id = proxy.wait_record(by_tag(test_tag), final=False)["id"]
+        live = proxy.get_record(record_id)
+        assert live is not None and live["status"] == "pending"
+        assert [c["event"] for c in live["chunks"]] == ["message_start", "ping", "content_block_start",
+                                                        "content_block_delta"], "the events sent before the hold"
+        assert live["message"]["content"] and live["metrics"]["chunkCount"] == len(live["chunks"])
+    finally:
+        fake_anthropic.release(test_tag)
+        done.join(timeout=10)
+    final = proxy.wait_record(record_id or by_tag(test_tag))
+    assert final["status"] == "success" and len(final["chunks"]) > len(live["chunks"])
