@@ -50,8 +50,9 @@ class Exchange:
         # Whether someone in the proxy takes the record's end as it happens (the live monitor, a record-complete
         # hook). When nobody does, a passthrough stream's outcome is left to the store's writer (`ended`).
         self._end_watched = end_watched
-        # What the exchange's end needs of the client's stream, read from its log only then (and for live progress).
-        self._outline = StreamOutline()
+        # What the exchange's end needs of the client's stream, read from its log only then (and for live progress);
+        # made on first use: an end left to the store's writer never reads it.
+        self._outline: StreamOutline | None = None
         self._stream_ended = False
         self._ended_at: float | None = None
         self._ending: tuple[int, dict[str, str] | None, bytes | None, bool] | None = None  # for `complete`
@@ -119,13 +120,16 @@ class Exchange:
             except Exception:  # a recording bug must never cost the client a byte
                 logger.exception("live progress failed for record %s", self.record.id)
 
-    def _refresh_from_stream(self, *, finished: bool = False) -> None:
+    def _refresh_from_stream(self, *, finished: bool = False) -> StreamOutline:
         outline, log = self._outline, self.record.client_stream
+        if outline is None:
+            outline = self._outline = StreamOutline()
         if finished:
             outline.finish(log)
         else:
             outline.read(log)
         take_stream(self.record, outline, log)
+        return outline
 
     # --- endings --------------------------------------------------------------------------------
 
@@ -146,8 +150,7 @@ class Exchange:
                 # reads every event anyway, or by `read_streams` for whoever is shown the record sooner.
                 self._end("ended")
                 return
-            self._refresh_from_stream(finished=True)
-            self._end(*stream_outcome(self._outline.accumulator))
+            self._end(*stream_outcome(self._refresh_from_stream(finished=True).accumulator))
             return
         record.metrics.response_bytes = len(body or b"")
         parsed = parse_body(body)
@@ -173,8 +176,7 @@ class Exchange:
             self.settle()
         if self.record.is_final:
             return
-        self._refresh_from_stream(finished=True)
-        if error := self._outline.accumulator.error:
+        if error := self._refresh_from_stream(finished=True).accumulator.error:
             # The client already got an error event (SDKs close the connection on it): that error ended the
             # exchange, not the client leaving or the upstream going away afterwards.
             self._end("error", RecordError.from_anthropic(error))
