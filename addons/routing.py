@@ -68,10 +68,10 @@ class Router:
 
     @staticmethod
     def _to_anthropic(flow: http.HTTPFlow, runtime: Runtime) -> None:
-        scheme, host, port, prefix = _upstream_parts(runtime.settings.anthropic_upstream)
+        scheme, host, port, prefix, hostport = _upstream_parts(runtime.settings.anthropic_upstream)
         request = flow.request
         if (request.scheme, request.host, request.port) == (scheme, host, port):  # reverse mode to the upstream
-            request.host_header = url.hostport(scheme, host, port)  # (the client's, kept by keep_host_header)
+            request.host_header = hostport  # (the client's, kept by keep_host_header)
         else:
             # Setting scheme/host/port also fixes the Host header and SNI; the path and query stay byte-exact.
             request.scheme, request.host, request.port = scheme, host, port
@@ -136,11 +136,12 @@ class Router:
 
 
 @functools.lru_cache(maxsize=8)
-def _upstream_parts(upstream: str) -> tuple[str, str, int, str]:
-    """`anthropic_upstream` as (scheme, host, port, path prefix): parsed once per value, not once per call."""
+def _upstream_parts(upstream: str) -> tuple[str, str, int, str, str]:
+    """`anthropic_upstream` as (scheme, host, port, path prefix, Host header): parsed once per value, not per call."""
     parts = urlsplit(upstream)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return parts.scheme, parts.hostname or "", port, parts.path.rstrip("/")
+    scheme, host = parts.scheme, parts.hostname or ""
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, host, port, parts.path.rstrip("/"), url.hostport(scheme, host, port)
 
 
 def _strip_openrouter_reasoning(request: http.Request) -> None:

@@ -226,10 +226,11 @@ class Store:
 
         `request_body`: the bytes `record.request.body` was parsed from (`exchange.parse_body`), when the caller has
         them: the writer then parses those instead of the proxy encoding the body again (see `store_writer.encode`).
-        The store keeps a shallow copy of a record still pending: the caller goes on changing it (its stream is still
-        arriving), and the writer's sender, in another thread, must see each put as it was, with its own identity.
+        A record still pending is kept as it is, not copied, while its exchange goes on changing it: `get` then
+        shows it as it is now, and the writer's sender encodes it if its call still runs `PENDING_DELAY` later
+        (pydantic's encoder holds the GIL throughout, so the JSON is one state of it); a newer put supersedes it.
         A final record is no longer changed (the record-complete hook gets a copy: `stream_log.read_streams`)."""
-        self._writer_process().put(record if record.is_final else record.model_copy(), request_body)
+        self._writer_process().put(record, request_body)
 
     def flush(self, timeout: float = 10) -> None:
         """Wait until the writer has tried to write everything put so far (bounded by `timeout`)."""
