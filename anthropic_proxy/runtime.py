@@ -50,7 +50,6 @@ class Runtime:
     store: Store
     config: ConfigStore
     catalog: ModelCatalog
-    prices: PriceBook = None  # type: ignore[assignment]  # built-in table + state_dir/prices.json: the store's
     settings: ProxySettings = field(default_factory=ProxySettings)
     bus: LiveBus = field(default_factory=LiveBus)
     exchanges: dict[str, Exchange] = field(default_factory=dict)  # by mitmproxy flow id
@@ -65,9 +64,10 @@ class Runtime:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     watchdog: asyncio.Task[None] | None = None
 
-    def __post_init__(self) -> None:
-        if self.prices is None:
-            self.prices = self.store.prices
+    @property
+    def prices(self) -> PriceBook:
+        """The built-in table plus state_dir/prices.json: the store's book (its writer prices from the same file)."""
+        return self.store.prices
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run `coro` in the background, keeping a reference so the task is not collected mid-way."""

@@ -256,7 +256,7 @@ def main() -> None:
 
 def report(latency: dict, throughput: dict, rss: dict, args: argparse.Namespace) -> None:
     def row(label: str, ours: float, base: float, unit: str, ratio: float | None = None) -> str:
-        return f"| {label} | {base:.2f} {unit} | {ours:.2f} {unit} | {ratio or ours / base:.2f}x |"
+        return f"| {label} | {base:.2f} {unit} | {ours:.2f} {unit} | {ours / base if ratio is None else ratio:.2f}x |"
 
     ours, bare, bare_stream = latency["addon"], latency["bare"], latency["bare+stream"]
     print(f"{args.rounds} interleaved rounds; SSE answers of {SSE_EVENTS} events; {args.slices} interleaved "
