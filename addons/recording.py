@@ -4,9 +4,11 @@ final at its end (success, error or cancelled). Store writes and user hooks run 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +21,7 @@ from anthropic_proxy.hooks import AnthropicRecordCompleteHook
 from anthropic_proxy.masking import mask_headers
 from anthropic_proxy.openrouter_route import ClientRequest, Route
 from anthropic_proxy.pricing import apply_cost
-from anthropic_proxy.record import HttpRequestPart, Record
+from anthropic_proxy.record import HttpRequestPart, Record, as_text
 from anthropic_proxy.stream_log import read_streams
 
 from .routing import API_CALL
@@ -30,23 +32,28 @@ RECORD_ID = "anthropic_proxy.record_id"
 SESSION_HEADER = "x-claude-code-session-id"
 
 
-def session_of(headers: http.Headers, body: Any) -> str | None:
+def session_of(headers: Mapping[str, str], body: Any) -> str | None:
     """Claude Code's session: its header, else the session inside `metadata.user_id` (a JSON string)."""
-    if session := headers.get(SESSION_HEADER):
+    if session := next((value for name, value in headers.items() if name.lower() == SESSION_HEADER), None):
         return session
     user_id = (body.get("metadata") or {}).get("user_id") if isinstance(body, dict) else None
     if isinstance(user_id, str) and user_id.startswith("{"):
         try:
-            return _text(json.loads(user_id).get("session_id"))
+            return as_text(json.loads(user_id).get("session_id"))
         except (ValueError, AttributeError):
             return None
     return None
 
 
-def _text(value: Any) -> str | None:
-    """A field of the client's body the record keeps as text: a call with another type there (which the upstream
-    will refuse) is recorded all the same, the body showing what was sent."""
-    return value if isinstance(value, str) else None
+def describe_call(record: Record, client: ClientRequest) -> None:
+    """The record's account of the client's call, read from what it sent: its body, masked headers, model, whether
+    it streams, its session."""
+    body = parse_body(client.content)
+    request = record.request
+    request.headers, request.body = mask_headers(client.headers), body
+    if isinstance(body, dict):
+        record.model, record.stream = as_text(body.get("model")), bool(body.get("stream"))
+    record.session_id = session_of(request.headers, body)
 
 
 def exchange_of(flow: http.HTTPFlow) -> Exchange | None:
@@ -93,30 +100,26 @@ class Recorder:
         client = route.client if route else ClientRequest(flow.request.method, flow.request.path,
                                                           flow.request.headers.items(multi=True),
                                                           flow.request.content or b"")
-        body = parse_body(client.content)
         record = Record(
             timestamp=datetime.fromtimestamp(flow.request.timestamp_start, UTC),
-            request=HttpRequestPart(method=client.method, path=client.path, headers=mask_headers(client.headers),
-                                    body=body),
+            request=HttpRequestPart(method=client.method, path=client.path),
             provider="openrouter" if route else "anthropic",
-            model=_text(body.get("model")) if isinstance(body, dict) else None,
             upstream_model=route.upstream_model if route else None,
             upstream_request=route.upstream_body if route else None,
-            stream=bool(body.get("stream")) if isinstance(body, dict) else False,
-            session_id=session_of(flow.request.headers, body),
         )
         record.metrics.request_bytes = len(client.content)
-        # The body's bytes go to the store with the record: its writer parses them, rather than this event loop
-        # encoding the parsed body again (see store_writer.encode).
+        # The rest of the record (body, headers, model...) is read from the call's bytes once it has gone upstream
+        # (Exchange.record). The body's bytes also go to the store with the record: its writer parses them, rather
+        # than this event loop encoding the parsed body again (see store_writer.encode).
         exchange = Exchange(record, bus=runtime.bus, on_final=lambda r: self._finished(flow.id, r, client.content),
-                            end_watched=_end_watched)
+                            end_watched=_end_watched, describe=functools.partial(describe_call, record, client))
         exchange.started -= max(0.0, time.time() - flow.request.timestamp_start)  # count from the first byte in
         exchange.transform = route.translator if route else None
         exchange.abort = lambda: close_upstream(flow)
         runtime.exchanges[flow.id] = exchange
         flow.metadata[RECORD_ID] = record.id
-        # Stored and announced in the loop's next turn: the request goes upstream first.
-        asyncio.get_running_loop().call_soon(_announce, runtime, record, client.content)
+        # Described, stored and announced in the loop's next turn: the request goes upstream first.
+        asyncio.get_running_loop().call_soon(_announce, runtime, exchange, client.content)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
@@ -182,7 +185,8 @@ def _end_watched() -> bool:
     return (runtime is not None and runtime.bus.has_subscribers) or _has_handlers(AnthropicRecordCompleteHook.name)
 
 
-def _announce(runtime: runtime_module.Runtime, record: Record, request_body: bytes) -> None:
+def _announce(runtime: runtime_module.Runtime, exchange: Exchange, request_body: bytes) -> None:
+    record = exchange.record
     if record.is_final:  # it ended at once (an error hook in the same turn): its final put says it all
         return
     runtime.store.put(record, request_body=request_body)

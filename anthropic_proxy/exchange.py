@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from .live import LiveBus
-from .record import HttpResponsePart, Record, RecordError, Usage
+from .record import HttpResponsePart, Record, RecordError, Usage, as_text
 from .stream_log import StreamOutline, stream_outcome, take_stream
 from .translate import fastjson
 
@@ -36,8 +36,11 @@ def _always() -> bool:
 
 class Exchange:
     def __init__(self, record: Record, *, bus: LiveBus, on_final: Callable[[Record], None],
-                 end_watched: Callable[[], bool] = _always) -> None:
-        self.record = record
+                 end_watched: Callable[[], bool] = _always, describe: Callable[[], None] | None = None) -> None:
+        self._record = record
+        # Fills in the record's account of the client's call (its parsed body, masked headers, model...): run on
+        # the record's first read (see `record`), not while the call waits to go upstream.
+        self._describe = describe
         self.started = time.monotonic()
         self.last_activity = self.started  # the request, the response headers, or the last chunk
         self.abort: Callable[[], None] | None = None  # closes the upstream connection (set by the Recorder)
@@ -57,6 +60,16 @@ class Exchange:
         self._ended_at: float | None = None
         self._ending: tuple[int, dict[str, str] | None, bytes | None, bool] | None = None  # for `complete`
         self._last_progress = 0.0
+
+    @property
+    def record(self) -> Record:
+        """The exchange's record, described first if that is still to be done. The Recorder reads it in the loop's
+        next turn, once the call has gone upstream: a Claude Code body is hundreds of KB of JSON to parse, and that
+        must not delay the call; whoever reads it sooner (an error in the same turn, mitmweb's view) gets it whole."""
+        if self._describe is not None:
+            describe, self._describe = self._describe, None
+            describe()
+        return self._record
 
     def elapsed_ms(self) -> float:
         """Since the request began; once the response has ended, until then."""
@@ -163,7 +176,7 @@ class Exchange:
         if isinstance(parsed, dict):
             if parsed.get("type") == "message":
                 record.message = parsed
-                record.stop_reason = parsed.get("stop_reason")
+                record.stop_reason = as_text(parsed.get("stop_reason"))
                 record.usage = Usage.from_anthropic(parsed.get("usage"))
             elif "input_tokens" in parsed:  # count_tokens
                 record.usage = Usage(input_tokens=parsed.get("input_tokens") or 0)

@@ -8,6 +8,7 @@ translated answer.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +43,7 @@ class ClientRequest:
 
     method: str
     path: str
-    headers: list[tuple[str, str]]
+    headers: Iterable[tuple[str, str]]  # as they were when the call came in (read once, by the Recorder)
     content: bytes
 
 

@@ -45,9 +45,23 @@ class Usage(_Model):
     cache_read_input_tokens: int = 0
 
     @classmethod
-    def from_anthropic(cls, usage: dict[str, Any] | None) -> Usage:
-        usage = usage or {}
-        return cls(**{name: usage.get(name) or 0 for name in cls.model_fields})
+    def from_anthropic(cls, usage: Any) -> Usage:
+        """From an Anthropic usage object, whatever it holds: a count that is not a whole number counts 0."""
+        usage = usage if isinstance(usage, dict) else {}
+        return cls(**{name: _count(usage.get(name)) for name in cls.model_fields})
+
+
+def _count(value: Any) -> int:
+    """A token count as sent, if it is one a database can hold (JSON has no integer type of its own)."""
+    if value.__class__ is float and value.is_integer():
+        value = int(value)
+    return value if value.__class__ is int and 0 <= value < 2**53 else 0
+
+
+def as_text(value: Any) -> str | None:
+    """A field the record keeps as text (a model, a session, a stop reason): anything else a client or an upstream
+    sends there is not kept in it (the body shows what was sent)."""
+    return value if isinstance(value, str) else None
 
 
 class Metrics(_Model):

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from .pricing import PriceBook, apply_cost
-from .record import Chunk, Record, RecordError, Status, Usage
+from .record import Chunk, Record, RecordError, Status, Usage, as_text
 from .translate import fastjson
 from .translate.accumulate import MessageAccumulator
 from .translate.sse import SSEDecoder, SSEEvent
@@ -91,10 +91,7 @@ class StreamReader:
                                 for event, value in zip(events, values, strict=True)]
             else:
                 self.chunks += [Chunk(t_ms, event.event, value) for event, value in zip(events, values, strict=True)]
-        add = self.accumulator.add
-        for value in values:
-            if isinstance(value, dict):
-                add(value)
+        self.accumulator.add_all(values)
 
 
 class StreamOutline(StreamReader):
@@ -158,7 +155,7 @@ def take_stream(record: Record, reader: StreamReader, log: StreamLog) -> None:
     if (message := reader.accumulator.message) is not None:
         record.message = message
         record.usage = Usage.from_anthropic(message.get("usage"))
-        record.stop_reason = message.get("stop_reason")
+        record.stop_reason = as_text(message.get("stop_reason"))
 
 
 def stream_outcome(accumulator: MessageAccumulator) -> tuple[Status, RecordError | None]:

@@ -7,10 +7,14 @@ The accumulator never raises on odd input: a proxy must keep recording whatever 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 # Delta type -> the block's string field its pieces extend.
 _STRING_DELTAS = {"text_delta": "text", "thinking_delta": "thinking", "signature_delta": "signature"}
+# How far past the last block a content_block_start may place its block (the places between stay empty). Indexes
+# come one after another; a start far beyond is ignored rather than filling memory with empty blocks.
+MAX_INDEX_GAP = 64
 
 
 class MessageAccumulator:
@@ -32,46 +36,71 @@ class MessageAccumulator:
             self._join_pieces()
         return self._message
 
+    def add_all(self, events: Iterable[Any]) -> None:
+        """`add` each event that is a dict (anything else is not an event). The string delta to a block already
+        extended, nearly every event of a stream, is taken right here: this runs once per event the store keeps."""
+        pieces_of, add = self._pieces, self.add
+        for event in events:
+            if event.__class__ is dict and event.get("type") == "content_block_delta":
+                delta = event.get("delta")
+                kind = delta.get("type") if delta.__class__ is dict else None
+                field = _STRING_DELTAS.get(kind) if kind.__class__ is str else None
+                index = event.get("index", -1)
+                if field is not None and index.__class__ is int:
+                    piece, pieces = delta.get(field, ""), pieces_of.get((index, field))
+                    if pieces is not None and piece.__class__ is str:
+                        pieces.append(piece)
+                        continue
+            if isinstance(event, dict):
+                add(event)
+
     def add(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "content_block_delta":  # nearly every event: tested first
-            self._apply_delta(event.get("index", -1), event.get("delta") or {})
+            self._apply_delta(event.get("index", -1), _object(event.get("delta")))
         elif kind == "message_start":
             self._join_pieces()  # into the blocks of the message being replaced, which a reader may still hold
-            self._message = dict(event.get("message") or {})
-            self._message.setdefault("content", [])
-            self._message["content"] = list(self._message["content"])
-            self._message["usage"] = dict(self._message.get("usage") or {})
+            message = self._message = dict(_object(event.get("message")))
+            content = message.get("content")
+            message["content"] = list(content) if isinstance(content, list) else []
+            message["usage"] = dict(_object(message.get("usage")))
         elif kind == "error":
-            self.error = event.get("error") or {"type": "api_error", "message": json.dumps(event)}
+            error = event.get("error")
+            self.error = error if isinstance(error, dict) and error else {"type": "api_error",
+                                                                          "message": json.dumps(event)}
         elif self._message is None:
             return
         elif kind == "content_block_start":
-            self._join_pieces()  # the pieces' indexes must keep pointing at the blocks they belong to
-            index = event.get("index", len(self._message["content"]))
-            block = dict(event.get("content_block") or {})
             content = self._message["content"]
+            index = event.get("index", len(content))
+            if index.__class__ is not int or not 0 <= index <= len(content) + MAX_INDEX_GAP:
+                return
+            self._join_pieces()  # the pieces' indexes must keep pointing at the blocks they belong to
             while len(content) <= index:
                 content.append({})
-            content[index] = block
+            content[index] = dict(_object(event.get("content_block")))
         elif kind == "content_block_stop":
             self._close_block(event.get("index", -1))
         elif kind == "message_delta":
-            delta = event.get("delta") or {}
+            delta = _object(event.get("delta"))
             for key in ("stop_reason", "stop_sequence", "stop_details"):
                 if key in delta:
                     self._message[key] = delta[key]
             # message_delta's usage is cumulative and authoritative (it may even revise input_tokens).
-            usage = event.get("usage") or {}
+            usage = _object(event.get("usage"))
             self._message["usage"].update({k: v for k, v in usage.items() if v is not None})
         elif kind == "message_stop":
             self.stopped = True
 
-    def _block(self, index: int) -> dict[str, Any] | None:
+    def _block(self, index: Any) -> dict[str, Any] | None:
+        """The block at `index`, if there is one, and it is an object (a message_start can carry anything)."""
         content = self._message["content"] if self._message else []
-        return content[index] if 0 <= index < len(content) else None
+        block = content[index] if index.__class__ is int and 0 <= index < len(content) else None
+        return block if isinstance(block, dict) else None
 
-    def _apply_delta(self, index: int, delta: dict[str, Any]) -> None:
+    def _apply_delta(self, index: Any, delta: dict[str, Any]) -> None:
+        if index.__class__ is not int:  # (a list would not hash, a float would not index)
+            return
         kind = delta.get("type")
         field = _STRING_DELTAS.get(kind) if isinstance(kind, str) else None  # (a list there would not hash)
         if field is not None:
@@ -95,13 +124,15 @@ class MessageAccumulator:
             if isinstance(piece, str):  # anything else cannot extend a string: ignored rather than raising
                 self._partial_json.setdefault(index, []).append(piece)
         elif kind == "citations_delta":
-            block.setdefault("citations", []).append(delta.get("citation"))
+            citations = block.setdefault("citations", [])
+            if isinstance(citations, list):
+                citations.append(delta.get("citation"))
 
     def _join_pieces(self) -> None:
         # Pieces belong to blocks of the current message, which stay at their index until the next
         # content_block_start or message_start, and both join first.
         content = self._message["content"] if self._message else []
-        for (index, field), pieces in self._pieces.items():
+        for (index, field), pieces in self._pieces.items():  # (pieces exist only for blocks that are objects)
             value = content[index].get(field, "")
             if isinstance(value, str):  # a field that is not a string cannot be extended (it never could)
                 content[index][field] = value + "".join(pieces)
@@ -123,3 +154,8 @@ class MessageAccumulator:
         for index in list(self._partial_json):
             self._close_block(index)
         return self.message
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """A field that should hold an object: it, or an empty one when it holds anything else."""
+    return value if isinstance(value, dict) else {}

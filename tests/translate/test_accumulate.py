@@ -80,3 +80,58 @@ def test_odd_deltas_change_nothing_and_never_raise():
                   {"type": "content_block_stop", "index": 1}]:
         accumulator.add(event)
     assert accumulator.finish()["content"] == [{"type": "text", "text": None}, {"type": "text", "text": "ok"}]
+
+
+def test_fields_of_any_type_are_ignored_never_raised_on():
+    """The store reads every event an upstream sent: whatever a field holds, the event changes what it can."""
+    accumulator = MessageAccumulator()
+    accumulator.add({"type": "message_start", "message": "not an object"})
+    assert accumulator.message == {"content": [], "usage": {}}
+    accumulator.add({"type": "message_start", "message": {"content": [1, "x"], "usage": []}})
+    for event in [delta(0, "text_delta", text="to a block that is no object"), delta(1, "citations_delta"),
+                  {"type": "content_block_start", "index": "2", "content_block": {}},
+                  {"type": "content_block_start", "index": -1, "content_block": {}},
+                  {"type": "content_block_start", "index": 2, "content_block": "not an object"},
+                  {"type": "content_block_delta", "index": 2, "delta": ["not", "an", "object"]},
+                  {"type": "content_block_stop", "index": [2]},
+                  {"type": "message_delta", "delta": "x", "usage": 3}]:
+        accumulator.add(event)
+    assert accumulator.finish() == {"content": [1, "x", {}], "usage": {}}
+    accumulator.add({"type": "content_block_start", "index": 3, "content_block": {"type": "text", "citations": 5}})
+    accumulator.add(delta(3, "citations_delta", citation={"url": "u"}))
+    assert accumulator.message["content"][3] == {"type": "text", "citations": 5}
+    accumulator.add({"type": "error", "error": "overloaded"})
+    assert accumulator.error["type"] == "api_error" and "overloaded" in accumulator.error["message"]
+
+
+def test_a_block_far_beyond_the_last_is_ignored():
+    accumulator = MessageAccumulator()
+    start(accumulator, {"type": "text", "text": ""})
+    accumulator.add({"type": "content_block_start", "index": 10**12, "content_block": {"type": "text"}})
+    accumulator.add({"type": "content_block_start", "index": 3, "content_block": {"type": "text", "text": "b"}})
+    assert accumulator.message["content"] == [{"type": "text", "text": ""}, {}, {}, {"type": "text", "text": "b"}]
+
+
+def test_add_all_is_add_for_each_event():
+    """The batch path takes string deltas itself: it must end where `add`, one event at a time, does."""
+    events: list[Any] = [{"type": "message_start", "message": {"content": [], "usage": {"input_tokens": 1}}}, "noise",
+                         {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking"}},
+                         delta(0, "thinking_delta", thinking="a"), delta(0, "thinking_delta", thinking="b"),
+                         delta(0, "signature_delta", signature="s"), delta(0, "thinking_delta", thinking=7),
+                         {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": "x"}},
+                         delta(1, "text_delta", text="y"), delta(1, "text_delta", text="z"), delta(True, "text_delta",
+                                                                                               text="bool index"),
+                         {"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use"}},
+                         delta(2, "input_json_delta", partial_json='{"a":'), delta(2, "input_json_delta",
+                                                                                  partial_json="1}"),
+                         {"type": "content_block_stop", "index": 2}, delta(5, "text_delta", text="nowhere"),
+                         {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}, {"type": "message_stop"}]
+    one_by_one, batch = MessageAccumulator(), MessageAccumulator()
+    for event in events:
+        if isinstance(event, dict):
+            one_by_one.add(event)
+    batch.add_all(events[:7])
+    batch.add_all(events[7:])
+    assert batch.finish() == one_by_one.finish()
+    assert batch.message["content"][0] == {"type": "thinking", "thinking": "ab", "signature": "s"}
+    assert batch.message["content"][2]["input"] == {"a": 1} and batch.stopped

@@ -15,7 +15,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
 from anthropic_proxy import runtime as runtime_module
-from anthropic_proxy.addons import all_addons
+from anthropic_proxy.addons import all_addons, recording, routing
 from anthropic_proxy.addons.recording import RECORD_ID
 from anthropic_proxy.addons.routing import API_CALL
 from anthropic_proxy.addons.startup import Startup
@@ -210,6 +210,47 @@ async def test_a_body_with_odd_field_types_is_still_recorded(proxy):
     record = runtime_module.current_runtime().exchanges[flow.id].record
     assert (record.model, record.session_id, record.stream) == (None, None, True)
     assert record.request.body["model"] == 5, "the body itself is recorded as sent"
+
+
+async def test_the_call_is_read_for_its_record_after_it_has_gone_upstream(proxy, monkeypatch):
+    """Parsing a body (hundreds of KB from Claude Code) and masking headers wait for the loop's next turn: the
+    request hooks only register the exchange. Whoever reads the record sooner gets it whole."""
+    _, addons = proxy
+    described: list[str] = []
+    original = recording.describe_call
+    monkeypatch.setattr(recording, "describe_call", lambda record, client: (described.append(record.id),
+                                                                            original(record, client)))
+    flow = api_flow({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]})
+    await run_request(addons, flow)
+    assert described == [], "the record must not be described on the client's path"
+    await asyncio.sleep(0)
+    record = runtime_module.current_runtime().exchanges[flow.id].record
+    assert described == [record.id]
+    assert (record.model, record.session_id, record.request.body["messages"][0]["content"]) == \
+        ("claude-sonnet-4-5", "session-1", "hi")
+
+    early = api_flow({"model": "claude-haiku-4-5", "messages": []})
+    await run_request(addons, early)
+    exchange = runtime_module.current_runtime().exchanges[early.id]
+    assert exchange.record.model == "claude-haiku-4-5", "a read before the next turn describes it first"
+    await asyncio.sleep(0)
+    assert described.count(exchange.record.id) == 1
+
+
+async def test_openrouter_mode_records_the_clients_session_header(proxy, monkeypatch):
+    """The Router replaces the call's headers with OpenRouter's before the Recorder runs: the session comes from
+    the headers the client sent."""
+    tctx, addons = proxy
+    tctx.configure(addons[0], proxy_mode="openrouter")
+    monkeypatch.setattr(routing.environment, "get",
+                        lambda name, default="": "sk-or-v1-" + "0" * 40 if name == "OPENROUTER_API_KEY" else default)
+    flow = api_flow({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+    await run_request(addons, flow)
+    assert "x-claude-code-session-id" not in flow.request.headers, "the call to OpenRouter has its own headers"
+    await asyncio.sleep(0)
+    record = runtime_module.current_runtime().exchanges[flow.id].record
+    assert record.provider == "openrouter" and record.session_id == "session-1"
+    assert record.request.headers["x-api-key"] == KEY[:10] + "..." + KEY[-4:], "the client's headers, masked"
 
 
 async def test_a_whole_body_cut_off_keeps_its_response_headers(proxy):

@@ -15,6 +15,7 @@ from anthropic_proxy.pricing import PriceBook, apply_cost
 from anthropic_proxy.record import HttpRequestPart, Record
 from anthropic_proxy.store_writer import decode, encode
 from anthropic_proxy.stream_log import StreamLog, StreamOutline, StreamReader, read_streams
+from anthropic_proxy.translate.sse import encode_event
 
 FIXTURES = Path(__file__).parent.parent / "data" / "anthropic_sse" / "anthropic"
 NAMES = sorted(p.name.removesuffix(".chunks.txt") for p in FIXTURES.glob("*.chunks.txt"))
@@ -175,3 +176,37 @@ def test_an_ended_stream_is_read_where_it_is_shown_as_the_exchange_would_have_de
     assert ended.status == "ended" and ended.metrics.chunk_count == 0, "read_streams leaves the record alone"
     if status == "success":
         assert expected["cost_usd"] and expected["usage"].output_tokens > 0
+
+
+def odd_stream() -> bytes:
+    """Anything an upstream could send in an event's fields: wrong types, impossible indexes, huge counts."""
+    def delta(index: object, value: object) -> tuple[str, dict]:
+        return "content_block_delta", {"type": "content_block_delta", "index": index, "delta": value}
+
+    events = [
+        ("message_start", {"type": "message_start", "message": {
+            "id": "msg_odd", "content": "not a list", "usage": {"input_tokens": "12", "output_tokens": 1.0,
+                                                               "cache_read_input_tokens": 1e300}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 10**9, "content_block": {"type": "text"}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text",
+                                                                                           "text": ""}}),
+        delta([0], {"type": "text_delta", "text": "list index"}), delta(0.0, {"type": "text_delta", "text": "float"}),
+        delta(0, "not an object"), delta(0, {"type": "text_delta", "text": "ok"}),
+        ("content_block_stop", {"type": "content_block_stop", "index": "a"}),
+        ("message_delta", {"type": "message_delta", "delta": 5, "usage": "x"}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": 5}, "usage": {"output_tokens": 3}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return b"".join(encode_event(name, data) for name, data in events)
+
+
+def test_a_stream_of_odd_shapes_is_still_recorded() -> None:
+    """Odd fields are ignored, never raised on: a raise would leave the record pending in the proxy, or lose it in
+    the store's writer (and a start at a huge index must not fill memory with empty blocks)."""
+    ended, watched = ended_and_watched(cut(odd_stream(), random.Random(5), 6))
+    stored, data = decode(encode(ended), BOOK)
+    for record in (watched, read_streams(ended, BOOK), stored, Record.model_validate(data)):
+        assert record.status == "success" and record.stop_reason is None
+        assert (record.usage.input_tokens, record.usage.output_tokens, record.usage.cache_read_input_tokens) == \
+            (0, 3, 0)
+    assert stored.message["content"] == [{"type": "text", "text": "ok"}]
