@@ -26,7 +26,7 @@ from .pricing import PriceBook, apply_cost
 from .record import Chunk, Record, RecordError, Status, Usage, as_text
 from .translate import fastjson
 from .translate.accumulate import MessageAccumulator
-from .translate.sse import SSEDecoder, SSEEvent
+from .translate.sse import SSEDecoder, SSEEvent, plain_events
 
 StreamLog = list[tuple[float, bytes]]  # (ms after the request, bytes) per network chunk, in order
 
@@ -75,9 +75,33 @@ class StreamReader:
 
     def finish(self, log: StreamLog) -> None:
         """The stream ended: read the rest, then a last event left without its blank line."""
-        self.read(log)
-        self._take(log[-1][0] if log else 0.0, self._decoder.flush())
+        if not (self._done == 0 and self._read_plain(log)):
+            self.read(log)
+            self._take(log[-1][0] if log else 0.0, self._decoder.flush())
         self.accumulator.finish()
+
+    def _read_plain(self, log: StreamLog) -> bool:
+        """A whole log read at once, when it is nothing but plain named events (nearly always): what `read` would
+        make of it, in a few C-speed passes. False, having read nothing, when the log holds anything else."""
+        data = b"".join(entry for _, entry in log)
+        pairs = plain_events(data)
+        if pairs is None:
+            return False
+        # Each event ends at its blank line, the only b"\n\n" in a plain event, and is timed by the entry it ends in.
+        times: list[float] = []
+        searched = end = 0
+        for t_ms, entry in log:
+            end += len(entry)
+            if ended := data.count(b"\n\n", searched, end):
+                times += [t_ms] * ended
+                searched = data.rfind(b"\n\n", searched, end) + 2
+        values = events_data([value for _, value in pairs])
+        timed = zip(times, pairs, values, strict=True)
+        self.chunks = [{"tMs": t_ms, "event": name, "data": value} for t_ms, (name, _), value in timed] \
+            if self._as_json else [Chunk(t_ms, name, value) for t_ms, (name, _), value in timed]
+        self.count, self._done = len(pairs), len(log)
+        self.accumulator.add_all(values)
+        return True
 
     def _take(self, t_ms: float, events: list[SSEEvent], *, counted: bool = False) -> None:
         if not counted:

@@ -114,6 +114,15 @@ def _plain_run(text: str, start: int) -> tuple[int, list[SSEEvent]]:
     return end, [SSEEvent(None, data) for data in _UNNAMED_FIELDS.findall(text, start, end)]
 
 
+def plain_events(data: bytes) -> list[tuple[str, str]] | None:
+    """A whole stream's events as (event, data) pairs, when it holds nothing but plain named events (Anthropic's
+    streams, the translator's): one regex pass, no decoder. None for anything else, which an `SSEDecoder` reads."""
+    text = data.decode("utf-8", "replace")  # (the decoder decodes whole lines alike: no character spans a b"\n")
+    if "\r" in text or _NAMED_RUN.match(text).end() != len(text):
+        return None
+    return _NAMED_FIELDS.findall(text)
+
+
 def encode_event(event: str, data: Any) -> bytes:
     """One Anthropic-style SSE event: `event: NAME` plus a compact JSON `data:` line."""
     return b"event: " + event.encode() + b"\ndata: " + fastjson.dumps(data) + b"\n\n"

@@ -3,6 +3,7 @@ however the network cut the stream and whatever its line ends."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -210,3 +211,29 @@ def test_a_stream_of_odd_shapes_is_still_recorded() -> None:
         assert (record.usage.input_tokens, record.usage.output_tokens, record.usage.cache_read_input_tokens) == \
             (0, 3, 0)
     assert stored.message["content"] == [{"type": "text", "text": "ok"}]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_whole_log_read_at_once_is_what_the_decoder_makes_of_it(name: str) -> None:
+    """`finish` on an unread log reads a plain stream in one pass (`_read_plain`): events, their times, counts and
+    message must be the incremental decoder's, however the network cut the stream; anything not plain falls back."""
+    stream = sse(name)
+    rng = random.Random(name)
+    odd = stream.replace("é".encode(), b"\xff", 1) if "é".encode() in stream else stream[:40] + b"\xff" + stream[40:]
+    between_newlines = [0] + [i + 1 for i in range(len(stream)) if stream.startswith(b"\n\n", i)] + [len(stream)]
+    plain = [[(0.0, stream)], cut(stream, rng, 7), cut(stream, rng, 60),
+             [(float(i), stream[i:i + 1]) for i in range(len(stream))], cut(odd, rng, 9), [],
+             [(float(i), stream[a:b]) for i, (a, b) in enumerate(itertools.pairwise(between_newlines))]]
+    not_plain = [cut(stream.replace(b"\n", b"\r\n"), rng, 9), cut(b": keep-alive\n\n" + stream, rng, 5),
+                 cut(stream[:-1], rng, 5), cut(stream + b"event: ping\n", rng, 5)]
+    for log in plain + not_plain:
+        assert StreamReader()._read_plain(log) == (log in plain)
+        for as_json in (False, True):
+            at_once, incremental = StreamReader(as_json=as_json), StreamReader(as_json=as_json)
+            at_once.finish(log)
+            incremental.read(log)  # (then `finish` reads no more at once)
+            incremental.finish(log)
+            assert at_once.chunks == incremental.chunks
+            assert at_once.count == incremental.count == len(at_once.chunks)
+            assert at_once.accumulator.message == incremental.accumulator.message
+            assert at_once.accumulator.stopped == incremental.accumulator.stopped
