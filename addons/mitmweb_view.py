@@ -167,7 +167,7 @@ class MitmwebView:
         exchange = runtime.exchanges.get(flow.id) if runtime else None
         if exchange is None:
             return
-        record = exchange.record
+        record = exchange.describe()  # (shown in mitmweb at once: its model, and later its outcome)
         _live_records[flow.id] = record
         via = f"→ {record.upstream_model} via OpenRouter" if record.provider == "openrouter" else "· anthropic"
         flow.comment = f"{record.model or '?'} {via} · in progress\nrecord {record.id}"

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,12 +14,12 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import traverse
 
 from anthropic_proxy import runtime as runtime_module
-from anthropic_proxy.exchange import Exchange, parse_body
+from anthropic_proxy.exchange import Exchange, describe_call, parse_body
 from anthropic_proxy.hooks import AnthropicRecordCompleteHook
 from anthropic_proxy.masking import mask_headers
 from anthropic_proxy.openrouter_route import ClientRequest, Route
 from anthropic_proxy.pricing import apply_cost
-from anthropic_proxy.record import HttpRequestPart, Record, as_text
+from anthropic_proxy.record import HttpRequestPart, Record
 from anthropic_proxy.stream_log import read_streams
 
 from .routing import API_CALL
@@ -29,31 +27,6 @@ from .routing import API_CALL
 logger = logging.getLogger("anthropic_proxy.recording")
 
 RECORD_ID = "anthropic_proxy.record_id"
-SESSION_HEADER = "x-claude-code-session-id"
-
-
-def session_of(headers: Mapping[str, str], body: Any) -> str | None:
-    """Claude Code's session: its header, else the session inside `metadata.user_id` (a JSON string)."""
-    if session := next((value for name, value in headers.items() if name.lower() == SESSION_HEADER), None):
-        return session
-    user_id = (body.get("metadata") or {}).get("user_id") if isinstance(body, dict) else None
-    if isinstance(user_id, str) and user_id.startswith("{"):
-        try:
-            return as_text(json.loads(user_id).get("session_id"))
-        except (ValueError, AttributeError):
-            return None
-    return None
-
-
-def describe_call(record: Record, client: ClientRequest) -> None:
-    """The record's account of the client's call, read from what it sent: its body, masked headers, model, whether
-    it streams, its session."""
-    body = parse_body(client.content)
-    request = record.request
-    request.headers, request.body = mask_headers(client.headers), body
-    if isinstance(body, dict):
-        record.model, record.stream = as_text(body.get("model")), bool(body.get("stream"))
-    record.session_id = session_of(request.headers, body)
 
 
 def exchange_of(flow: http.HTTPFlow) -> Exchange | None:
@@ -102,23 +75,23 @@ class Recorder:
                                                           flow.request.content or b"")
         record = Record(
             timestamp=datetime.fromtimestamp(flow.request.timestamp_start, UTC),
-            request=HttpRequestPart(method=client.method, path=client.path),
+            request=HttpRequestPart(method=client.method, path=client.path, headers=mask_headers(client.headers)),
             provider="openrouter" if route else "anthropic",
             upstream_model=route.upstream_model if route else None,
             upstream_request=route.upstream_body if route else None,
         )
         record.metrics.request_bytes = len(client.content)
-        # The rest of the record (body, headers, model...) is read from the call's bytes once it has gone upstream
-        # (Exchange.record). The body's bytes also go to the store with the record: its writer parses them, rather
-        # than this event loop encoding the parsed body again (see store_writer.encode).
+        # The body's bytes go to the store with the record: its writer parses them (and describes the call from them,
+        # unless someone here needed that sooner: Exchange.describe), rather than this event loop parsing and encoding
+        # Claude Code's hundreds of KB of JSON.
         exchange = Exchange(record, bus=runtime.bus, on_final=lambda r: self._finished(flow.id, r, client.content),
-                            end_watched=_end_watched, describe=functools.partial(describe_call, record, client))
+                            end_watched=_end_watched, describe=functools.partial(describe_call, record, client.content))
         exchange.started -= max(0.0, time.time() - flow.request.timestamp_start)  # count from the first byte in
         exchange.transform = route.translator if route else None
         exchange.abort = lambda: close_upstream(flow)
         runtime.exchanges[flow.id] = exchange
         flow.metadata[RECORD_ID] = record.id
-        # Described, stored and announced in the loop's next turn: the request goes upstream first.
+        # Stored and announced in the loop's next turn: the request goes upstream first.
         asyncio.get_running_loop().call_soon(_announce, runtime, exchange, client.content)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -190,8 +163,8 @@ def _announce(runtime: runtime_module.Runtime, exchange: Exchange, request_body:
     if record.is_final:  # it ended at once (an error hook in the same turn): its final put says it all
         return
     runtime.store.put(record, request_body=request_body)
-    if runtime.bus.has_subscribers:  # a summary costs a model dump: only for someone watching
-        runtime.bus.publish("started", record.summary())
+    if runtime.bus.has_subscribers:  # a summary costs a model dump (and the call's description): only for a watcher
+        runtime.bus.publish("started", exchange.describe().summary())
 
 
 def _settle(exchange: Exchange) -> None:

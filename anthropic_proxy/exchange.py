@@ -6,9 +6,10 @@ Pure (no mitmproxy): the Recorder addon feeds it request and response facts, and
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from .live import LiveBus
@@ -19,6 +20,7 @@ from .translate import fastjson
 logger = logging.getLogger("anthropic_proxy.exchange")
 
 _PROGRESS_INTERVAL = 0.5  # seconds between two live "progressed" events of one record
+SESSION_HEADER = "x-claude-code-session-id"
 
 
 class StreamTransform(Protocol):
@@ -37,9 +39,8 @@ def _always() -> bool:
 class Exchange:
     def __init__(self, record: Record, *, bus: LiveBus, on_final: Callable[[Record], None],
                  end_watched: Callable[[], bool] = _always, describe: Callable[[], None] | None = None) -> None:
-        self._record = record
-        # Fills in the record's account of the client's call (its parsed body, masked headers, model...): run on
-        # the record's first read (see `record`), not while the call waits to go upstream.
+        self.record = record
+        # Fills in what the record says of the client's call from its body (see `describe`).
         self._describe = describe
         self.started = time.monotonic()
         self.last_activity = self.started  # the request, the response headers, or the last chunk
@@ -61,15 +62,14 @@ class Exchange:
         self._ending: tuple[int, dict[str, str] | None, bytes | None, bool] | None = None  # for `complete`
         self._last_progress = 0.0
 
-    @property
-    def record(self) -> Record:
-        """The exchange's record, described first if that is still to be done. The Recorder reads it in the loop's
-        next turn, once the call has gone upstream: a Claude Code body is hundreds of KB of JSON to parse, and that
-        must not delay the call; whoever reads it sooner (an error in the same turn, mitmweb's view) gets it whole."""
+    def describe(self) -> Record:
+        """The record, with what it says of the client's call (body, model, stream, session) read from the call's
+        bytes first if that is still to be done. Only for whoever shows the record or decides its end here: a Claude
+        Code body is hundreds of KB of JSON, and a record left to the store's writer (`ended`) is described there."""
         if self._describe is not None:
             describe, self._describe = self._describe, None
             describe()
-        return self._record
+        return self.record
 
     def elapsed_ms(self) -> float:
         """Since the request began; once the response has ended, until then."""
@@ -129,7 +129,7 @@ class Exchange:
             self._last_progress = self.last_activity
             try:
                 self._refresh_from_stream()
-                self._bus.publish("progressed", self.record.summary())
+                self._bus.publish("progressed", self.describe().summary())
             except Exception:  # a recording bug must never cost the client a byte
                 logger.exception("live progress failed for record %s", self.record.id)
 
@@ -213,11 +213,37 @@ class Exchange:
             self._log_client_bytes(self.elapsed_ms(), data)
 
     def _end(self, status: str, error: RecordError | None = None) -> None:
-        record = self.record
+        record = self.record if status == "ended" else self.describe()
         record.status = status  # type: ignore[assignment]
         record.error = error
         record.metrics.duration_ms = self.elapsed_ms()
         self._on_final(record)
+
+
+def session_of(headers: Mapping[str, str], body: Any) -> str | None:
+    """Claude Code's session: its header, else the session inside `metadata.user_id` (a JSON string)."""
+    if session := next((value for name, value in headers.items() if name.lower() == SESSION_HEADER), None):
+        return session
+    user_id = (body.get("metadata") or {}).get("user_id") if isinstance(body, dict) else None
+    if isinstance(user_id, str) and user_id.startswith("{"):
+        try:
+            return as_text(json.loads(user_id).get("session_id"))
+        except (ValueError, AttributeError):
+            return None
+    return None
+
+
+def call_facts(headers: Mapping[str, str], body: Any) -> tuple[str | None, bool, str | None]:
+    """What a record says of the client's call besides its body: its model, whether it streams, its session (read
+    from the body as `parse_body` made it, and the call's headers)."""
+    model, stream = (as_text(body.get("model")), bool(body.get("stream"))) if isinstance(body, dict) else (None, False)
+    return model, stream, session_of(headers, body)
+
+
+def describe_call(record: Record, content: bytes) -> None:
+    """Fill in what `record` says of the client's call from its bytes (the record has its masked headers)."""
+    body = record.request.body = parse_body(content)
+    record.model, record.stream, record.session_id = call_facts(record.request.headers, body)
 
 
 def parse_body(body: bytes | None) -> Any:

@@ -53,6 +53,7 @@ from typing import Any
 
 from . import bodies, store_writer
 from .dialects import DB_NAME, SQLITE_MIGRATIONS, Connection, Dialect, dialect_for
+from .exchange import describe_call
 from .masking import mask_text
 from .pricing import PRICES_FILE, PriceBook, savings_for_tokens
 from .record import Record, RecordError
@@ -334,8 +335,14 @@ class Store:
 
     def get(self, record_id: str) -> Record | None:
         if self._writer is not None and (queued := self._writer.pending(record_id)) is not None:
-            # newer than the database until written (and a stream's events still in its log)
-            return read_streams(queued, self.prices)
+            # newer than the database until written (and a stream's events still in its log; the call perhaps not
+            # described yet: that is read from its bytes into the copy, as the writer will)
+            record, request_body = queued
+            read = read_streams(record, self.prices)
+            if request_body is not None and read.request.body is None:
+                read.request = read.request.model_copy()  # (the copy's own: the proxy still holds the record's)
+                describe_call(read, request_body)
+            return read
         with self._reader() as db:
             row = db.execute("SELECT data, refs FROM records WHERE id = ?", (record_id,)).fetchone()
             return self._load(db, *row) if row else None

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .dialects import Connection, dialect_for
-from .exchange import parse_body
+from .exchange import call_facts, parse_body
 from .pricing import PRICES_FILE, PriceBook
 from .record import Record
 from .store_rows import Prepared, RowWriter, prepare
@@ -122,8 +122,10 @@ def decode(encoded: Encoded, prices: PriceBook | None = None) -> tuple[Record, d
     cost from `prices` (`stream_log.settle_ended`)."""
     payload, request_body, streams = encoded
     data = fastjson.loads(payload)
-    if request_body is not None:
-        data["request"]["body"] = parse_body(request_body)  # the last key of `request`, as in the model
+    if request_body is not None:  # what the record says of the call is read here (unless the proxy did already)
+        request = data["request"]
+        body = request["body"] = parse_body(request_body)  # the last key of `request`, as in the model
+        data["model"], data["stream"], data["sessionId"] = call_facts(request["headers"], body)
     record = Record.model_validate(data)
     if streams is not None or record.status == "ended":  # (an ended stream may have logged nothing)
         client_log, upstream_log = streams or ([], [])
@@ -206,9 +208,10 @@ class WriterProcess:
             if self.lost == 1 or self.lost % 1000 == 0:
                 logger.error("store: %d record(s) lost: the writer process is not taking them", self.lost)
 
-    def pending(self, record_id: str) -> Record | None:
+    def pending(self, record_id: str) -> tuple[Record, bytes | None] | None:
+        """A record put and not yet written, and its request body's bytes (if they go apart)."""
         item = self.queued.get(record_id)
-        return item.record if item else None
+        return (item.record, item.request_body) if item else None
 
     def flush(self, timeout: float) -> None:
         done = threading.Event()

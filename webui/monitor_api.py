@@ -111,8 +111,8 @@ def summary_matches(summary: dict[str, Any], flt: RecordFilter, search_text: str
 
 def _in_flight(runtime: Runtime, record_id: str) -> Record | None:
     """A record still in flight, its stream so far read from its log (the exchange itself keeps only bytes)."""
-    record = next((e.record for e in list(runtime.exchanges.values()) if e.record.id == record_id), None)
-    return read_streams(record, runtime.prices) if record is not None else None
+    exchange = next((e for e in list(runtime.exchanges.values()) if e.record.id == record_id), None)
+    return read_streams(exchange.describe(), runtime.prices) if exchange is not None else None
 
 
 # ---- records ------------------------------------------------------------------------------------------------

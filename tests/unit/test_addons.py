@@ -19,7 +19,6 @@ from anthropic_proxy.addons import all_addons, recording, routing
 from anthropic_proxy.addons.recording import RECORD_ID
 from anthropic_proxy.addons.routing import API_CALL
 from anthropic_proxy.addons.startup import Startup
-from anthropic_proxy.stream_log import read_streams
 from anthropic_proxy.translate.sse import encode_event
 
 KEY = "sk-ant-api03-" + "K3yM1ddl3" * 6 + "-Tail"
@@ -125,16 +124,22 @@ async def test_streamed_call_is_routed_recorded_and_passed_through_unchanged(pro
     assert exchange.record.status == "pending", "the record's end is worked out off the client's path"
     await asyncio.sleep(0)
 
-    record = read_streams(exchange.record)
+    assert exchange.record.status == "ended" and exchange.record.request.body is None, \
+        "nobody here watched: the stream's outcome and the call's body are read by the store's writer"
+    record = runtime.store.get(exchange.record.id)  # not written yet: read from the stream's log and the call's bytes
     assert record.status == "success" and record.stop_reason == "end_turn"
     assert record.message["content"] == [{"type": "text", "text": "héllo"}]
     assert (record.usage.input_tokens, record.usage.output_tokens, record.usage.cache_read_input_tokens) == (7, 5, 3)
     assert record.chunks[0].event == "message_start" and record.metrics.chunk_count == 6
-    assert record.session_id == "session-1"
+    assert (record.session_id, record.model, record.stream, record.request.body) == \
+        ("session-1", "claude-sonnet-4-5", True, body)
     assert record.request.headers["x-api-key"] == KEY[:10] + "..." + KEY[-4:]
     assert flow.id not in runtime.exchanges
     runtime.store.flush()
-    assert runtime.store.get(record.id).status == "success"
+    stored = runtime.store.get(record.id)
+    assert (stored.status, stored.session_id, stored.model, stored.stream) == ("success", "session-1",
+                                                                               "claude-sonnet-4-5", True)
+    assert stored.cost_usd, "priced by the writer"
 
 
 async def test_mid_stream_return_is_never_empty_bytes(proxy):
@@ -207,34 +212,42 @@ async def test_a_body_with_odd_field_types_is_still_recorded(proxy):
                      "messages": [{"role": "user", "content": "hi"}]})
     del flow.request.headers["x-claude-code-session-id"]
     await run_request(addons, flow)
-    record = runtime_module.current_runtime().exchanges[flow.id].record
+    record = runtime_module.current_runtime().exchanges[flow.id].describe()
     assert (record.model, record.session_id, record.stream) == (None, None, True)
     assert record.request.body["model"] == 5, "the body itself is recorded as sent"
 
 
-async def test_the_call_is_read_for_its_record_after_it_has_gone_upstream(proxy, monkeypatch):
-    """Parsing a body (hundreds of KB from Claude Code) and masking headers wait for the loop's next turn: the
-    request hooks only register the exchange. Whoever reads the record sooner gets it whole."""
+async def test_the_call_is_parsed_only_where_the_record_is_shown_or_its_end_decided(proxy, monkeypatch):
+    """Parsing a body (hundreds of KB from Claude Code) is left to the store's writer unless someone here needs the
+    record's account of the call: never on the client's path, at most once."""
     _, addons = proxy
+    runtime = runtime_module.current_runtime()
     described: list[str] = []
     original = recording.describe_call
-    monkeypatch.setattr(recording, "describe_call", lambda record, client: (described.append(record.id),
-                                                                            original(record, client)))
-    flow = api_flow({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]})
+    monkeypatch.setattr(recording, "describe_call", lambda record, content: (described.append(record.id),
+                                                                             original(record, content)))
+    flow = api_flow({"model": "claude-sonnet-4-5", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
     await run_request(addons, flow)
-    assert described == [], "the record must not be described on the client's path"
-    await asyncio.sleep(0)
-    record = runtime_module.current_runtime().exchanges[flow.id].record
-    assert described == [record.id]
-    assert (record.model, record.session_id, record.request.body["messages"][0]["content"]) == \
-        ("claude-sonnet-4-5", "session-1", "hi")
+    await asyncio.sleep(0)  # (stored pending, unwatched)
+    exchange = runtime.exchanges[flow.id]
+    assert described == [] and exchange.record.model is None
+    record = exchange.describe()
+    assert (record.model, record.session_id, record.stream, record.request.body["messages"][0]["content"]) == \
+        ("claude-sonnet-4-5", "session-1", True, "hi")
+    exchange.describe()
+    assert described == [record.id], "described once"
 
-    early = api_flow({"model": "claude-haiku-4-5", "messages": []})
-    await run_request(addons, early)
-    exchange = runtime_module.current_runtime().exchanges[early.id]
-    assert exchange.record.model == "claude-haiku-4-5", "a read before the next turn describes it first"
-    await asyncio.sleep(0)
-    assert described.count(exchange.record.id) == 1
+    watcher = runtime.bus.subscribe()
+    try:
+        watched = api_flow({"model": "claude-haiku-4-5", "messages": []})
+        await run_request(addons, watched)
+        assert described == [record.id], "not on the client's path"
+        await asyncio.sleep(0)
+        started = watcher.get_nowait()
+        assert started["type"] == "started" and started["record"]["model"] == "claude-haiku-4-5"
+    finally:
+        runtime.bus.unsubscribe(watcher)
+    assert len(described) == 2
 
 
 async def test_openrouter_mode_records_the_clients_session_header(proxy, monkeypatch):
@@ -247,8 +260,7 @@ async def test_openrouter_mode_records_the_clients_session_header(proxy, monkeyp
     flow = api_flow({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
     await run_request(addons, flow)
     assert "x-claude-code-session-id" not in flow.request.headers, "the call to OpenRouter has its own headers"
-    await asyncio.sleep(0)
-    record = runtime_module.current_runtime().exchanges[flow.id].record
+    record = runtime_module.current_runtime().exchanges[flow.id].describe()
     assert record.provider == "openrouter" and record.session_id == "session-1"
     assert record.request.headers["x-api-key"] == KEY[:10] + "..." + KEY[-4:], "the client's headers, masked"
 

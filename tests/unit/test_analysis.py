@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from mitmproxy.http import Headers
 
-from anthropic_proxy.addons.recording import session_of
 from anthropic_proxy.analysis import (
     REQUEST_TYPES,
     AnalysisReport,
@@ -25,6 +24,7 @@ from anthropic_proxy.analysis import (
     render_html,
     turn_key,
 )
+from anthropic_proxy.exchange import session_of
 from anthropic_proxy.pricing import PriceBook, apply_cost
 from anthropic_proxy.record import HttpRequestPart, Metrics, Record, RecordError, Usage
 

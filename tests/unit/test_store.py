@@ -162,11 +162,13 @@ def test_time_range_validation():
     b"",
 ])
 def test_a_request_body_handed_over_as_bytes_is_stored_as_parsed(store: Store, raw: bytes):
-    """The proxy gives the writer the body's bytes instead of encoding the parsed body: same record stored."""
-    from anthropic_proxy.exchange import parse_body
+    """The proxy gives the writer the body's bytes instead of encoding the parsed body: same record stored (the
+    call described from them as the proxy would)."""
+    from anthropic_proxy.exchange import describe_call
 
-    with_bytes = make_record(body=parse_body(raw), status="success")
-    encoded = make_record(body=parse_body(raw), status="success")
+    with_bytes, encoded = make_record(status="success"), make_record(status="success")
+    for record in (with_bytes, encoded):
+        describe_call(record, raw)
     store.put(with_bytes, request_body=raw)
     store.put(encoded)
     store.flush()
