@@ -14,7 +14,8 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import traverse
 
 from anthropic_proxy import runtime as runtime_module
-from anthropic_proxy.exchange import Exchange, describe_call, parse_body
+from anthropic_proxy.bodies import parse_body
+from anthropic_proxy.exchange import Exchange, describe_call
 from anthropic_proxy.hooks import AnthropicRecordCompleteHook
 from anthropic_proxy.masking import mask_headers
 from anthropic_proxy.openrouter_route import ClientRequest, Route

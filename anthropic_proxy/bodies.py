@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from .masking import mask_text
+from .translate import fastjson
 
 SLOTS: tuple[tuple[str, ...], ...] = (("request", "body"), ("upstreamRequest",))
 BLOB_KEYS = ("system", "tools")  # cut out whole, when big enough
@@ -183,3 +184,13 @@ def new_turn(messages: list[Any]) -> list[Any]:
         if role == "user":
             seen_user = True
     return messages
+
+
+def parse_body(body: bytes | None) -> Any:
+    """A body as JSON when it is JSON, else as text: the record shows exactly what was sent."""
+    if not body:
+        return None
+    try:
+        return fastjson.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body.decode("utf-8", "replace")

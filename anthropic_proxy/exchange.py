@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+from .bodies import parse_body
 from .live import LiveBus
-from .record import HttpResponsePart, Record, RecordError, Usage, as_text
-from .stream_log import StreamOutline, stream_outcome, take_stream
-from .translate import fastjson
+from .record import HttpResponsePart, Record, RecordError, as_text
+from .stream_log import StreamOutline, stream_outcome, take_response, take_stream
 
 logger = logging.getLogger("anthropic_proxy.exchange")
 
@@ -157,30 +157,17 @@ class Exchange:
         assert record.response is not None
         if headers is not None:
             record.response.headers = headers
+        if record.provider == "anthropic" and not self._end_watched():
+            # Its outcome is read with the rest of what passed, off the proxy: by the store's writer, which reads
+            # every event and body anyway, or by `read_streams` for whoever is shown the record sooner.
+            if not streamed:
+                record.response_content = body or b""
+            self._end("ended")
+            return
         if streamed:
-            if record.provider == "anthropic" and not self._end_watched():
-                # Its outcome is read with the rest of its stream, off the proxy: by the store's writer, which
-                # reads every event anyway, or by `read_streams` for whoever is shown the record sooner.
-                self._end("ended")
-                return
             self._end(*stream_outcome(self._refresh_from_stream(finished=True).accumulator))
             return
-        record.metrics.response_bytes = len(body or b"")
-        parsed = parse_body(body)
-        record.response.body = parsed
-        if not 200 <= status < 300:
-            error = parsed.get("error") if isinstance(parsed, dict) else None
-            self._end("error", RecordError.from_anthropic(error) if isinstance(error, dict)
-                      else RecordError(type="http_error", message=f"upstream answered HTTP {status}"))
-            return
-        if isinstance(parsed, dict):
-            if parsed.get("type") == "message":
-                record.message = parsed
-                record.stop_reason = as_text(parsed.get("stop_reason"))
-                record.usage = Usage.from_anthropic(parsed.get("usage"))
-            elif "input_tokens" in parsed:  # count_tokens
-                record.usage = Usage(input_tokens=parsed.get("input_tokens") or 0)
-        self._end("success")
+        self._end(*take_response(record, body))
 
     def fail(self, message: str, *, cancelled: bool, error_type: str = "upstream_error") -> None:
         """The exchange broke off: the client left (`cancelled`) or the upstream failed (`error`). Not once the
@@ -244,15 +231,3 @@ def describe_call(record: Record, content: bytes) -> None:
     """Fill in what `record` says of the client's call from its bytes (the record has its masked headers)."""
     body = record.request.body = parse_body(content)
     record.model, record.stream, record.session_id = call_facts(record.request.headers, body)
-
-
-def parse_body(body: bytes | None) -> Any:
-    """A body as JSON when it is JSON, else as text: the record shows exactly what was sent."""
-    if not body:
-        return None
-    try:
-        return fastjson.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return body.decode("utf-8", "replace")
-
-

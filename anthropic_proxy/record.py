@@ -117,6 +117,8 @@ class Record(_Model):
     # stream_log.py); until then `message` holds only the outline (usage, stop reason, no content). Never serialised.
     client_stream: list[tuple[float, bytes]] = Field(default_factory=list, exclude=True)
     upstream_stream: list[tuple[float, bytes]] = Field(default_factory=list, exclude=True)
+    # A whole (not streamed) response's body as it passed, while its reading is left to the store's writer (`ended`).
+    response_content: bytes | None = Field(default=None, exclude=True)
     upstream_response: Any = None  # OpenRouter's raw answer when it was not streamed
     error: RecordError | None = None
 

@@ -338,11 +338,10 @@ class Store:
             # newer than the database until written (and a stream's events still in its log; the call perhaps not
             # described yet: that is read from its bytes into the copy, as the writer will)
             record, request_body = queued
-            read = read_streams(record, self.prices)
-            if request_body is not None and read.request.body is None:
-                read.request = read.request.model_copy()  # (the copy's own: the proxy still holds the record's)
-                describe_call(read, request_body)
-            return read
+            if request_body is not None and record.request.body is None:  # (before its cost: that needs the model)
+                record = record.model_copy(update={"request": record.request.model_copy()})  # (the proxy holds it)
+                describe_call(record, request_body)
+            return read_streams(record, self.prices)
         with self._reader() as db:
             row = db.execute("SELECT data, refs FROM records WHERE id = ?", (record_id,)).fetchone()
             return self._load(db, *row) if row else None

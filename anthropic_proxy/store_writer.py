@@ -41,8 +41,9 @@ from multiprocessing.connection import Connection as Channel
 from pathlib import Path
 from typing import Any
 
+from .bodies import parse_body
 from .dialects import Connection, dialect_for
-from .exchange import call_facts, parse_body
+from .exchange import call_facts
 from .pricing import PRICES_FILE, PriceBook
 from .record import Record
 from .store_rows import Prepared, RowWriter, prepare
@@ -92,8 +93,9 @@ class Report:
     logs: list[tuple[int, str]] = field(default_factory=list)
 
 
-# The record's JSON; its request body's own bytes if they go apart; its logged streams (client, upstream) if any.
-Encoded = tuple[bytes, bytes | None, tuple[StreamLog, StreamLog] | None]
+# The record's JSON; its request body's own bytes if they go apart; its logged streams (client, upstream) if any;
+# the body of a whole response whose reading is left to the writer (`ended`).
+Encoded = tuple[bytes, bytes | None, tuple[StreamLog, StreamLog] | None, bytes | None]
 
 
 def encode(record: Record, request_body: bytes | None = None) -> Encoded:
@@ -110,7 +112,7 @@ def encode(record: Record, request_body: bytes | None = None) -> Encoded:
         payload = record.model_dump_json(by_alias=True, exclude=exclude).encode()
     except ValueError:
         payload = json.dumps(record.model_dump(mode="json", by_alias=True, exclude=exclude)).encode()
-    return payload, request_body, streams
+    return payload, request_body, streams, record.response_content
 
 
 def decode(encoded: Encoded, prices: PriceBook | None = None) -> tuple[Record, dict[str, Any]]:
@@ -120,7 +122,7 @@ def decode(encoded: Encoded, prices: PriceBook | None = None) -> tuple[Record, d
     A stream's events are read from its logs here, straight into their JSON form: the record gets only the message
     (what `prepare` uses of them), the data gets the chunks too. An `ended` record gets its outcome here, and its
     cost from `prices` (`stream_log.settle_ended`)."""
-    payload, request_body, streams = encoded
+    payload, request_body, streams, response_content = encoded
     data = fastjson.loads(payload)
     if request_body is not None:  # what the record says of the call is read here (unless the proxy did already)
         request = data["request"]
@@ -136,8 +138,11 @@ def decode(encoded: Encoded, prices: PriceBook | None = None) -> tuple[Record, d
         if (message := client.accumulator.message) is not None:
             record.message = data["message"] = message
         if record.status == "ended":
+            record.response_content = response_content
             settle_ended(record, client, client_log, prices)
-            data.update(record.model_dump(mode="json", by_alias=True, include=_OUTCOME_FIELDS))
+            # (a whole response's body and message are read there too)
+            fields = _OUTCOME_FIELDS if response_content is None else _OUTCOME_FIELDS | {"response", "message"}
+            data.update(record.model_dump(mode="json", by_alias=True, include=fields))
     return record, data
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from .bodies import parse_body
 from .pricing import PriceBook, apply_cost
 from .record import Chunk, Record, RecordError, Status, Usage, as_text
 from .translate import fastjson
@@ -191,12 +192,37 @@ def stream_outcome(accumulator: MessageAccumulator) -> tuple[Status, RecordError
     return "success", None
 
 
+def take_response(record: Record, content: bytes | None) -> tuple[Status, RecordError | None]:
+    """What a whole (not streamed) response tells of its record, `record.response` having its status: its body,
+    bytes, message, usage and stop reason; and the outcome."""
+    assert record.response is not None
+    record.metrics.response_bytes = len(content or b"")
+    parsed = record.response.body = parse_body(content)
+    status = record.response.status or 0
+    if not 200 <= status < 300:
+        error = parsed.get("error") if isinstance(parsed, dict) else None
+        return "error", (RecordError.from_anthropic(error) if isinstance(error, dict)
+                         else RecordError(type="http_error", message=f"upstream answered HTTP {status}"))
+    if isinstance(parsed, dict):
+        if parsed.get("type") == "message":
+            record.message = parsed
+            record.stop_reason = as_text(parsed.get("stop_reason"))
+            record.usage = Usage.from_anthropic(parsed.get("usage"))
+        elif "input_tokens" in parsed:  # count_tokens
+            record.usage = Usage.from_anthropic({"input_tokens": parsed.get("input_tokens")})
+    return "success", None
+
+
 def settle_ended(record: Record, client: StreamReader, log: StreamLog, prices: PriceBook | None) -> None:
-    """Give an `ended` record (a passthrough stream whose end nobody in the proxy took) the outcome and, given
-    `prices`, the cost its client stream says, `client` having read all of `log`: what `Exchange.complete` and the
-    Recorder would have given it."""
-    take_stream(record, client, log)
-    record.status, record.error = stream_outcome(client.accumulator)
+    """Give an `ended` record (a passthrough exchange whose end nobody in the proxy took) the outcome and, given
+    `prices`, the cost its response says (its whole body, or its stream, `client` having read all of `log`): what
+    `Exchange.complete` and the Recorder would have given it."""
+    if record.response_content is not None:
+        content, record.response_content = record.response_content, None
+        record.status, record.error = take_response(record, content)
+    else:
+        take_stream(record, client, log)
+        record.status, record.error = stream_outcome(client.accumulator)
     if prices is not None:
         apply_cost(record, prices)
 
@@ -208,6 +234,11 @@ def read_streams(record: Record, prices: PriceBook | None = None) -> Record:
     own."""
     if not record.client_stream and not record.upstream_stream and record.status != "ended":
         return record.model_copy()
+    if record.response_content is not None:  # an ended whole response: read into a copy of its own response part
+        read = record.model_copy(update={"response": record.response and record.response.model_copy(),
+                                         "metrics": record.metrics.model_copy()})
+        settle_ended(read, StreamReader(), [], prices)
+        return read
     client, upstream = StreamReader(), StreamReader()
     client_log = list(record.client_stream)  # (a snapshot: a live stream's log is still growing)
     if record.is_final:

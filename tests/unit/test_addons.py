@@ -19,6 +19,7 @@ from anthropic_proxy.addons import all_addons, recording, routing
 from anthropic_proxy.addons.recording import RECORD_ID
 from anthropic_proxy.addons.routing import API_CALL
 from anthropic_proxy.addons.startup import Startup
+from anthropic_proxy.stream_log import read_streams
 from anthropic_proxy.translate.sse import encode_event
 
 KEY = "sk-ant-api03-" + "K3yM1ddl3" * 6 + "-Tail"
@@ -133,6 +134,7 @@ async def test_streamed_call_is_routed_recorded_and_passed_through_unchanged(pro
     assert record.chunks[0].event == "message_start" and record.metrics.chunk_count == 6
     assert (record.session_id, record.model, record.stream, record.request.body) == \
         ("session-1", "claude-sonnet-4-5", True, body)
+    assert record.cost_usd, "priced as the writer will, the call described first"
     assert record.request.headers["x-api-key"] == KEY[:10] + "..." + KEY[-4:]
     assert flow.id not in runtime.exchanges
     runtime.store.flush()
@@ -302,7 +304,14 @@ async def test_an_error_right_after_the_response_ends_the_record_as_the_response
     assert record.status == "pending"
     flow.error = flow_module.Error("client disconnected")
     run_response(addons, flow, "error")
-    assert (record.status, record.stop_reason, record.usage.output_tokens) == ("success", "end_turn", 4)
-    assert flow.id not in runtime.exchanges and finals == ["success"]
+    # Nobody here watched: the answer's reading is left to the store's writer (`ended`), from the body kept.
+    assert record.status == "ended" and flow.id not in runtime.exchanges and finals == ["ended"]
+    read = read_streams(record)
+    assert (read.status, read.stop_reason, read.usage.output_tokens) == ("success", "end_turn", 4)
     await asyncio.sleep(0)  # the deferred end finds the record complete and does nothing more
-    assert record.status == "success" and finals == ["success"]
+    assert record.status == "ended" and finals == ["ended"]
+    runtime.store.flush()
+    stored = runtime.store.get(record.id)
+    assert (stored.status, stored.stop_reason, stored.usage.output_tokens, stored.response.body["type"]) == \
+        ("success", "end_turn", 4, "message")
+    assert stored.cost_usd, "priced by the writer"

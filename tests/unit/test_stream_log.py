@@ -237,3 +237,33 @@ def test_a_whole_log_read_at_once_is_what_the_decoder_makes_of_it(name: str) -> 
             assert at_once.count == incremental.count == len(at_once.chunks)
             assert at_once.accumulator.message == incremental.accumulator.message
             assert at_once.accumulator.stopped == incremental.accumulator.stopped
+
+
+@pytest.mark.parametrize(("status_code", "body"), [
+    (200, {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "stop_reason":
+           "end_turn", "content": [{"type": "text", "text": "hi"}], "usage": {"input_tokens": 9, "output_tokens": 2}}),
+    (200, {"input_tokens": 1234}),
+    (529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+    (502, "<html>bad gateway</html>"),
+], ids=["message", "count-tokens", "error-body", "html-error"])
+def test_an_ended_whole_response_is_read_as_the_exchange_would_have_decided(status_code: int, body: object) -> None:
+    """A whole answer nobody in the proxy watched is left `ended` with its body's bytes: `read_streams` and the
+    store's writer give it what the exchange would have (outcome, body, message, usage, cost)."""
+    content = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    records = []
+    for watched in (False, True):
+        record = Record(request=HttpRequestPart(method="POST", path="/v1/messages"), model="claude-sonnet-4-5")
+        exchange = Exchange(record, bus=LiveBus(), on_final=lambda _: None, end_watched=lambda w=watched: w)
+        exchange.complete(status_code, {"content-type": "application/json"}, content, False)
+        if record.status != "ended":
+            apply_cost(record, BOOK)
+        records.append(record)
+    ended, watched = records
+    assert ended.status == "ended" and ended.response.body is None and watched.status != "ended"
+    fields = (*OUTCOME, "message", "response")
+    expected = {name: getattr(watched, name) for name in fields}
+    stored, data = decode(encode(ended), BOOK)
+    for shown in (read_streams(ended, BOOK), stored, Record.model_validate(data)):
+        assert {name: getattr(shown, name) for name in fields} == expected
+        assert shown.metrics.response_bytes == len(content)
+    assert ended.status == "ended" and ended.response.body is None, "read_streams leaves the record alone"
