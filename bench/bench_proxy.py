@@ -239,6 +239,7 @@ def main() -> None:
             wait_ready(url)
         measure_latency(targets, 20)  # warm-up
         latency = measure_latency(targets, args.rounds)
+        time.sleep(3)  # the store's writer finishes the latency phase's records: each phase measures its own work
         streaming = ("bare+stream", "addon")  # (bare mitmdump would buffer the streams: no baseline for these)
         throughput: dict[str, dict[int, list[float]]] = {name: {10: [], 50: []} for name in streaming}
         for concurrency in (10, 50):
