@@ -25,7 +25,7 @@ from mitmproxy.addonmanager import Loader
 from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy.environment import environment
 from anthropic_proxy.record import Record
-from anthropic_proxy.stream_log import read_streams
+from anthropic_proxy.stream_log import read_record
 
 from .webapp import INTERNAL_FLOW
 
@@ -195,7 +195,7 @@ class MitmwebView:
             return
         if record.status == "ended":  # its outcome is still to be read from its stream
             runtime = runtime_module.current_runtime()
-            record = read_streams(record, runtime.prices if runtime else None)
+            record = read_record(record, runtime.prices if runtime else None)
         flow.comment, flow.marked = describe(record)
         response = flow.response
         if response is not None and response.stream and response.raw_content is None and record.client_stream:

@@ -21,7 +21,7 @@ from anthropic_proxy.masking import mask_headers
 from anthropic_proxy.openrouter_route import ClientRequest, Route
 from anthropic_proxy.pricing import apply_cost
 from anthropic_proxy.record import HttpRequestPart, Record
-from anthropic_proxy.stream_log import read_streams
+from anthropic_proxy.stream_log import read_record
 
 from .routing import API_CALL
 
@@ -149,7 +149,7 @@ class Recorder:
         if runtime.bus.has_subscribers:
             runtime.bus.publish("ended", record.summary())
         if _has_handlers(AnthropicRecordCompleteHook.name):
-            runtime.spawn(ctx.master.addons.trigger_event(AnthropicRecordCompleteHook(read_streams(record))))
+            runtime.spawn(ctx.master.addons.trigger_event(AnthropicRecordCompleteHook(read_record(record))))
 
 
 def _end_watched() -> bool:

@@ -159,7 +159,7 @@ class Exchange:
             record.response.headers = headers
         if record.provider == "anthropic" and not self._end_watched():
             # Its outcome is read with the rest of what passed, off the proxy: by the store's writer, which reads
-            # every event and body anyway, or by `read_streams` for whoever is shown the record sooner.
+            # every event and body anyway, or by `read_record` for whoever is shown the record sooner.
             if not streamed:
                 record.response_content = body or b""
             self._end("ended")

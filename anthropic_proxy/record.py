@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 # "ended" lives only in the proxy's memory: a stream has ended and its outcome (status, usage, cost) is still to be
-# read from its log. The store's writer reads it before writing, and `stream_log.read_streams` for whoever is shown
+# read from its log. The store's writer reads it before writing, and `stream_log.read_record` for whoever is shown
 # the record sooner; nothing stores or shows an "ended" record.
 Status = Literal["pending", "ended", "success", "error", "cancelled"]
 Provider = Literal["anthropic", "openrouter"]

@@ -59,7 +59,7 @@ from .pricing import PRICES_FILE, PriceBook, savings_for_tokens
 from .record import Record, RecordError
 from .store_rows import METRIC_COLUMNS, RowWriter, prepare
 from .store_writer import WriterProcess, WriterSettings
-from .stream_log import read_streams
+from .stream_log import read_record
 
 logger = logging.getLogger("anthropic_proxy.store")
 
@@ -230,7 +230,7 @@ class Store:
         A record still pending is kept as it is, not copied, while its exchange goes on changing it: `get` then
         shows it as it is now, and the writer's sender encodes it if its call still runs `PENDING_DELAY` later
         (pydantic's encoder holds the GIL throughout, so the JSON is one state of it); a newer put supersedes it.
-        A final record is no longer changed (the record-complete hook gets a copy: `stream_log.read_streams`)."""
+        A final record is no longer changed (the record-complete hook gets a copy: `stream_log.read_record`)."""
         self._writer_process().put(record, request_body)
 
     def flush(self, timeout: float = 10) -> None:
@@ -341,7 +341,7 @@ class Store:
             if request_body is not None and record.request.body is None:  # (before its cost: that needs the model)
                 record = record.model_copy(update={"request": record.request.model_copy()})  # (the proxy holds it)
                 describe_call(record, request_body)
-            return read_streams(record, self.prices)
+            return read_record(record, self.prices)
         with self._reader() as db:
             row = db.execute("SELECT data, refs FROM records WHERE id = ?", (record_id,)).fetchone()
             return self._load(db, *row) if row else None

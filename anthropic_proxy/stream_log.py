@@ -1,4 +1,4 @@
-"""A stream as it passed the proxy, and what is read from it.
+"""What passed the proxy in an exchange's answer (a stream's log, or a whole answer's body), and what is read from it.
 
 On its hot path the proxy keeps only each network chunk's bytes and the time they passed (a `StreamLog`): decoding,
 parsing and keeping every event there took about a third of the proxy's CPU per stream. The events are read from
@@ -8,11 +8,12 @@ the log where someone needs them:
   and every translated one) reads its *outline* (`StreamOutline`): the message's own events, all its final state
   needs (usage, stop reason, an error event, whether `message_stop` came);
 - otherwise the proxy does not read the stream at all: the record is `ended`, and its outcome is read with the
-  rest of the stream (`settle_ended`);
+  rest of the stream (`settle_ended`); so is a whole passthrough answer's, from its body (`take_response`, which
+  the exchange also uses when someone takes the end as it happens);
 - the store's writer process reads the whole log into `chunks` and `message` (and an `ended` record's outcome and
   cost) before writing the record;
 - in the proxy, what shows a record to someone (`Store.get` of a record not yet written, the record-complete hook,
-  mitmweb's view) reads it with `read_streams`.
+  mitmweb's view) reads it with `read_record`.
 """
 
 from __future__ import annotations
@@ -227,11 +228,11 @@ def settle_ended(record: Record, client: StreamReader, log: StreamLog, prices: P
         apply_cost(record, prices)
 
 
-def read_streams(record: Record, prices: PriceBook | None = None) -> Record:
-    """The record with its `chunks`, `upstream_chunks`, `message`, counts and usage read from its logged streams,
-    and an `ended` record's outcome (and, given `prices`, its cost): always a copy, the record itself untouched.
-    A record without logs (not streamed, or loaded from the store, where they have been read already) keeps its
-    own."""
+def read_record(record: Record, prices: PriceBook | None = None) -> Record:
+    """The record as it will be stored: its `chunks`, `upstream_chunks`, `message`, counts and usage read from its
+    logged streams, and an `ended` record's outcome (and, given `prices`, its cost) from them or from its whole
+    answer's body: always a copy, the record itself untouched. A record without logs (not streamed, or loaded from
+    the store, where they have been read already) keeps its own."""
     if not record.client_stream and not record.upstream_stream and record.status != "ended":
         return record.model_copy()
     if record.response_content is not None:  # an ended whole response: read into a copy of its own response part

@@ -22,7 +22,7 @@ from ..runtime import RUNTIME_KEY as RUNTIME
 from ..runtime import Runtime
 from ..store import RecordFilter, parse_time_range, record_json
 from ..store_rows import search_text
-from ..stream_log import read_streams
+from ..stream_log import read_record
 from .common import error_response
 from .security import token_required
 
@@ -112,7 +112,7 @@ def summary_matches(summary: dict[str, Any], flt: RecordFilter, search_text: str
 def _in_flight(runtime: Runtime, record_id: str) -> Record | None:
     """A record still in flight, its stream so far read from its log (the exchange itself keeps only bytes)."""
     exchange = next((e for e in list(runtime.exchanges.values()) if e.record.id == record_id), None)
-    return read_streams(exchange.describe(), runtime.prices) if exchange is not None else None
+    return read_record(exchange.describe(), runtime.prices) if exchange is not None else None
 
 
 # ---- records ------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from anthropic_proxy.addons import all_addons, recording, routing
 from anthropic_proxy.addons.recording import RECORD_ID
 from anthropic_proxy.addons.routing import API_CALL
 from anthropic_proxy.addons.startup import Startup
-from anthropic_proxy.stream_log import read_streams
+from anthropic_proxy.stream_log import read_record
 from anthropic_proxy.translate.sse import encode_event
 
 KEY = "sk-ant-api03-" + "K3yM1ddl3" * 6 + "-Tail"
@@ -306,7 +306,7 @@ async def test_an_error_right_after_the_response_ends_the_record_as_the_response
     run_response(addons, flow, "error")
     # Nobody here watched: the answer's reading is left to the store's writer (`ended`), from the body kept.
     assert record.status == "ended" and flow.id not in runtime.exchanges and finals == ["ended"]
-    read = read_streams(record)
+    read = read_record(record)
     assert (read.status, read.stop_reason, read.usage.output_tokens) == ("success", "end_turn", 4)
     await asyncio.sleep(0)  # the deferred end finds the record complete and does nothing more
     assert record.status == "ended" and finals == ["ended"]

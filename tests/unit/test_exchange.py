@@ -9,7 +9,7 @@ from typing import Any
 from anthropic_proxy.exchange import Exchange
 from anthropic_proxy.live import LiveBus
 from anthropic_proxy.record import HttpRequestPart, Record
-from anthropic_proxy.stream_log import read_streams
+from anthropic_proxy.stream_log import read_record
 
 EVENTS: list[tuple[str, Any]] = [
     ("message_start", {"type": "message_start", "message": {"id": "m1", "role": "assistant", "content": [],
@@ -35,7 +35,7 @@ def record_stream(pieces: list[bytes]) -> tuple[Record, bytes]:
     exchange.complete(200, {}, None, True)
     # The exchange itself parsed only the outline: the end's facts, none of the content.
     assert record.chunks == [] and b"".join(data for _, data in record.client_stream) == sent
-    return read_streams(record), sent
+    return read_record(record), sent
 
 
 def as_bytes(out: bytes | Iterable[bytes]) -> bytes:

@@ -15,7 +15,7 @@ from anthropic_proxy.live import LiveBus
 from anthropic_proxy.pricing import PriceBook, apply_cost
 from anthropic_proxy.record import HttpRequestPart, Record
 from anthropic_proxy.store_writer import decode, encode
-from anthropic_proxy.stream_log import StreamLog, StreamOutline, StreamReader, read_streams
+from anthropic_proxy.stream_log import StreamLog, StreamOutline, StreamReader, read_record
 from anthropic_proxy.translate.sse import encode_event
 
 FIXTURES = Path(__file__).parent.parent / "data" / "anthropic_sse" / "anthropic"
@@ -94,13 +94,13 @@ def test_the_outline_reads_the_message_events_of_any_stream() -> None:
 
 
 def test_the_writer_reads_what_read_streams_reads() -> None:
-    """The store's writer reads a stream straight into JSON; the proxy's `read_streams` into the model. Same record."""
+    """The store's writer reads a stream straight into JSON; the proxy's `read_record` into the model. Same record."""
     stream = sse("anthropic-json-tool.1")
     record = Record(request=HttpRequestPart(method="POST", path="/v1/messages"), stream=True, status="success")
     record.client_stream = cut(stream, random.Random(1), 9)
     record.upstream_stream = [(0.5, b'data: {"choices":[]}\n\n'), (0.75, b"data: [DONE]\n\n")]
-    read = read_streams(record)
-    assert record.chunks == [] and record.message is None, "read_streams leaves the record it was given alone"
+    read = read_record(record)
+    assert record.chunks == [] and record.message is None, "read_record leaves the record it was given alone"
     stored, data = decode(encode(record))
     assert stored.message == read.message and read.message["content"][0]["type"] == "tool_use"
     assert data["chunks"] == read.model_dump(mode="json", by_alias=True)["chunks"]
@@ -159,7 +159,7 @@ ERROR_EVENT = b'event: error\ndata: {"type":"error","error":{"type":"overloaded_
 ], ids=["success", "error-event", "cut-short", "empty"])
 def test_an_ended_stream_is_read_where_it_is_shown_as_the_exchange_would_have_decided(
         stream: bytes, status: str, error: str | None) -> None:
-    """Nobody in the proxy took the stream's end, so the record is `ended`: `read_streams` (what shows a record
+    """Nobody in the proxy took the stream's end, so the record is `ended`: `read_record` (what shows a record
     sooner) and the store's writer give it the outcome and cost the exchange and Recorder would have."""
     log = cut(stream, random.Random(3), 7) if stream else []
     ended, watched = ended_and_watched(log)
@@ -168,13 +168,13 @@ def test_an_ended_stream_is_read_where_it_is_shown_as_the_exchange_would_have_de
     assert ended.metrics.duration_ms is not None, "its duration stops at its end all the same"
     expected = {name: getattr(watched, name) for name in OUTCOME}
     expected_counts = (watched.metrics.chunk_count, watched.metrics.response_bytes)
-    read = read_streams(ended, BOOK)
+    read = read_record(ended, BOOK)
     stored, data = decode(encode(ended), BOOK)
     for shown in (read, stored, Record.model_validate(data)):
         assert {name: getattr(shown, name) for name in OUTCOME} == expected
         assert (shown.metrics.chunk_count, shown.metrics.response_bytes) == expected_counts
         assert shown.metrics.duration_ms == ended.metrics.duration_ms
-    assert ended.status == "ended" and ended.metrics.chunk_count == 0, "read_streams leaves the record alone"
+    assert ended.status == "ended" and ended.metrics.chunk_count == 0, "read_record leaves the record alone"
     if status == "success":
         assert expected["cost_usd"] and expected["usage"].output_tokens > 0
 
@@ -206,7 +206,7 @@ def test_a_stream_of_odd_shapes_is_still_recorded() -> None:
     the store's writer (and a start at a huge index must not fill memory with empty blocks)."""
     ended, watched = ended_and_watched(cut(odd_stream(), random.Random(5), 6))
     stored, data = decode(encode(ended), BOOK)
-    for record in (watched, read_streams(ended, BOOK), stored, Record.model_validate(data)):
+    for record in (watched, read_record(ended, BOOK), stored, Record.model_validate(data)):
         assert record.status == "success" and record.stop_reason is None
         assert (record.usage.input_tokens, record.usage.output_tokens, record.usage.cache_read_input_tokens) == \
             (0, 3, 0)
@@ -247,7 +247,7 @@ def test_a_whole_log_read_at_once_is_what_the_decoder_makes_of_it(name: str) -> 
     (502, "<html>bad gateway</html>"),
 ], ids=["message", "count-tokens", "error-body", "html-error"])
 def test_an_ended_whole_response_is_read_as_the_exchange_would_have_decided(status_code: int, body: object) -> None:
-    """A whole answer nobody in the proxy watched is left `ended` with its body's bytes: `read_streams` and the
+    """A whole answer nobody in the proxy watched is left `ended` with its body's bytes: `read_record` and the
     store's writer give it what the exchange would have (outcome, body, message, usage, cost)."""
     content = body.encode() if isinstance(body, str) else json.dumps(body).encode()
     records = []
@@ -263,7 +263,7 @@ def test_an_ended_whole_response_is_read_as_the_exchange_would_have_decided(stat
     fields = (*OUTCOME, "message", "response")
     expected = {name: getattr(watched, name) for name in fields}
     stored, data = decode(encode(ended), BOOK)
-    for shown in (read_streams(ended, BOOK), stored, Record.model_validate(data)):
+    for shown in (read_record(ended, BOOK), stored, Record.model_validate(data)):
         assert {name: getattr(shown, name) for name in fields} == expected
         assert shown.metrics.response_bytes == len(content)
-    assert ended.status == "ended" and ended.response.body is None, "read_streams leaves the record alone"
+    assert ended.status == "ended" and ended.response.body is None, "read_record leaves the record alone"
