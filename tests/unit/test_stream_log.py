@@ -93,7 +93,7 @@ def test_the_outline_reads_the_message_events_of_any_stream() -> None:
         assert outline.accumulator.message["content"] == []
 
 
-def test_the_writer_reads_what_read_streams_reads() -> None:
+def test_the_writer_reads_what_read_record_reads() -> None:
     """The store's writer reads a stream straight into JSON; the proxy's `read_record` into the model. Same record."""
     stream = sse("anthropic-json-tool.1")
     record = Record(request=HttpRequestPart(method="POST", path="/v1/messages"), stream=True, status="success")
