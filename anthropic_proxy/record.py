@@ -13,9 +13,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-# "ended" lives only in the proxy's memory: a stream has ended and its outcome (status, usage, cost) is still to be
-# read from its log. The store's writer reads it before writing, and `stream_log.read_record` for whoever is shown
-# the record sooner; nothing stores or shows an "ended" record.
+# "ended" lives only in the proxy's memory: an exchange has ended and its outcome (status, usage, cost), and perhaps
+# the call's description (body, model, session), are still to be read from what passed (the call's bytes, the
+# stream's log or the whole answer's body). The store's writer reads them before writing, and `stream_log.read_record`
+# for whoever is shown the record sooner; nothing stores or shows an "ended" record.
 Status = Literal["pending", "ended", "success", "error", "cancelled"]
 Provider = Literal["anthropic", "openrouter"]
 FINAL_STATUSES: frozenset[str] = frozenset({"success", "error", "cancelled"})  # the outcomes stored
