@@ -4,7 +4,6 @@ final at its end (success, error or cancelled). Store writes and user hooks run 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from datetime import UTC, datetime
@@ -15,7 +14,7 @@ from mitmproxy.addonmanager import traverse
 
 from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy.bodies import parse_body
-from anthropic_proxy.exchange import Exchange, describe_call
+from anthropic_proxy.exchange import Exchange
 from anthropic_proxy.hooks import AnthropicRecordCompleteHook
 from anthropic_proxy.masking import mask_headers
 from anthropic_proxy.openrouter_route import ClientRequest, Route
@@ -86,7 +85,7 @@ class Recorder:
         # unless someone here needed that sooner: Exchange.describe), rather than this event loop parsing and encoding
         # Claude Code's hundreds of KB of JSON.
         exchange = Exchange(record, bus=runtime.bus, on_final=lambda r: self._finished(flow.id, r, client.content),
-                            end_watched=_end_watched, describe=functools.partial(describe_call, record, client.content))
+                            end_watched=_end_watched, request_content=client.content)
         exchange.started -= max(0.0, time.time() - flow.request.timestamp_start)  # count from the first byte in
         exchange.transform = route.translator if route else None
         exchange.abort = lambda: close_upstream(flow)
@@ -154,7 +153,7 @@ class Recorder:
 
 def _end_watched() -> bool:
     """Whether someone in the proxy takes a record's end as it happens: the live monitor, or a record-complete hook
-    (they need its outcome now; else the store's writer reads it from the stream, see Exchange.complete)."""
+    (they need its outcome now; else the store's writer reads it from what passed, see Exchange.complete)."""
     runtime = runtime_module.current_runtime()
     return (runtime is not None and runtime.bus.has_subscribers) or _has_handlers(AnthropicRecordCompleteHook.name)
 

@@ -38,10 +38,10 @@ def _always() -> bool:
 
 class Exchange:
     def __init__(self, record: Record, *, bus: LiveBus, on_final: Callable[[Record], None],
-                 end_watched: Callable[[], bool] = _always, describe: Callable[[], None] | None = None) -> None:
+                 end_watched: Callable[[], bool] = _always, request_content: bytes | None = None) -> None:
         self.record = record
-        # Fills in what the record says of the client's call from its body (see `describe`).
-        self._describe = describe
+        # The call's bytes, while what the record says of the call is still to be read from them (see `describe`).
+        self._undescribed = request_content
         self.started = time.monotonic()
         self.last_activity = self.started  # the request, the response headers, or the last chunk
         self.abort: Callable[[], None] | None = None  # closes the upstream connection (set by the Recorder)
@@ -66,9 +66,9 @@ class Exchange:
         """The record, with what it says of the client's call (body, model, stream, session) read from the call's
         bytes first if that is still to be done. Only for whoever shows the record or decides its end here: a Claude
         Code body is hundreds of KB of JSON, and a record left to the store's writer (`ended`) is described there."""
-        if self._describe is not None:
-            describe, self._describe = self._describe, None
-            describe()
+        if (content := self._undescribed) is not None:
+            self._undescribed = None
+            describe_call(self.record, content)
         return self.record
 
     def elapsed_ms(self) -> float:

@@ -19,6 +19,7 @@ the log where someone needs them:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -98,9 +99,7 @@ class StreamReader:
                 times += [t_ms] * ended
                 searched = data.rfind(b"\n\n", searched, end) + 2
         values = events_data([value for _, value in pairs])
-        timed = zip(times, pairs, values, strict=True)
-        self.chunks = [{"tMs": t_ms, "event": name, "data": value} for t_ms, (name, _), value in timed] \
-            if self._as_json else [Chunk(t_ms, name, value) for t_ms, (name, _), value in timed]
+        self._keep(zip(times, (name for name, _ in pairs), values, strict=True))
         self.count, self._done = len(pairs), len(log)
         self.accumulator.add_all(values)
         return True
@@ -112,12 +111,15 @@ class StreamReader:
             events = [event for event in events if event.event in _MESSAGE_EVENTS]
         values = events_data([event.data for event in events])
         if not self._outline:
-            if self._as_json:
-                self.chunks += [{"tMs": t_ms, "event": event.event, "data": value}
-                                for event, value in zip(events, values, strict=True)]
-            else:
-                self.chunks += [Chunk(t_ms, event.event, value) for event, value in zip(events, values, strict=True)]
+            self._keep((t_ms, event.event, value) for event, value in zip(events, values, strict=True))
         self.accumulator.add_all(values)
+
+    def _keep(self, events: Iterable[tuple[float, str | None, Any]]) -> None:
+        """Keep (time, event name, data) as chunks: `Chunk`s, or for the store's writer their JSON form."""
+        if self._as_json:
+            self.chunks += [{"tMs": t_ms, "event": name, "data": value} for t_ms, name, value in events]
+        else:
+            self.chunks += [Chunk(t_ms, name, value) for t_ms, name, value in events]
 
 
 class StreamOutline(StreamReader):
@@ -235,11 +237,6 @@ def read_record(record: Record, prices: PriceBook | None = None) -> Record:
     the store, where they have been read already) keeps its own."""
     if not record.client_stream and not record.upstream_stream and record.status != "ended":
         return record.model_copy()
-    if record.response_content is not None:  # an ended whole response: read into a copy of its own response part
-        read = record.model_copy(update={"response": record.response and record.response.model_copy(),
-                                         "metrics": record.metrics.model_copy()})
-        settle_ended(read, StreamReader(), [], prices)
-        return read
     client, upstream = StreamReader(), StreamReader()
     client_log = list(record.client_stream)  # (a snapshot: a live stream's log is still growing)
     if record.is_final:
@@ -248,8 +245,9 @@ def read_record(record: Record, prices: PriceBook | None = None) -> Record:
     else:  # still flowing: an event without its blank line yet may be half-way
         client.read(client_log)
         upstream.read(list(record.upstream_stream))
-    read = record.model_copy(update={"chunks": client.chunks, "upstream_chunks": upstream.chunks,
-                                     "metrics": record.metrics.model_copy()})  # (its own metrics, to change)
+    read = record.model_copy(update={"chunks": client.chunks, "upstream_chunks": upstream.chunks,  # (its own parts,
+                                     "metrics": record.metrics.model_copy(),  # to change)
+                                     "response": record.response and record.response.model_copy()})
     if record.status == "ended":
         settle_ended(read, client, client_log, prices)
     elif client_log:

@@ -37,20 +37,9 @@ class MessageAccumulator:
         return self._message
 
     def add_all(self, events: Iterable[Any]) -> None:
-        """`add` each event that is a dict (anything else is not an event). The string delta to a block already
-        extended, nearly every event of a stream, is taken right here: this runs once per event the store keeps."""
-        pieces_of, add = self._pieces, self.add
+        """`add` each event that is a dict (anything else is not an event)."""
+        add = self.add
         for event in events:
-            if event.__class__ is dict and event.get("type") == "content_block_delta":
-                delta = event.get("delta")
-                kind = delta.get("type") if delta.__class__ is dict else None
-                field = _STRING_DELTAS.get(kind) if kind.__class__ is str else None
-                index = event.get("index", -1)
-                if field is not None and index.__class__ is int:
-                    piece, pieces = delta.get(field, ""), pieces_of.get((index, field))
-                    if pieces is not None and piece.__class__ is str:
-                        pieces.append(piece)
-                        continue
             if isinstance(event, dict):
                 add(event)
 

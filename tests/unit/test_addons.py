@@ -14,8 +14,9 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
+from anthropic_proxy import exchange as exchange_module
 from anthropic_proxy import runtime as runtime_module
-from anthropic_proxy.addons import all_addons, recording, routing
+from anthropic_proxy.addons import all_addons, routing
 from anthropic_proxy.addons.recording import RECORD_ID
 from anthropic_proxy.addons.routing import API_CALL
 from anthropic_proxy.addons.startup import Startup
@@ -225,9 +226,9 @@ async def test_the_call_is_parsed_only_where_the_record_is_shown_or_its_end_deci
     _, addons = proxy
     runtime = runtime_module.current_runtime()
     described: list[str] = []
-    original = recording.describe_call
-    monkeypatch.setattr(recording, "describe_call", lambda record, content: (described.append(record.id),
-                                                                             original(record, content)))
+    original = exchange_module.describe_call
+    monkeypatch.setattr(exchange_module, "describe_call", lambda record, content: (described.append(record.id),
+                                                                                   original(record, content)))
     flow = api_flow({"model": "claude-sonnet-4-5", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
     await run_request(addons, flow)
     await asyncio.sleep(0)  # (stored pending, unwatched)
