@@ -21,7 +21,7 @@ from anthropic_proxy.openrouter_route import (
     translate_full_response,
     upstream_headers,
 )
-from anthropic_proxy.proxy_config import ProxyConfig
+from anthropic_proxy.proxy_config import ProxyConfig, effective_models
 from anthropic_proxy.runtime import Runtime
 from anthropic_proxy.translate import fastjson
 from anthropic_proxy.translate.errors import anthropic_error_body
@@ -48,6 +48,12 @@ def route_of(flow: http.HTTPFlow) -> Route | None:
 
 
 class Router:
+    def running(self) -> None:
+        runtime = runtime_module.current_runtime()
+        if runtime is not None and runtime.config.current.mode == "openrouter":
+            # the family defaults follow OpenRouter's model list: have it before the first call if we can
+            runtime.catalog.refresh_soon(runtime.settings.openrouter_base_url)
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         path = flow.request.path.split("?", 1)[0]
         if flow.request.method == "POST" and path in (MESSAGES_PATH, COUNT_TOKENS_PATH):
@@ -94,7 +100,8 @@ class Router:
             api_key = environment.get("OPENROUTER_API_KEY")
             if not api_key:
                 raise LocalAnswer(401, anthropic_error_body("authentication_error", MISSING_KEY_MESSAGE))
-            plan_messages_call(route, body, config)
+            runtime.catalog.refresh_soon(runtime.settings.openrouter_base_url)  # for the calls after this one
+            plan_messages_call(route, body, effective_models(config.models, runtime.catalog.newest))
         except LocalAnswer as answer:
             flow.response = json_response(answer.status, answer.body, answer.headers)
             return

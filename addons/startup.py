@@ -17,7 +17,7 @@ from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy import watchdog
 from anthropic_proxy.dialects import check_store_url, mask_url
 from anthropic_proxy.environment import DEFAULT_STATE_DIR, environment
-from anthropic_proxy.runtime import ProxySettings
+from anthropic_proxy.runtime import Pin, ProxySettings
 from anthropic_proxy.webui.security import is_loopback
 
 logger = logging.getLogger("anthropic_proxy")
@@ -46,6 +46,15 @@ def _is_own_address(url: str, listen_host: str, listen_port: int) -> bool:
     host = (parts.hostname or "").lower()
     own_hosts = _LOOPBACK_NAMES | {listen_host.lower()}
     return port == listen_port and (host in own_hosts or host.startswith("127."))
+
+
+def _config_pins(proxy_mode: str) -> dict[str, Pin]:
+    """What the proxy_mode option fixes at every start (it is saved in config.json then), and by what."""
+    if not proxy_mode:
+        return {}
+    origin = environment.origin("PROXY_MODE")
+    by = f"PROXY_MODE ({origin})" if origin and environment.get("PROXY_MODE") == proxy_mode else "--set proxy_mode"
+    return {"mode": Pin(value=proxy_mode, by=by)}
 
 
 class Startup:
@@ -130,7 +139,7 @@ class Startup:
             anthropic_upstream=opts.anthropic_upstream.rstrip("/"),
             openrouter_base_url=opts.openrouter_base_url.rstrip("/"), listen_host=host, listen_port=port,
             request_timeout=opts.request_timeout, stream_keepalive=opts.stream_keepalive,
-            web_token=self._web_token(host),
+            web_token=self._web_token(host), pins=_config_pins(opts.proxy_mode),
         )
 
     def _web_token(self, host: str) -> str | None:

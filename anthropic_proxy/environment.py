@@ -38,6 +38,7 @@ def parse_dotenv(text: str) -> dict[str, str]:
 class Environment:
     def __init__(self) -> None:
         self._values: dict[str, str] = {}
+        self._origins: dict[str, str] = {}  # name -> "the environment" or the .env file that set it
         self.files: list[Path] = []
         self._state_dir: Path | None = None  # set by the state_dir option, which wins over the environment
         self.reload()
@@ -51,18 +52,24 @@ class Environment:
         state_dir = self._state_dir or self._state_dir_from(dict(os.environ))
         files = [Path.cwd() / ".env", state_dir / ".env"]
         merged: dict[str, str] = {}
+        origins: dict[str, str] = {}
         self.files = []
         for path in reversed(files):  # lowest precedence first
             if path.is_file():
-                merged.update(parse_dotenv(path.read_text(encoding="utf-8", errors="replace")))
+                values = parse_dotenv(path.read_text(encoding="utf-8", errors="replace"))
+                merged.update(values)
+                origins.update(dict.fromkeys(values, str(path)))
                 self.files.insert(0, path)
         # state_dir may itself be set in the working directory's .env
         state_env = (self._state_dir or self._state_dir_from({**merged, **os.environ})) / ".env"
         if state_env not in files and state_env.is_file():
-            merged = {**parse_dotenv(state_env.read_text(encoding="utf-8", errors="replace")), **merged}
+            values = parse_dotenv(state_env.read_text(encoding="utf-8", errors="replace"))
+            origins = {**dict.fromkeys(values, str(state_env)), **origins}
+            merged = {**values, **merged}
             self.files.append(state_env)
         merged.update(os.environ)
-        self._values = merged
+        origins.update(dict.fromkeys(os.environ, "the environment"))
+        self._values, self._origins = merged, origins
 
     @staticmethod
     def _state_dir_from(values: dict[str, str]) -> Path:
@@ -70,6 +77,10 @@ class Environment:
 
     def get(self, name: str, default: str = "") -> str:
         return self._values.get(name) or default
+
+    def origin(self, name: str) -> str | None:
+        """Where `name`'s value comes from: "the environment", a `.env` file's path, or None when it is not set."""
+        return self._origins.get(name) if self.get(name) else None
 
     def get_int(self, name: str, default: int) -> int:
         raw = self.get(name)

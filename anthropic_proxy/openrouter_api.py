@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,13 @@ from typing import Any
 import httpx
 
 from .masking import mask_text
+from .translate.models import FAMILIES
 
 logger = logging.getLogger("anthropic_proxy.openrouter")
 
 MODELS_CACHE_FILE = "openrouter-models.json"
 CACHE_SECONDS = 3600
+RETRY_SECONDS = 60
 
 
 def _price(value: Any) -> float | None:
@@ -40,20 +44,69 @@ def _model_entry(model: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _claude_family_version(model_id: str) -> tuple[str, tuple[int, ...]] | None:
+    """("opus", (4, 8)) for "anthropic/claude-opus-4.8" (and the older "anthropic/claude-3.5-sonnet" naming); None
+    for other vendors' models and for variants such as ":thinking". A date ("-20240620") is not part of a version."""
+    vendor, _, name = model_id.partition("/")
+    if vendor != "anthropic" or ":" in name:
+        return None
+    parts = re.split(r"[-.]", name)
+    family = next((part for part in parts if part in FAMILIES), None)
+    if family is None:
+        return None
+    return family, tuple(int(part) for part in parts if part.isdigit() and len(part) <= 3)
+
+
+def newest_by_family(model_ids: Iterable[str]) -> dict[str, str]:
+    """The newest Claude model of each family among OpenRouter's ids (the highest version; of equal versions, the
+    shortest id, i.e. the undated alias), and as "default" (every other model name) the newest sonnet."""
+    best: dict[str, tuple[tuple[tuple[int, ...], int], str]] = {}
+    for model_id in model_ids:
+        if (parsed := _claude_family_version(model_id)) is None:
+            continue
+        family, version = parsed
+        rank = (version, -len(model_id))
+        if family not in best or rank > best[family][0]:
+            best[family] = (rank, model_id)
+    newest = {family: model_id for family, (_, model_id) in best.items()}
+    if "sonnet" in newest:
+        newest["default"] = newest["sonnet"]
+    return newest
+
+
 class ModelCatalog:
-    """OpenRouter's model list: fetched at most hourly, kept on disk, served stale when OpenRouter is down."""
+    """OpenRouter's model list: fetched at most hourly, kept on disk, served stale when OpenRouter is down.
+    `newest` is the newest Claude model of each family in it: what an unpinned family maps to."""
 
     def __init__(self, state_dir: Path) -> None:
         self._file = state_dir / MODELS_CACHE_FILE
         self._lock = asyncio.Lock()
         self._models: list[dict[str, Any]] = []
         self._fetched_at: float | None = None
+        self._attempted_at = 0.0  # of the last background refresh (`refresh_soon`)
+        self._refresh: asyncio.Task[Any] | None = None
+        self.newest: dict[str, str] = {}
         if self._file.is_file():
             try:
                 cached = json.loads(self._file.read_text(encoding="utf-8"))
-                self._models, self._fetched_at = cached["data"], cached["fetchedAt"]
-            except (ValueError, KeyError, OSError):
+                self._set(cached["data"], cached["fetchedAt"])
+            except (ValueError, KeyError, TypeError, OSError):
                 logger.warning("ignoring unreadable model cache %s", self._file)
+
+    def _set(self, models: list[dict[str, Any]], fetched_at: float) -> None:
+        self.newest = newest_by_family(str(m["id"]) for m in models)
+        self._models, self._fetched_at = models, fetched_at
+
+    def refresh_soon(self, base_url: str) -> None:
+        """Fetch the list in the background when the copy is older than CACHE_SECONDS (after a failed attempt, not
+        again for RETRY_SECONDS), so that the family defaults follow what OpenRouter lists. Never waits."""
+        now = time.time()
+        if (self._refresh is not None and not self._refresh.done()) or now - self._attempted_at < RETRY_SECONDS:
+            return
+        if self._fetched_at is not None and now - self._fetched_at < CACHE_SECONDS:
+            return
+        self._attempted_at = now
+        self._refresh = asyncio.get_running_loop().create_task(self.models(base_url))
 
     def price_of(self, model_id: str) -> dict[str, Any] | None:
         return next((m["pricing"] for m in self._models if m["id"] == model_id), None)
@@ -81,7 +134,7 @@ class ModelCatalog:
             response = await client.get(f"{base_url}/models")
             response.raise_for_status()
             models = [_model_entry(m) for m in response.json()["data"] if isinstance(m, dict) and m.get("id")]
-        self._models, self._fetched_at = sorted(models, key=lambda m: m["id"]), time.time()
+        self._set(sorted(models, key=lambda m: m["id"]), time.time())
         self._file.parent.mkdir(parents=True, exist_ok=True)
         self._file.write_text(json.dumps({"data": self._models, "fetchedAt": self._fetched_at}), encoding="utf-8")
 

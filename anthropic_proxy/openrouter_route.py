@@ -14,7 +14,7 @@ from typing import Any
 
 from .proxy_config import ProxyConfig
 from .translate.errors import AnthropicError, anthropic_error_body, translate_error
-from .translate.models import map_model
+from .translate.models import ModelMapping, map_model
 from .translate.request import RequestTranslationError, TranslatedRequest, translate_request
 from .translate.response import translate_response
 from .translate.stream import StreamTranslator
@@ -85,10 +85,11 @@ def parse_messages_request(content: bytes) -> dict[str, Any]:
     return body
 
 
-def plan_messages_call(route: Route, body: dict[str, Any], config: ProxyConfig) -> None:
-    """Fill `route` with the translated request for OpenRouter (raises LocalAnswer for bad input)."""
+def plan_messages_call(route: Route, body: dict[str, Any], models: ModelMapping) -> None:
+    """Fill `route` with the translated request for OpenRouter, its model mapped with `models` (raises LocalAnswer
+    for bad input)."""
     route.requested_model = body["model"]
-    route.upstream_model = map_model(body["model"], config.models)
+    route.upstream_model = map_model(body["model"], models)
     try:
         route.translated = translate_request(body, upstream_model=route.upstream_model)
     except RequestTranslationError as exc:

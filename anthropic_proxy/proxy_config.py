@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,16 +24,55 @@ CONFIG_FILE = "config.json"
 ProxyMode = Literal["anthropic", "openrouter"]
 
 
-class ModelMap(ModelMapping):
+MAPPED_FAMILIES = ("sonnet", "opus", "haiku", "default")  # "default": every other model name
+CONFIG_VERSION = 2
+# What every config.json held before the family defaults followed OpenRouter's list (files without "version"
+# saved the whole mapping, defaults included): read as "not chosen", so those files follow the list too.
+_LEGACY_DEFAULTS = {"sonnet": "anthropic/claude-sonnet-4.5", "opus": "anthropic/claude-opus-4.5",
+                    "haiku": "anthropic/claude-haiku-4.5", "default": "anthropic/claude-sonnet-4.5"}
+ModelSource = Literal["pinned", "newest", "fallback"]
+
+
+class ModelMap(BaseModel):
+    """The OpenRouter model the user pinned for each Claude family; None follows the newest one OpenRouter lists."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    @field_validator("sonnet", "opus", "haiku", "default")
+    sonnet: str | None = None
+    opus: str | None = None
+    haiku: str | None = None
+    default: str | None = None
+
+    @field_validator(*MAPPED_FAMILIES)
     @classmethod
-    def _model_id(cls, value: str) -> str:
+    def _model_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         value = value.strip()
         if not value or any(c.isspace() for c in value):
-            raise ValueError("a model id is a non-empty name without spaces, e.g. anthropic/claude-sonnet-4.5")
+            raise ValueError("a model id is a non-empty name without spaces, e.g. anthropic/claude-sonnet-4.5 "
+                             "(null follows the newest model of the family)")
         return value
+
+
+def model_choices(pinned: ModelMap, newest: Mapping[str, str]) -> dict[str, tuple[str, ModelSource]]:
+    """Per family, the OpenRouter id it maps to and why: `pinned` in config.json, the `newest` of the family in
+    OpenRouter's model list (`ModelCatalog.newest`), or the built-in `fallback` while that list is not known."""
+    fallback = ModelMapping()
+    choices: dict[str, tuple[str, ModelSource]] = {}
+    for family in MAPPED_FAMILIES:
+        if (chosen := getattr(pinned, family)) is not None:
+            choices[family] = (chosen, "pinned")
+        elif family in newest:
+            choices[family] = (newest[family], "newest")
+        else:
+            choices[family] = (getattr(fallback, family), "fallback")
+    return choices
+
+
+def effective_models(pinned: ModelMap, newest: Mapping[str, str]) -> ModelMapping:
+    """The mapping a call is translated with (see `model_choices`)."""
+    return ModelMapping(**{family: model for family, (model, _) in model_choices(pinned, newest).items()})
 
 
 def _default_headers() -> dict[str, str]:
@@ -74,8 +114,14 @@ class ConfigStore:
         if not self.path.is_file():
             return ProxyConfig()
         try:
-            return ProxyConfig.model_validate_json(self.path.read_bytes())
-        except (ValidationError, OSError) as exc:
+            data = json.loads(self.path.read_bytes())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            if data.pop("version", None) != CONFIG_VERSION and isinstance(data.get("models"), dict):
+                data["models"] = {family: None if model == _LEGACY_DEFAULTS.get(family) else model
+                                  for family, model in data["models"].items()}
+            return ProxyConfig.model_validate(data)
+        except (ValueError, OSError) as exc:  # (pydantic's ValidationError is a ValueError)
             logger.error("ignoring %s, it is not a valid configuration: %s", self.path, exc)
             return ProxyConfig()
 
@@ -108,6 +154,6 @@ class ConfigStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".config-", suffix=".json")
         with os.fdopen(fd, "w", encoding="utf-8") as file:
-            json.dump(config.model_dump(), file, indent=2)
+            json.dump({"version": CONFIG_VERSION, **config.model_dump()}, file, indent=2)
         os.replace(tmp, self.path)
         self.current = config

@@ -31,6 +31,13 @@ from .store import Store
 logger = logging.getLogger("anthropic_proxy")
 
 
+class Pin(BaseModel):
+    """A configuration value that an option sets at every start: the config page changes it only until a restart."""
+
+    value: str
+    by: str  # what sets it, for people: "PROXY_MODE (/home/me/.env)", "--set proxy_mode"
+
+
 class ProxySettings(BaseModel):
     """The options that matter outside mitmproxy (web app, health), as last validated by `configure`."""
 
@@ -42,6 +49,7 @@ class ProxySettings(BaseModel):
     stream_keepalive: float = 10
     # Required by the web pages and API when set; the proxy must set one when it listens beyond loopback.
     web_token: str | None = None
+    pins: dict[str, Pin] = {}  # by ProxyConfig field ("mode")
 
 
 @dataclass

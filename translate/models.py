@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-_FAMILIES = ("opus", "sonnet", "haiku")
+FAMILIES = ("opus", "sonnet", "haiku")
 
 
 class ModelMapping(BaseModel):
+    """One OpenRouter model per family. The defaults are only the fallback for when OpenRouter's model list is not
+    known; the proxy follows the newest model of each family that the list has (see proxy_config.model_choices)."""
+
     sonnet: str = "anthropic/claude-sonnet-4.5"
     opus: str = "anthropic/claude-opus-4.5"
     haiku: str = "anthropic/claude-haiku-4.5"
@@ -22,7 +25,7 @@ class ModelMapping(BaseModel):
 def model_family(requested: str) -> str | None:
     """`opus` / `sonnet` / `haiku` when the name says so, else None."""
     lowered = requested.lower()
-    return next((family for family in _FAMILIES if family in lowered), None)
+    return next((family for family in FAMILIES if family in lowered), None)
 
 
 def map_model(requested: str, mapping: ModelMapping) -> str:

@@ -8,23 +8,49 @@ from aiohttp import web
 
 from ..environment import environment
 from ..openrouter_api import check_key
-from ..proxy_config import ConfigError
+from ..proxy_config import ConfigError, model_choices
 from ..runtime import RUNTIME_KEY as RUNTIME
 from ..runtime import Runtime
 
 routes = web.RouteTableDef()
 
 
+def model_map(runtime: Runtime) -> dict[str, dict[str, str]]:
+    """Per Claude family, the OpenRouter id it maps to now and why (`pinned`, `newest` in OpenRouter's list,
+    built-in `fallback`)."""
+    choices = model_choices(runtime.config.current.models, runtime.catalog.newest)
+    return {family: {"id": model, "source": source} for family, (model, source) in choices.items()}
+
+
+def config_warnings(runtime: Runtime) -> list[str]:
+    """What the configuration as it stands will do that its user may not expect."""
+    config, warnings = runtime.config.current, []
+    if config.mode == "openrouter" and not environment.get("OPENROUTER_API_KEY"):
+        warnings.append("OpenRouter mode, but OPENROUTER_API_KEY is not set: every call is refused (401) until you "
+                        "set it in the environment or .env and reload the configuration.")
+    for field, pin in runtime.settings.pins.items():
+        if getattr(config, field) != pin.value:
+            warnings.append(f"The {field} is {getattr(config, field)} only until the proxy restarts: {pin.by} sets "
+                            f"it back to {pin.value} at every start. Remove that setting to let this page decide.")
+    return warnings
+
+
 def config_view(runtime: Runtime) -> dict[str, object]:
-    """The configuration as the API shows it: whether a key is set, never the key."""
+    """The configuration as the API shows it: whether a key is set, never the key. `models` is what each family
+    maps to now (`modelMap` says why); `pinned` holds the values an option or environment variable sets at every
+    start (`{"mode": {"value", "by"}}`); `warnings` what the user should know before the next call."""
     config = runtime.config.current
+    models = model_map(runtime)
     return {
         "mode": config.mode,
-        "models": config.models.model_dump(),
+        "models": {family: choice["id"] for family, choice in models.items()},
+        "modelMap": models,
         "headers": config.headers,
         "openrouterKeySet": bool(environment.get("OPENROUTER_API_KEY")),
         "openrouterBaseUrl": runtime.settings.openrouter_base_url,
         "anthropicUpstream": runtime.settings.anthropic_upstream,
+        "pinned": {field: pin.model_dump() for field, pin in runtime.settings.pins.items()},
+        "warnings": config_warnings(runtime),
     }
 
 
@@ -46,9 +72,11 @@ async def update_config(request: web.Request) -> web.Response:
     except ValueError:
         return _bad_request("the body is not valid JSON")
     try:
-        runtime.config.update(patch)
+        config = runtime.config.update(patch)
     except ConfigError as exc:
         return _bad_request(str(exc))
+    if config.mode == "openrouter":
+        runtime.catalog.refresh_soon(runtime.settings.openrouter_base_url)  # the family defaults follow its list
     return web.json_response(config_view(runtime))
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from .. import analysis
 from .. import export as exporting
@@ -24,6 +24,7 @@ from ..store import RecordFilter, parse_time_range, record_json
 from ..store_rows import search_text
 from ..stream_log import read_record
 from .common import error_response
+from .config_api import model_map
 from .security import token_required
 
 routes = web.RouteTableDef()
@@ -249,9 +250,31 @@ async def export(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _uploaded_file(request: web.Request) -> AsyncIterator[bytes]:
+    """The uploaded export's bytes, as they arrive: the request body itself (`curl --data-binary @FILE`), or the
+    file part of a `multipart/form-data` form (`curl -F file=@FILE`, the monitor's Import button)."""
+    if request.content_type != "multipart/form-data":
+        async for chunk in request.content.iter_chunked(1 << 20):
+            yield chunk
+        return
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            # the first part that carries a file (curl -F name=@FILE names it), or a field called "file"
+            if isinstance(part, BodyPartReader) and (part.filename is not None or part.name == "file"):
+                while chunk := await part.read_chunk(1 << 20):
+                    yield chunk
+                return
+    except ValueError as exc:  # no boundary, a malformed part
+        raise _bad_request(f"nothing imported: the multipart/form-data upload cannot be read: {exc}") from None
+    raise _bad_request("nothing imported: the multipart/form-data upload has no file part: "
+                       "send the export as -F file=@export.compact")
+
+
 @routes.post("/api/monitor/import")
 async def import_records(request: web.Request) -> web.Response:
-    """Records from an export (compact, ndjson or json; gzipped or not; detected from the content), added in
+    """Records from an export (compact, ndjson or json; gzipped or not; detected from the content), sent as the
+    request body or as a multipart/form-data file upload (see `_uploaded_file`), added in
     one transaction: all of them, or none with a 400 saying where the input is wrong. Records whose id is
     already stored are skipped, so importing a file twice changes nothing. `?format=` insists on one format.
     Answers `{"format", "records", "imported", "skipped"}`."""
@@ -261,11 +284,11 @@ async def import_records(request: web.Request) -> web.Response:
         raise _bad_request(f"format must be compact, ndjson or json (got {fmt!r})")
     with tempfile.TemporaryFile() as spool:  # the upload lands on disk first: no lock is held while it arrives
         size = 0
-        async for chunk in request.content.iter_chunked(1 << 20):
+        async for chunk in _uploaded_file(request):
             size += len(chunk)
             await asyncio.to_thread(spool.write, chunk)
         if not size:
-            raise _bad_request("nothing imported: the request body is empty: send an export file")
+            raise _bad_request("nothing imported: the upload is empty: send an export file")
         spool.seek(0)
         result: dict[str, Any] = {}
         try:
@@ -321,6 +344,7 @@ async def monitor_config(request: web.Request) -> web.Response:
         "anthropicUpstream": settings.anthropic_upstream, "openrouterBaseUrl": settings.openrouter_base_url,
         "maxRecords": store.max_records, "retentionDays": store.retention_days,
         "tokenRequired": token_required(settings), "inFlight": len(runtime.exchanges), "prices": prices,
+        "modelMap": model_map(runtime),
     })
 
 

@@ -15,7 +15,8 @@ Endpoints (under /api/v1):
   tests/data/openrouter (byte-for-byte: comment lines, reasoning, tool-call fragments, finish_reason twice,
   usage last, [DONE]). Streams go out in several writes with small delays, split at awkward points (in the
   middle of lines and of multi-byte UTF-8 characters, several events in one write).
-- `GET /models`: a small model list with context_length and pricing (OpenRouter's shape).
+- `GET /models`: a small model list with context_length and pricing (OpenRouter's shape), with several
+  generations of each Claude family.
 - `GET /key`: 200 with the key's info for a known key, 401 otherwise.
 
 What a chat/completions call answers is chosen, in order, by the header `x-fake-recording` (the proxy sends
@@ -64,6 +65,13 @@ MODELS = [
     {"id": "anthropic/claude-haiku-4.5", "name": "Anthropic: Claude Haiku 4.5", "context_length": 200000,
      "pricing": {"prompt": "0.000001", "completion": "0.000005", "input_cache_read": "0.0000001",
                  "input_cache_write": "0.00000125"}},
+    # Older and newer Claude models of each family, in both of OpenRouter's namings, and a variant: the family
+    # defaults follow the newest (sonnet-5, opus-4.8, haiku-4.5).
+    *({"id": model_id, "name": model_id, "context_length": 200000, "pricing": {"prompt": "0.000003",
+                                                                             "completion": "0.000015"}}
+      for model_id in ("anthropic/claude-3.7-sonnet", "anthropic/claude-sonnet-4.5", "anthropic/claude-sonnet-5",
+                       "anthropic/claude-3-opus-20240229", "anthropic/claude-opus-4.5", "anthropic/claude-opus-4.8",
+                       "anthropic/claude-opus-4.8:thinking")),
     {"id": "z-ai/glm-5-turbo", "name": "Z.AI: GLM 5 Turbo", "context_length": 131072,
      "pricing": {"prompt": "0.0000006", "completion": "0.0000022"}},
     {"id": "google/gemini-3.1-flash-lite-preview", "name": "Google: Gemini 3.1 Flash Lite Preview",

@@ -13,11 +13,17 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
-from fakes.harness import FAKE_API_KEY
+from fakes.harness import FAKE_API_KEY, REPO_ROOT
 from fakes.openrouter_upstream import DEFAULT_KEY, MODELS, FakeOpenRouter
 
-DEFAULT_MODELS = {"sonnet": "anthropic/claude-sonnet-4.5", "opus": "anthropic/claude-opus-4.5",
-                  "haiku": "anthropic/claude-haiku-4.5", "default": "anthropic/claude-sonnet-4.5"}
+from anthropic_proxy.environment import parse_dotenv
+
+# What the families map to before OpenRouter's list is known, and once it is (the fake's newest of each family).
+FALLBACK_MODELS = {"sonnet": "anthropic/claude-sonnet-4.5", "opus": "anthropic/claude-opus-4.5",
+                   "haiku": "anthropic/claude-haiku-4.5", "default": "anthropic/claude-sonnet-4.5"}
+NEWEST_MODELS = {"sonnet": "anthropic/claude-sonnet-5", "opus": "anthropic/claude-opus-4.8",
+                 "haiku": "anthropic/claude-haiku-4.5", "default": "anthropic/claude-sonnet-5"}
+UNPINNED = {"sonnet": None, "opus": None, "haiku": None, "default": None}
 DEFAULT_HEADERS = {"HTTP-Referer": "https://github.com/anthropic-proxy/anthropic-proxy", "X-Title": "anthropic-proxy"}
 SECOND_KEY = "sk-or-v1-" + "secondKeyFromDotEnv" + "9876543210fedcba" * 3
 HI = [{"role": "user", "content": "hi"}]
@@ -46,6 +52,19 @@ def config_file(p) -> dict[str, Any]:
     return json.loads((p.state_dir / "config.json").read_text())
 
 
+def pinned(view: dict[str, Any]) -> dict[str, str]:
+    return {family: c["id"] for family, c in view["modelMap"].items() if c["source"] == "pinned"}
+
+
+def wait_newest(p) -> dict[str, Any]:
+    """The configuration once the proxy has read OpenRouter's model list (it fetches it in the background)."""
+    deadline = time.monotonic() + 10
+    while (view := call(p, "GET", "/api/config").json())["modelMap"]["opus"]["source"] == "fallback":
+        assert time.monotonic() < deadline, view
+        time.sleep(0.05)
+    return view
+
+
 def sdk(p, **kwargs: Any) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=p.url, api_key=FAKE_API_KEY, max_retries=0, timeout=20,
                                http_client=anthropic.DefaultHttpxClient(trust_env=False), **kwargs)
@@ -59,11 +78,12 @@ def ask(p, test_tag: str, model: str = "claude-haiku-4-5") -> anthropic.types.Me
 # ---- GET -----------------------------------------------------------------------------------------------------
 def test_get_config_says_whether_a_key_is_set_never_the_key(start_proxy, fake_openrouter):
     p = start(start_proxy, fake_openrouter)
+    wait_newest(p)
     r = call(p, "GET", "/api/config")
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
     view = r.json()
     assert view["mode"] == "openrouter"
-    assert view["models"] == DEFAULT_MODELS
+    assert view["models"] == NEWEST_MODELS
     assert view["headers"] == DEFAULT_HEADERS
     assert view["openrouterKeySet"] is True
     assert view["openrouterBaseUrl"] == fake_openrouter.base_url
@@ -73,6 +93,8 @@ def test_get_config_says_whether_a_key_is_set_never_the_key(start_proxy, fake_op
     q = start(start_proxy, fake_openrouter, key=None, mode=None)
     view = call(q, "GET", "/api/config").json()
     assert view["openrouterKeySet"] is False and view["mode"] == "anthropic"
+    # anthropic mode: OpenRouter's list is not fetched, the families show the built-in fallbacks
+    assert view["models"] == FALLBACK_MODELS and {c["source"] for c in view["modelMap"].values()} == {"fallback"}
 
 
 # ---- POST --------------------------------------------------------------------------------------------------
@@ -80,16 +102,16 @@ def test_partial_update_is_saved_and_applies_to_the_next_request(start_proxy, fa
     p = start(start_proxy, fake_openrouter)
     r = call(p, "POST", "/api/config", {"models": {"haiku": "fake/glm/simple.0"}})
     assert r.status_code == 200, r.text
-    assert r.json()["models"] == {**DEFAULT_MODELS, "haiku": "fake/glm/simple.0"}
+    assert pinned(r.json()) == {"haiku": "fake/glm/simple.0"}
     assert r.json()["mode"] == "openrouter" and r.json()["headers"] == DEFAULT_HEADERS
     r = call(p, "POST", "/api/config", {"models": {"sonnet": "fake/kimi/simple.0"},
                                         "headers": {"X-Title": "my title", "HTTP-Referer": "https://example.test"}})
     assert r.status_code == 200, r.text
-    expected = {**DEFAULT_MODELS, "haiku": "fake/glm/simple.0", "sonnet": "fake/kimi/simple.0"}
-    assert r.json()["models"] == expected
+    expected = {"haiku": "fake/glm/simple.0", "sonnet": "fake/kimi/simple.0"}
+    assert pinned(r.json()) == expected
     assert call(p, "GET", "/api/config").json() == r.json()
     saved = config_file(p)
-    assert saved == {"mode": "openrouter", "models": expected,
+    assert saved == {"version": 2, "mode": "openrouter", "models": {**UNPINNED, **expected},
                      "headers": {"X-Title": "my title", "HTTP-Referer": "https://example.test"}}
 
     ask(p, test_tag)
@@ -100,7 +122,7 @@ def test_partial_update_is_saved_and_applies_to_the_next_request(start_proxy, fa
 
     # and it survives a restart (config.json is the source of truth)
     p.restart()
-    assert call(p, "GET", "/api/config").json()["models"] == expected
+    assert call(p, "GET", "/api/config").json()["models"] == {**NEWEST_MODELS, **expected}
 
 
 INVALID = [
@@ -122,7 +144,9 @@ INVALID = [
 @pytest.fixture(scope="module")
 def unchanged_proxy(proxy_factory, fake_openrouter):
     """One proxy for the tests that must leave the configuration as it was."""
-    return start(proxy_factory, fake_openrouter)
+    p = start(proxy_factory, fake_openrouter)
+    wait_newest(p)
+    return p
 
 
 @pytest.mark.parametrize(("body", "reason"), INVALID, ids=[json.dumps(b)[:40] for b, _ in INVALID])
@@ -152,9 +176,9 @@ def test_reset(start_proxy, fake_openrouter, fake_anthropic, test_tag):
     call(p, "POST", "/api/config", {"models": {"opus": "x-ai/grok-4.1-fast"}, "headers": {"X-Title": "t"}})
     r = call(p, "POST", "/api/config/reset")
     assert r.status_code == 200
-    assert r.json()["mode"] == "anthropic" and r.json()["models"] == DEFAULT_MODELS
+    assert r.json()["mode"] == "anthropic" and pinned(r.json()) == {}
     assert r.json()["headers"] == DEFAULT_HEADERS
-    assert config_file(p) == {"mode": "anthropic", "models": DEFAULT_MODELS, "headers": DEFAULT_HEADERS}
+    assert config_file(p) == {"version": 2, "mode": "anthropic", "models": UNPINNED, "headers": DEFAULT_HEADERS}
     with sdk(p, default_headers={"x-test-tag": test_tag}) as client:  # anthropic mode again, right away
         client.messages.create(model="claude-opus-4-8", max_tokens=20, messages=HI, metadata={"user_id": test_tag})
     assert len(fake_anthropic.tagged(test_tag)) == 1 and not fake_openrouter.by_user(test_tag)
@@ -276,3 +300,88 @@ def test_test_openrouter_when_openrouter_is_unreachable(start_proxy):
     fake.stop()
     result = call(p, "POST", "/api/config/test-openrouter").json()
     assert result["ok"] is False and "could not be reached" in result["message"]
+
+
+# ---- values that an option or the environment pins; warnings -----------------------------------------------------
+def test_mode_pinned_by_set_by_the_environment_or_by_dotenv_is_shown_and_a_change_warns(start_proxy, fake_openrouter):
+    by_set = start(start_proxy, fake_openrouter)  # --set proxy_mode=openrouter
+    view = call(by_set, "GET", "/api/config").json()
+    assert view["pinned"] == {"mode": {"value": "openrouter", "by": "--set proxy_mode"}}
+    assert view["warnings"] == []
+    r = call(by_set, "POST", "/api/config", {"mode": "anthropic"})
+    assert r.status_code == 200 and r.json()["mode"] == "anthropic"
+    assert r.json()["warnings"] == [
+        "The mode is anthropic only until the proxy restarts: --set proxy_mode sets it back to openrouter at every "
+        "start. Remove that setting to let this page decide."]
+    by_set.restart()
+    assert call(by_set, "GET", "/api/config").json()["mode"] == "openrouter"  # what the warning said
+
+    by_env = start_proxy(options={"openrouter_base_url": fake_openrouter.base_url},
+                         env={"PROXY_MODE": "anthropic", "OPENROUTER_API_KEY": DEFAULT_KEY})
+    view = call(by_env, "GET", "/api/config").json()
+    assert view["pinned"] == {"mode": {"value": "anthropic", "by": "PROXY_MODE (the environment)"}}
+    warnings = call(by_env, "POST", "/api/config", {"mode": "openrouter"}).json()["warnings"]
+    assert len(warnings) == 1 and "PROXY_MODE (the environment) sets it back to anthropic" in warnings[0]
+    assert call(by_env, "POST", "/api/config", {"mode": "anthropic"}).json()["warnings"] == []
+
+    free = start(start_proxy, fake_openrouter, mode=None)
+    assert call(free, "GET", "/api/config").json()["pinned"] == {}
+    assert call(free, "POST", "/api/config", {"mode": "openrouter"}).json()["warnings"] == []
+    (free.workdir / ".env").write_text("PROXY_MODE=anthropic\n")  # what .env.example used to hand out
+    free.restart()
+    view = call(free, "GET", "/api/config").json()
+    assert view["mode"] == "anthropic"
+    assert view["pinned"] == {"mode": {"value": "anthropic", "by": f"PROXY_MODE ({free.workdir / '.env'})"}}
+
+
+def test_switching_to_openrouter_without_a_key_answers_with_a_warning(start_proxy, fake_openrouter):
+    p = start(start_proxy, fake_openrouter, key=None, mode=None)
+    assert call(p, "GET", "/api/config").json()["warnings"] == []
+    r = call(p, "POST", "/api/config", {"mode": "openrouter"})
+    assert r.status_code == 200 and r.json()["mode"] == "openrouter"
+    [warning] = r.json()["warnings"]
+    assert "OPENROUTER_API_KEY is not set" in warning and "401" in warning
+    assert call(p, "GET", "/api/config").json()["warnings"] == [warning]
+    (p.workdir / ".env").write_text(f"OPENROUTER_API_KEY={DEFAULT_KEY}\n")
+    assert call(p, "POST", "/api/config/reload").json()["warnings"] == []
+
+
+def test_env_example_sets_nothing():
+    """A copy of .env.example as .env must not pin anything (PROXY_MODE there undid the config page at every
+    restart): every setting is commented out, except the key left empty to fill in."""
+    text = (REPO_ROOT / ".env.example").read_text()
+    assert "# PROXY_MODE=" in text
+    assert {name: value for name, value in parse_dotenv(text).items() if value} == {}
+
+
+# ---- family defaults from OpenRouter's model list --------------------------------------------------------------
+def test_family_defaults_follow_the_newest_model_in_openrouters_list(start_proxy, fake_openrouter, test_tag):
+    p = start(start_proxy, fake_openrouter)
+    # the fake answers every call from one recording, so that any model id it is sent gets an answer
+    call(p, "POST", "/api/config", {"headers": {"x-fake-recording": "fake/anthropic/simple.0"}}).raise_for_status()
+    view = wait_newest(p)
+    assert view["modelMap"] == {family: {"id": model, "source": "newest"} for family, model in NEWEST_MODELS.items()}
+    assert call(p, "GET", "/api/monitor/config").json()["modelMap"] == view["modelMap"]
+    for requested in ("claude-opus-4-8", "claude-sonnet-5", "claude-haiku-4-5", "claude-next-1"):
+        ask(p, test_tag, requested)
+    sent = [ex.json()["model"] for ex in fake_openrouter.by_user(test_tag)]
+    assert sent == ["anthropic/claude-opus-4.8", "anthropic/claude-sonnet-5", "anthropic/claude-haiku-4.5",
+                    "anthropic/claude-sonnet-5"]
+
+    # pin one family; null follows the newest again
+    r = call(p, "POST", "/api/config", {"models": {"opus": "anthropic/claude-opus-4.5"}})
+    assert r.json()["modelMap"]["opus"] == {"id": "anthropic/claude-opus-4.5", "source": "pinned"}
+    ask(p, test_tag, "claude-opus-4-8")
+    assert fake_openrouter.by_user(test_tag)[-1].json()["model"] == "anthropic/claude-opus-4.5"
+    assert call(p, "POST", "/api/config", {"models": {"opus": None}}).json()["modelMap"]["opus"] == {
+        "id": "anthropic/claude-opus-4.8", "source": "newest"}
+
+    # a config.json from before (no version: it saved every family, defaults included) follows the list too,
+    # except for what its user chose
+    saved = config_file(p)
+    del saved["version"]
+    saved["models"] = {**FALLBACK_MODELS, "haiku": "fake/glm/simple.0"}
+    (p.state_dir / "config.json").write_text(json.dumps(saved))
+    view = call(p, "POST", "/api/config/reload").json()
+    assert view["models"] == {**NEWEST_MODELS, "haiku": "fake/glm/simple.0"} and pinned(view) == {
+        "haiku": "fake/glm/simple.0"}

@@ -114,3 +114,24 @@ def test_bad_imports_are_400_and_import_nothing(proxy, proxy_factory, conversati
     foreign = post(target, "/api/monitor/import", good, headers={"Origin": "http://evil.example"})
     assert foreign.status_code == 403 and target.list_records()["total"] == 0
     assert proxy.get("/api/monitor/export", format="xml").status_code == 400
+
+
+def test_import_takes_a_multipart_upload_like_curl_F(proxy, proxy_factory, conversation):
+    """`curl -F file=@export.compact.ndjson.gz .../api/monitor/import` (multipart/form-data) works like a raw body;
+    a form without a file, or one that is not multipart at all, is a 400 that imports nothing."""
+    exported = proxy.get("/api/monitor/export", model=conversation["model"], format="compact", gzip=1).content
+    target = proxy_factory()
+    with httpx.Client(trust_env=False, timeout=30) as c:
+        no_file = c.post(target.url + "/api/monitor/import", data={"note": "no file here"},
+                         files={"other": (None, b"not a file")})
+        assert no_file.status_code == 400 and "no file part" in no_file.json()["error"]["message"], no_file.text
+        broken = c.post(target.url + "/api/monitor/import", content=b"--x\r\n",
+                        headers={"content-type": "multipart/form-data"})  # no boundary
+        assert broken.status_code == 400 and broken.json()["error"]["message"].startswith("nothing imported")
+        assert target.list_records()["total"] == 0
+        # what curl -F file=@FILE sends: a form field with the file's name and a content type
+        answer = c.post(target.url + "/api/monitor/import", data={"comment": "before the file"},
+                        files={"file": ("records.compact.ndjson.gz", exported, "application/gzip")})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"format": "compact", "records": 6, "imported": 6, "skipped": 0}
+    assert record_texts(target, conversation["ids"]) == record_texts(proxy, conversation["ids"])

@@ -643,6 +643,20 @@ function renderAnalysis(rep) {
   return frag;
 }
 
+/** Upload an export file (multipart/form-data, as `curl -F file=@FILE` does): all of it or nothing is imported. */
+async function importFile(file) {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  try {
+    const result = await api("/api/monitor/import", { method: "POST", body: form });
+    toast(`Imported ${fmt.int(result.imported)} of ${fmt.int(result.records)} records from ${file.name}` +
+      (result.skipped ? ` (${fmt.int(result.skipped)} were already here)` : ""));
+    await Promise.all([loadList(), loadStats()]);
+  } catch (err) {
+    toast(`Import failed: ${err.message}`, "error");
+  }
+}
+
 async function clearAll() {
   if (!(await confirmDialog("Delete every record?", "This empties the record store. It cannot be undone.", "Delete all"))) return;
   try {
@@ -672,6 +686,12 @@ function wire() {
   $("analyze-close").addEventListener("click", () => $("analyze-dialog").close());
   $("session-clear").addEventListener("click", () => filterBySession(""));
   $("clear").addEventListener("click", clearAll);
+  $("import").addEventListener("click", () => $("import-file").click());
+  $("import-file").addEventListener("change", (ev) => {
+    const file = ev.target.files[0];
+    ev.target.value = ""; // choosing the same file again is a new import
+    if (file) importFile(file);
+  });
   document.addEventListener("keydown", (ev) => { if (ev.key === "Escape" && state.selected) closeDetail(); });
 }
 
