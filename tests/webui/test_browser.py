@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
 from pathlib import Path
 
 from fakes.anthropic_upstream import FINAL_TEXT
 from fakes.harness import REPO_ROOT
+from fakes.openrouter_upstream import FakeOpenRouter
 from playwright.sync_api import Page, expect
 
 from .conftest import open_monitor
@@ -171,8 +173,13 @@ def test_config_page_switches_the_mode_and_shows_toasts(page, start_proxy, fake_
     for testid in ("map-sonnet", "map-opus", "map-haiku", "save", "reset", "test-key"):
         expect(page.get_by_test_id(testid)).to_be_visible()
     openrouter_btn.click()
+    # no OPENROUTER_API_KEY in the test environment: the page asks first, and says so after the switch
+    expect(page.get_by_test_id("confirm")).to_contain_text("OPENROUTER_API_KEY is not set")
+    page.get_by_test_id("confirm-yes").click()
     toast = page.get_by_test_id("toast")
-    expect(toast).to_have_text("Mode switched to openrouter")
+    expect(toast).to_contain_text("Mode switched to openrouter. OpenRouter mode, but OPENROUTER_API_KEY is not set")
+    expect(toast).to_have_attribute("data-kind", "warning")
+    expect(page.get_by_test_id("config-warnings")).to_contain_text("every call is refused (401)")
     expect(openrouter_btn).to_have_attribute("aria-pressed", "true")
     assert p.get("/api/config").json()["mode"] == "openrouter"
     assert p.health()["mode"] == "openrouter"
@@ -190,12 +197,52 @@ def test_config_page_switches_the_mode_and_shows_toasts(page, start_proxy, fake_
     page.get_by_test_id("confirm-yes").click()
     expect(toast).to_have_text("Configuration reset to the defaults")
     expect(anthropic_btn).to_have_attribute("aria-pressed", "true")
+    expect(page.get_by_test_id("config-warnings")).to_be_hidden()
     assert p.get("/api/config").json()["mode"] == "anthropic"
     page.get_by_test_id("test-key").click()
     expect(toast).to_have_attribute("data-kind", "error")  # no OPENROUTER_API_KEY in the test environment
     # the browser logs the refused save (HTTP 400) itself; nothing else may show up
     assert page.console.errors == [
         "error: Failed to load resource: the server responded with a status of 400 (Bad Request)"]
+
+
+def test_config_page_says_what_pins_the_mode_and_what_each_family_maps_to(page, start_proxy):
+    with FakeOpenRouter() as fake:
+        p = start_proxy(options={"openrouter_base_url": fake.base_url, "proxy_mode": "openrouter"},
+                        env={"OPENROUTER_API_KEY": "sk-or-v1-" + "0" * 64})
+        deadline = time.monotonic() + 10  # the proxy reads OpenRouter's model list in the background
+        while p.get("/api/config").json()["modelMap"]["opus"]["source"] == "fallback":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        open_monitor(page, p)
+        model_map = page.get_by_test_id("model-map")
+        expect(model_map).to_have_text("sonnet → anthropic/claude-sonnet-5opus → anthropic/claude-opus-4.8"
+                                       "haiku → anthropic/claude-haiku-4.5other → anthropic/claude-sonnet-5")
+        assert "newest of the family" in model_map.locator('[data-family="opus"]').get_attribute("title")
+
+        page.goto(f"{p.url}/config")
+        pinned = page.get_by_test_id("mode-pinned")
+        expect(pinned).to_have_text("Pinned to openrouter by --set proxy_mode: a switch here lasts only until the "
+                                    "proxy restarts.")
+        # the families follow OpenRouter's list (the fake's newest opus is 4.8); the field is empty, not pinned
+        expect(page.get_by_test_id("map-opus")).to_have_attribute("placeholder", "anthropic/claude-opus-4.8")
+        expect(page.get_by_test_id("map-opus")).to_have_value("")
+        expect(page.get_by_test_id("map-source-opus")).to_have_text(
+            "→ anthropic/claude-opus-4.8: the newest opus in OpenRouter's model list")
+        page.get_by_test_id("map-opus").fill("anthropic/claude-opus-4.5")
+        page.get_by_test_id("save").click()
+        expect(page.get_by_test_id("map-source-opus")).to_contain_text("anthropic/claude-opus-4.5: pinned here")
+        assert p.get("/api/config").json()["modelMap"]["opus"] == {"id": "anthropic/claude-opus-4.5",
+                                                                   "source": "pinned"}
+        page.get_by_test_id("mode-anthropic").click()
+        expect(page.get_by_test_id("confirm")).to_contain_text("--set proxy_mode pins the mode to openrouter")
+        page.get_by_test_id("confirm-no").click()
+        assert p.get("/api/config").json()["mode"] == "openrouter"  # nothing changed
+        page.get_by_test_id("mode-anthropic").click()
+        page.get_by_test_id("confirm-yes").click()
+        expect(page.get_by_test_id("toast")).to_contain_text("only until the proxy restarts")
+        expect(page.get_by_test_id("config-warnings")).to_contain_text("--set proxy_mode sets it back to openrouter")
+        assert page.console.errors == []
 
 
 def test_screenshots_of_both_pages(page, proxy, tmp_path):

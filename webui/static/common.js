@@ -64,7 +64,7 @@ async function api(path, options = {}) {
 }
 
 let toastTimer = null;
-/** Show a toast: kind is "success" or "error". */
+/** Show a toast: kind is "success", "warning" or "error". */
 function toast(message, kind = "success") {
   const el = document.querySelector('[data-testid="toast"]');
   if (!el) return;
@@ -72,7 +72,7 @@ function toast(message, kind = "success") {
   el.dataset.kind = kind;
   el.classList.add("show");
   clearTimeout(toastTimer);
-  toastTimer = setTimeout(() => el.classList.remove("show"), kind === "error" ? 6000 : 3000);
+  toastTimer = setTimeout(() => el.classList.remove("show"), kind === "success" ? 3000 : 6000);
 }
 
 /** Copy text to the clipboard (with a fallback where the Clipboard API is unavailable). */

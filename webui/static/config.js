@@ -4,6 +4,12 @@
 const FAMILIES = ["sonnet", "opus", "haiku", "default"];
 const $ = (id) => document.getElementById(id);
 let models = new Map(); // id -> model info from /api/config/models
+let current = null; // the configuration as last shown (GET/POST /api/config)
+const SOURCES = {
+  pinned: () => "pinned here; empty the field and save to follow the newest model of the family",
+  newest: (family) => `the newest ${family === "default" ? "sonnet" : family} in OpenRouter's model list`,
+  fallback: () => "built-in fallback until OpenRouter's model list has been fetched",
+};
 
 function perMillion(price) {
   const n = Number(price);
@@ -20,22 +26,34 @@ function describeModel(m) {
 }
 
 function showPrice(family) {
-  const id = $(`map-${family}`).value.trim();
+  const input = $(`map-${family}`);
+  const id = input.value.trim() || input.placeholder;
   const m = models.get(id);
   $(`price-${family}`).textContent = m ? describeModel(m) : id && models.size ? "not in OpenRouter's list" : "";
 }
 
 function render(config) {
+  current = config;
   for (const mode of ["anthropic", "openrouter"]) {
     $(`mode-${mode}`).setAttribute("aria-pressed", String(config.mode === mode));
   }
   $("mode-hint").textContent = config.mode === "openrouter"
     ? "Claude Code's requests are translated and sent to OpenRouter. Applies to the next request."
     : "Requests pass through to Anthropic unchanged. Applies to the next request.";
+  const pin = config.pinned && config.pinned.mode;
+  $("mode-pinned").hidden = !pin;
+  $("mode-pinned").textContent = pin
+    ? `Pinned to ${pin.value} by ${pin.by}: a switch here lasts only until the proxy restarts.` : "";
   for (const family of FAMILIES) {
-    $(`map-${family}`).value = (config.models && config.models[family]) || "";
+    const choice = config.modelMap[family];
+    $(`map-${family}`).value = choice.source === "pinned" ? choice.id : "";
+    $(`map-${family}`).placeholder = choice.id;
+    $(`source-${family}`).textContent = `→ ${choice.id}: ${SOURCES[choice.source](family)}`;
     showPrice(family);
   }
+  const warnings = config.warnings || [];
+  $("warnings").hidden = !warnings.length;
+  clear($("warnings")).append(...warnings.map((text) => h("p", {}, "⚠ ", text)));
   const key = $("key-state");
   key.textContent = config.openrouterKeySet ? "set" : "not set";
   key.className = "keystate " + (config.openrouterKeySet ? "yes" : "no");
@@ -92,14 +110,33 @@ async function loadModels(refresh = false) {
   for (const family of FAMILIES) showPrice(family);
 }
 
+/** Ask before a switch that will not do what its user expects; true to go ahead. */
+async function switchConfirmed(mode) {
+  const notes = [];
+  if (mode === "openrouter" && current && !current.openrouterKeySet) {
+    notes.push("OPENROUTER_API_KEY is not set: every call will be refused (401) until you set it in the " +
+      "environment or .env and reload the configuration.");
+  }
+  const pin = current && current.pinned && current.pinned.mode;
+  if (pin && pin.value !== mode) {
+    notes.push(`${pin.by} pins the mode to ${pin.value}: this switch lasts only until the proxy restarts.`);
+  }
+  return !notes.length || confirmDialog(`Switch to ${mode} anyway?`, notes.join(" "), "Switch");
+}
+
 async function setMode(mode) {
+  if (current && current.mode === mode) return;
+  if (!(await switchConfirmed(mode))) return;
   const config = await run("Switching the mode", () => api("/api/config", { json: { mode } }));
-  if (config) { render(config); toast(`Mode switched to ${config.mode}`); }
+  if (!config) return;
+  render(config);
+  if (config.warnings.length) toast(`Mode switched to ${config.mode}. ${config.warnings.join(" ")}`, "warning");
+  else toast(`Mode switched to ${config.mode}`);
 }
 
 async function save() {
   const mapping = {};
-  for (const family of FAMILIES) mapping[family] = $(`map-${family}`).value.trim();
+  for (const family of FAMILIES) mapping[family] = $(`map-${family}`).value.trim() || null; // null: the newest
   const config = await run("Saving", () => api("/api/config", { json: { models: mapping } }));
   if (config) { render(config); toast("Model mapping saved"); }
 }

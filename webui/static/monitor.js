@@ -695,10 +695,24 @@ function wire() {
   document.addEventListener("keydown", (ev) => { if (ev.key === "Escape" && state.selected) closeDetail(); });
 }
 
+const MODEL_SOURCES = { pinned: "pinned in /config", newest: "the newest of the family in OpenRouter's model list",
+  fallback: "built-in fallback: OpenRouter's model list has not been fetched yet" };
+
+/** In openrouter mode, the OpenRouter model each Claude family is sent to (and, as a tooltip, why). */
+function showModelMap(config) {
+  const el = $("model-map");
+  el.hidden = config.mode !== "openrouter" || !config.modelMap;
+  if (el.hidden) return;
+  clear(el).append(...Object.entries(config.modelMap).map(([family, c]) => h("span", {
+    title: `${family === "default" ? "any other model name" : `claude ${family}`} → ${c.id}: ${MODEL_SOURCES[c.source]}`,
+    dataset: { family, source: c.source } }, `${family === "default" ? "other" : family} → `, h("code", {}, c.id))));
+}
+
 async function start() {
   readFiltersFromUrl();
   wire();
-  api("/api/monitor/config").then((c) => { $("mode-badge").textContent = `${c.mode} mode`; }).catch(() => {});
+  api("/api/monitor/config").then((c) => { $("mode-badge").textContent = `${c.mode} mode`; showModelMap(c); })
+    .catch(() => {});
   await Promise.all([loadList(), loadStats()]).catch((err) => toast(err.message, "error"));
   connect();
 }
