@@ -102,7 +102,8 @@ class Recorder:
         if not response.headers.get("content-type", "").startswith("text/event-stream"):
             exchange.response_started(response.status_code, {})  # its headers come with its body (`response`)
         else:
-            exchange.response_started(response.status_code, mask_headers(response.headers.items(multi=True)))
+            exchange.response_started(response.status_code, mask_headers(response.headers.items(multi=True)),
+                                      stream=True)
             response.stream = exchange.stream_tap
             if exchange.transform is not None and response.headers.get("transfer-encoding") == "chunked":
                 exchange.send_to_client = lambda data: send_chunk_to_client(flow, data)

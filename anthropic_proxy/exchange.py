@@ -88,9 +88,13 @@ class Exchange:
 
     # --- response -------------------------------------------------------------------------------
 
-    def response_started(self, status: int, headers: dict[str, str]) -> None:
+    def response_started(self, status: int, headers: dict[str, str], *, stream: bool = False) -> None:
+        """The response's headers arrived. A whole answer's first byte is now; a stream's is its first event, where
+        its timeline begins, read with the stream (`stream_log.take_stream`): OpenRouter sends its headers, then SSE
+        comments, well before that."""
         self.last_activity = time.monotonic()
-        self.record.metrics.ttfb_ms = self.elapsed_ms()
+        if not stream:
+            self.record.metrics.ttfb_ms = self.elapsed_ms()
         self.record.response = HttpResponsePart(status=status, headers=headers)
 
     def stream_tap(self, data: bytes) -> bytes | Iterable[bytes]:

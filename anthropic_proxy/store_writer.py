@@ -135,6 +135,8 @@ def decode(encoded: Encoded, prices: PriceBook | None = None) -> tuple[Record, d
         client.finish(client_log)
         upstream.finish(upstream_log)
         data["chunks"], data["upstreamChunks"] = client.chunks, upstream.chunks
+        if (first := client.first_event_ms) is not None:  # a stream's first byte: where its timeline begins
+            record.metrics.ttfb_ms = data["metrics"]["ttfbMs"] = first
         if (message := client.accumulator.message) is not None:
             record.message = data["message"] = message
         if record.status == "ended":

@@ -71,6 +71,15 @@ class StreamReader:
         self.chunks: list[Any] = []
         self.count = 0
 
+    @property
+    def first_event_ms(self) -> float | None:
+        """When the stream's first event arrived (ms after the request), where its timeline begins: its first byte,
+        as the record tells it (`Metrics.ttfb_ms`). None before that, and for an outline, which keeps no event."""
+        if not self.chunks:
+            return None
+        first = self.chunks[0]
+        return first["tMs"] if self._as_json else first.t_ms
+
     def read(self, log: StreamLog) -> None:
         for t_ms, data in log[self._done:]:
             self._take(t_ms, self._decoder.feed(data))
@@ -176,10 +185,12 @@ class StreamOutline(StreamReader):
 
 
 def take_stream(record: Record, reader: StreamReader, log: StreamLog) -> None:
-    """What the client's stream, read so far from `log`, tells of its record: its events and bytes, and the
-    message's usage and stop reason."""
+    """What the client's stream, read so far from `log`, tells of its record: its events and bytes, when the first
+    event came (`StreamReader.first_event_ms`), and the message's usage and stop reason."""
     metrics = record.metrics
     metrics.chunk_count, metrics.response_bytes = reader.count, sum(len(data) for _, data in log)
+    if (first := reader.first_event_ms) is not None:
+        metrics.ttfb_ms = first
     if (message := reader.accumulator.message) is not None:
         record.message = message
         record.usage = Usage.from_anthropic(message.get("usage"))

@@ -214,6 +214,17 @@ def test_stream_text(name, client, proxy, fake_openrouter, test_tag):
     assert record["status"] == "success", record.get("error")
 
 
+def test_first_byte_is_where_the_stream_timeline_begins(client, proxy, fake_openrouter, test_tag):
+    """A stream's ttfbMs is when its first bytes reached the client, the first entry of its timeline (the monitor
+    showed "first byte" at the headers, which OpenRouter sends well before its first event)."""
+    with client.messages.stream(model="fake/glm/tool_streaming.0", max_tokens=500, messages=WEATHER_QUESTION,
+                                tools=[WEATHER_TOOL], metadata={"user_id": test_tag}) as stream:
+        stream.get_final_message()
+    record = proxy.wait_record(by_tag(test_tag))
+    assert record["metrics"]["ttfbMs"] == record["chunks"][0]["tMs"]
+    assert record["upstreamChunks"][0]["tMs"] <= record["metrics"]["ttfbMs"] <= record["metrics"]["durationMs"]
+
+
 def test_stream_is_not_buffered(client, fake_openrouter, test_tag):
     """The first text reaches the SDK while the fake is still holding the rest of the stream."""
     hold_id = f"hold-{test_tag}"

@@ -519,6 +519,7 @@ def test_record_of_streamed_tool_use(client, sent_requests, fake_anthropic, prox
     metrics = record["metrics"]
     assert metrics["chunkCount"] == len(ex.events)
     assert 0 <= metrics["ttfbMs"] <= metrics["durationMs"]
+    assert metrics["ttfbMs"] == times[0]  # a stream's first byte is where its timeline begins
     assert metrics["requestBytes"] == len(only(sent_requests).content)
     assert metrics["responseBytes"] == len(ex.sent)
     assert_no_secret(record)
