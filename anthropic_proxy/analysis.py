@@ -219,7 +219,7 @@ class Totals(_Model):
     output_tokens: int = 0
     cache_creation_tokens: int = 0
     cache_read_tokens: int = 0
-    total_tokens: int = 0
+    total_tokens: int = 0  # input + output + cache writes + cache reads
     cost_usd: float = 0.0  # priced requests only
     costed_requests: int = 0
     unpriced_requests: int = 0
@@ -645,7 +645,8 @@ def render_html(report: AnalysisReport, *, title: str = "anthropic-proxy analysi
         _card("Success rate", _pct(t.success_rate)),
         _card("Cost", _usd(t.cost_usd), f"{_int(t.unpriced_requests)} without a price" if t.unpriced_requests
               else "every request priced"),
-        _card("Tokens", _int(t.total_tokens), f"{_int(t.input_tokens)} in · {_int(t.output_tokens)} out"),
+        _card("Tokens incl. cache", _int(t.total_tokens), f"{_int(t.input_tokens)} in · {_int(t.output_tokens)} out · "
+              f"{_int(t.cache_read_tokens)} cache read · {_int(t.cache_creation_tokens)} cache write"),
         _card("Cache hit rate", _pct(c.hit_rate), f"{_int(c.read_tokens)} read · {_int(c.write_tokens)} written"),
         _card("Cache savings", _usd(c.savings_usd), f"net {_usd(c.net_savings_usd)} after "
                                                     f"{_usd(c.write_premium_usd)} write premium"),

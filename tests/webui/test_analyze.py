@@ -110,6 +110,13 @@ def test_analyze_html_is_the_report_with_its_own_csp(proxy, populated):
     page = r.text
     assert page.startswith("<!DOCTYPE html>") and "<script" not in page.lower()
     assert "$0.0024" in page  # session A's cost, $0.00243
+    # the token total says that it counts the cache tokens, and how many of each kind
+    t = proxy.get("/api/monitor/analyze", session=populated["a"], format="json").json()["totals"]
+    assert t["totalTokens"] == sum(t[k] for k in ("inputTokens", "outputTokens", "cacheReadTokens",
+                                                  "cacheCreationTokens"))
+    assert f">Tokens incl. cache</div><div class=\"value\">{t['totalTokens']:,}<" in page
+    assert (f"{t['inputTokens']:,} in · {t['outputTokens']:,} out · {t['cacheReadTokens']:,} cache read · "
+            f"{t['cacheCreationTokens']:,} cache write") in page
     assert f"session={populated['a']}" in page  # the filters it was made with
     assert "Write unit tests for the store" in page and "debugging" in page  # top requests, request types
     # the app's strict policy still applies everywhere else
@@ -210,7 +217,8 @@ def test_analyze_dialog_shows_types_and_opens_an_expensive_request(page, proxy, 
     expect(dialog.get_by_test_id("analyze-errors")).to_contain_text("rate_limit_error")
     expect(dialog.get_by_test_id("analyze-latency")).to_contain_text("p95")
     expect(dialog).to_contain_text("Cache savings")
-    expect(dialog).to_contain_text("$0.0008")  # 0.0007695
+    expect(dialog).to_contain_text("$0.00077")  # 0.0007695
+    expect(dialog).to_contain_text("Tokens incl. cache930 (98 in · 200 out · 420 cache read · 212 cache write)")
     expect(dialog).to_contain_text(f"No price for: {UNKNOWN}")
     expect(dialog.get_by_test_id("analyze-session")).to_have_count(2)
     full = dialog.get_by_test_id("analyze-full-report")
@@ -235,7 +243,7 @@ def test_analyze_dialog_shows_types_and_opens_an_expensive_request(page, proxy, 
 
 def test_cache_savings_sessions_and_unknown_costs_on_the_page(page, proxy, populated):
     open_monitor(page, proxy)
-    expect(page.get_by_test_id("stat-cache-savings")).to_have_text("$0.0008")  # $0.0007695
+    expect(page.get_by_test_id("stat-cache-savings")).to_have_text("$0.00077")  # $0.0007695
     expect(page.get_by_test_id("stat-total")).to_have_text("7")
     sessions = page.get_by_test_id("session-row")
     expect(sessions).to_have_count(2)
@@ -253,7 +261,7 @@ def test_cache_savings_sessions_and_unknown_costs_on_the_page(page, proxy, popul
     expect(page.get_by_test_id("stat-total")).to_have_text("3")
     expect(page.get_by_test_id("filter-session")).to_be_visible()
     assert f"session={populated['b']}" in page.url
-    expect(page.get_by_test_id("stat-cache-savings")).to_have_text("$0.0002")  # 0.00018
+    expect(page.get_by_test_id("stat-cache-savings")).to_have_text("$0.00018")  # 0.00018
     expect(page.get_by_test_id("session-row")).to_have_count(1)
     page.get_by_test_id("filter-session-clear").click()
     expect(rows).to_have_count(7)

@@ -261,8 +261,86 @@ def test_screenshots_of_both_pages(page, proxy, tmp_path):
     page.wait_for_timeout(500)
     page.screenshot(path=folder / "monitor-detail.png")
     page.goto(f"{proxy.url}/config")
-    expect(page.get_by_test_id("map-sonnet")).not_to_have_value("")
+    expect(page.get_by_test_id("map-source-sonnet")).not_to_have_text("")
     page.wait_for_timeout(800)
     page.screenshot(path=folder / "config.png")
     for name in ("monitor.png", "monitor-detail.png", "config.png"):
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_import_button_uploads_a_file_and_costs_share_one_rule_per_column(page, proxy, tmp_path):
+    """Import: the file picker uploads an export (multipart). The imported records' costs, $0.0123 and $0.000078,
+    show with the same decimals in the list's cost column (it showed $0.01 next to $0.000078)."""
+    model = unique_model()
+    send(proxy, model, "to copy")
+    wait_final(proxy, model, 1)
+    [line] = proxy.get("/api/monitor/export", model=model).text.splitlines()
+    copies, copied_model = [], unique_model()
+    for cost in (0.0123, 0.000078):
+        record = json.loads(line)
+        record.update(id=uuid.uuid4().hex, model=copied_model, costUsd=cost)
+        copies.append(json.dumps(record))
+    upload = tmp_path / "records.ndjson"
+    upload.write_text("\n".join(copies) + "\n")
+
+    open_monitor(page, proxy)
+    page.get_by_test_id("import-file").set_input_files(upload)
+    expect(page.get_by_test_id("toast")).to_have_text("Imported 2 of 2 records from records.ndjson")
+    page.get_by_test_id("filter-model").select_option(copied_model)
+    expect(rows(page)).to_have_count(2)
+    assert sorted(rows(page).locator("td.cost").all_inner_texts()) == ["$0.000078", "$0.012300"]
+    page.get_by_test_id("import-file").set_input_files(upload)  # the same file again: nothing new
+    expect(page.get_by_test_id("toast")).to_contain_text("Imported 0 of 2 records from records.ndjson (2 were")
+    assert page.console.errors == []
+
+
+def test_detail_closes_when_the_search_leaves_its_record_out(page, proxy):
+    model = unique_model()
+    word = f"wombat{uuid.uuid4().hex[:6]}"
+    send(proxy, model, "the first one")
+    send(proxy, model, f"the second one, {word}")
+    first = proxy.wait_records(lambda r: r.get("model") == model, count=2, timeout=15)[0]
+    open_monitor(page, proxy, f"?model={model}")
+    page.locator(f'[data-testid="request-row"][data-id="{first["id"]}"]').click()
+    detail = page.get_by_test_id("detail")
+    expect(detail).to_contain_text("the first one")
+    page.get_by_test_id("search").fill(word)
+    expect(rows(page)).to_have_count(1)
+    expect(detail).to_be_hidden()
+    page.get_by_test_id("search").fill("")
+    expect(rows(page)).to_have_count(2)
+    rows(page).first.click()  # a record still in the list keeps its detail open when the filters change
+    expect(detail).to_be_visible()
+    page.get_by_test_id("filter-time").select_option("1h")
+    page.wait_for_timeout(300)
+    expect(detail).to_be_visible()
+
+
+def test_request_list_is_above_the_fold_at_1440x900_and_the_overview_folds(browser, proxy):
+    """With 20 sessions on record (the sessions table shows 20), the list's first rows are on a 1440x900 screen;
+    the charts and sessions fold away, and the page remembers that."""
+    for i in range(21):
+        send(proxy, "claude-sonnet-4-5", f"session {i}", headers={"x-claude-code-session-id": f"fold-{uuid.uuid4()}"})
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    try:
+        page = context.new_page()
+        open_monitor(page, proxy)
+        expect(page.get_by_test_id("session-row")).to_have_count(20)
+        first_row = rows(page).first.bounding_box()
+        assert first_row is not None and first_row["y"] + first_row["height"] <= 900, first_row
+        expect(page.locator("#chart-requests")).to_be_visible()
+
+        toggle = page.get_by_test_id("toggle-overview")
+        toggle.click()
+        expect(page.locator("#chart-requests")).to_be_hidden()
+        expect(page.get_by_test_id("sessions-table")).to_be_hidden()
+        assert rows(page).first.bounding_box()["y"] < first_row["y"] - 300
+        page.reload()
+        expect(page.get_by_test_id("toggle-overview")).to_have_attribute("aria-expanded", "false")
+        expect(page.locator("#chart-requests")).to_be_hidden()
+        page.get_by_test_id("toggle-overview").click()
+        expect(page.locator("#chart-requests")).to_be_visible()
+        page.reload()
+        expect(page.locator("#chart-requests")).to_be_visible()
+    finally:
+        context.close()

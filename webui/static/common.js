@@ -116,6 +116,14 @@ function confirmDialog(title, message, confirmLabel = "Confirm") {
   });
 }
 
+/** Decimals that show the smallest non-zero cost among `costs` with two significant digits: 2 to 8 (costs are
+ * kept to 1e-8 USD). One rule for a whole column, so that $0.012300 and $0.000078 line up. */
+function costDecimals(costs) {
+  let smallest = Infinity;
+  for (const c of costs) if (typeof c === "number" && c !== 0 && isFinite(c)) smallest = Math.min(smallest, Math.abs(c));
+  return smallest === Infinity ? 2 : Math.min(8, Math.max(2, Math.ceil(-Math.log10(smallest)) + 1));
+}
+
 const fmt = {
   int(n) { return n === null || n === undefined ? "—" : Math.round(n).toLocaleString("en-US"); },
   compact(n) {
@@ -126,11 +134,15 @@ const fmt = {
     if (abs >= 1e4) return (n / 1e3).toFixed(1) + "k";
     return fmt.int(n);
   },
-  cost(n) {
+  /** A cost in USD with `decimals` decimals: by default enough for two significant digits (see costDecimals). */
+  cost(n, decimals = costDecimals([n])) {
     if (n === null || n === undefined) return "—";
-    if (n === 0) return "$0";
-    if (Math.abs(n) < 0.0001) return "$" + n.toFixed(8).replace(/0+$/, ""); // costs are kept to 1e-8 USD
-    return n < 0.01 ? "$" + n.toFixed(4) : "$" + n.toFixed(n < 100 ? 2 : 0);
+    return "$" + n.toLocaleString("en-US", { minimumFractionDigits: decimals, maximumFractionDigits: decimals });
+  },
+  /** The formatter for a column of costs: every row with the same decimals, those its smallest cost needs. */
+  costs(values) {
+    const decimals = costDecimals(values);
+    return (n) => fmt.cost(n, decimals);
   },
   ms(n) {
     if (n === null || n === undefined) return "—";

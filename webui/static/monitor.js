@@ -9,6 +9,7 @@ const state = {
   limit: 50,
   total: 0,
   rows: new Map(), // id -> summary shown in the list
+  costDecimals: 2, // of the list's cost column (costDecimals of its rows)
   selected: null, // id of the record in the detail view
   detail: null, // the full record shown in the detail view
   showAllChunks: false,
@@ -81,6 +82,8 @@ function renderSessions(stats) {
     : `Sessions by cost (${fmt.int(stats.sessionCount || 0)})`;
   $("sessions-empty").hidden = sessions.length > 0;
   const tbody = clear($("sessions"));
+  const savings = fmt.costs(sessions.map((se) => se.cacheSavingsUsd));
+  const cost = fmt.costs(sessions.map((se) => se.costUsd));
   for (const se of sessions) {
     const open = () => filterBySession(se.session);
     tbody.append(h("tr", { "data-testid": "session-row", dataset: { session: se.session }, tabindex: "0",
@@ -92,8 +95,8 @@ function renderSessions(stats) {
     h("td", { class: "num" }, fmt.pct(se.successRate)),
     h("td", { class: "num" }, `${fmt.compact(se.inputTokens)} / ${fmt.compact(se.outputTokens)}`),
     h("td", { class: "num" }, fmt.ms(se.latencyMs && se.latencyMs.p50)),
-    h("td", { class: "num" }, fmt.cost(se.cacheSavingsUsd)),
-    h("td", { class: "num" }, fmt.cost(se.costUsd)),
+    h("td", { class: "num" }, savings(se.cacheSavingsUsd)),
+    h("td", { class: "num" }, cost(se.costUsd)),
     h("td", { class: "num when" }, se.lastTs ? fmt.time(new Date(se.lastTs * 1000).toISOString()) : "—")));
   }
 }
@@ -143,11 +146,11 @@ function drawCharts(stats) {
   horizontalBars($("chart-models"), {
     rows: stats.byModel.map((m) => ({ label: m.model, value: priced ? m.costUsd : m.requests }))
       .sort((a, b) => b.value - a.value),
-    format: priced ? fmt.cost : fmt.int, cls: priced ? "s2" : "s1",
+    format: priced ? fmt.costs(stats.byModel.map((m) => m.costUsd)) : fmt.int, cls: priced ? "s2" : "s1",
   });
   const days = stats.byDay || [];
   stackedBars($("chart-days"), {
-    labels: days.map((d) => d.day), format: fmt.cost,
+    labels: days.map((d) => d.day), format: fmt.costs(days.map((d) => d.costUsd)),
     tickLabel: (day, long) => long ? `${day} · ${fmt.int(days.find((d) => d.day === day).requests)} requests`
       : new Date(day + "T00:00:00Z").toLocaleDateString([], { month: "short", day: "numeric", timeZone: "UTC" }),
     series: [{ name: "cost", cls: "s2", values: days.map((d) => d.costUsd) }],
@@ -171,6 +174,7 @@ async function loadList() {
   const data = await api("/api/monitor/requests?" + filterParams({ page: state.page, limit: state.limit }));
   state.total = data.total;
   state.rows = new Map(data.data.map((r) => [r.id, r]));
+  state.costDecimals = costDecimals(data.data.map((r) => r.costUsd));
   const tbody = $("rows");
   const fresh = document.createDocumentFragment();
   for (const record of data.data) fresh.append(rowFor(record));
@@ -222,7 +226,18 @@ function costCell(record) {
   const note = record.costNote || null;
   return h("td", { class: "num cost", title: note },
     unknown && note ? h("span", { class: "unknown-cost", "data-testid": "cost-note", title: note }, "?")
-      : fmt.cost(record.costUsd));
+      : fmt.cost(record.costUsd, state.costDecimals));
+}
+
+/** The cost column keeps one decimals rule for all its rows: re-format it when a changed row changes the rule. */
+function alignCosts() {
+  const decimals = costDecimals(Array.from(state.rows.values(), (r) => r.costUsd));
+  if (decimals === state.costDecimals) return;
+  state.costDecimals = decimals;
+  for (const tr of $("rows").rows) {
+    const record = state.rows.get(tr.dataset.id);
+    if (record) tr.querySelector("td.cost").replaceWith(costCell(record));
+  }
 }
 
 function matchesFilters(record) {
@@ -254,6 +269,7 @@ function onRecordEvent(type, record) {
     }
     updatePager();
   }
+  alignCosts();
   if (record.id === state.selected) {
     if (type === "ended") state.selectedEnded = record.id;
     refreshDetailSoon();
@@ -536,7 +552,23 @@ function applyFilters() {
   const url = new URL(location.href);
   url.search = filterParams().toString();
   history.replaceState(null, "", url);
-  return Promise.all([loadList(), loadStats()]).catch((err) => toast(err.message, "error"));
+  return Promise.all([loadList(), loadStats()]).then(() => {
+    // the detail shows a request of the list: one that the filters or the search leave out goes with it
+    if (state.selected && !state.rows.has(state.selected)) closeDetail();
+  }).catch((err) => toast(err.message, "error"));
+}
+
+const OVERVIEW_KEY = "anthropic-proxy.monitor.overview";
+
+/** Show or hide the charts and the sessions (above the list); the choice is kept in localStorage. */
+function showOverview(shown) {
+  document.querySelector("main").classList.toggle("overview-hidden", !shown);
+  $("toggle-overview").setAttribute("aria-expanded", String(shown));
+  try { localStorage.setItem(OVERVIEW_KEY, shown ? "shown" : "hidden"); } catch { /* storage disabled */ }
+}
+
+function storedOverview() {
+  try { return localStorage.getItem(OVERVIEW_KEY) !== "hidden"; } catch { return true; }
 }
 
 function readFiltersFromUrl() {
@@ -575,6 +607,12 @@ function miniTable(headers, rows, { numericFrom = 1, testid = null, rowAttrs = (
     h("tbody", {}, rows.map((cells, r) => h("tr", rowAttrs(r), cells.map((c, i) => h("td", { class: num(i) }, c))))));
 }
 
+/** Table rows of `items` made by `cells(item, cost)`, where cost[key] formats the column of items' `key` costs. */
+function costColumns(items, keys, cells) {
+  const cost = Object.fromEntries(keys.map((key) => [key, fmt.costs(items.map((item) => item[key]))]));
+  return items.map((item) => cells(item, cost));
+}
+
 function orNone(items, build, message) {
   return items.length ? build(items) : h("div", { class: "hint" }, message);
 }
@@ -590,7 +628,8 @@ function renderAnalysis(rep) {
   frag.append(kv([
     ["Requests", `${fmt.int(t.requests)} (${fmt.int(t.errors)} errors)`], ["Success rate", fmt.pct(t.successRate)],
     ["Cost", fmt.cost(t.costUsd) + (t.unpricedRequests ? ` + ${fmt.int(t.unpricedRequests)} unpriced` : "")],
-    ["Tokens", `${fmt.compact(t.totalTokens)} (${fmt.compact(t.inputTokens)} in · ${fmt.compact(t.outputTokens)} out)`],
+    ["Tokens incl. cache", `${fmt.compact(t.totalTokens)} (${fmt.compact(t.inputTokens)} in · ${fmt.compact(t.outputTokens)} out · ` +
+      `${fmt.compact(t.cacheReadTokens)} cache read · ${fmt.compact(t.cacheCreationTokens)} cache write)`],
     ["Cache hit rate", fmt.pct(c.hitRate)], ["Cache savings", fmt.cost(c.savingsUsd)],
     ["Latency p50 / p95", `${fmt.ms(lat.p50)} / ${fmt.ms(lat.p95)}`], ["First byte p50", fmt.ms(ttfb.p50)],
     ["Sessions", fmt.int(rep.sessionCount)],
@@ -600,19 +639,21 @@ function renderAnalysis(rep) {
   }
   frag.append(h("h4", {}, "Request types"), orNone(rep.byRequestType, (rows) => miniTable(
     ["Type", "Requests", "Errors", "Tokens in / out", "Avg latency", "Cost"],
-    rows.map((r) => [r.key, fmt.int(r.requests), fmt.int(r.errors), `${fmt.compact(r.inputTokens)} / ${fmt.compact(r.outputTokens)}`,
-      fmt.ms(r.avgDurationMs), fmt.cost(r.costUsd)]), { testid: "analyze-types" }), "no requests"));
+    costColumns(rows, ["costUsd"], (r, cost) => [r.key, fmt.int(r.requests), fmt.int(r.errors),
+      `${fmt.compact(r.inputTokens)} / ${fmt.compact(r.outputTokens)}`, fmt.ms(r.avgDurationMs), cost.costUsd(r.costUsd)]),
+    { testid: "analyze-types" }), "no requests"));
   frag.append(h("h4", {}, "Tool calls"), orNone(rep.toolUsage, (rows) => h("div", { class: "tags", "data-testid": "analyze-tools" },
     rows.map((x) => h("span", { class: "badge" }, `${x.name} × ${fmt.int(x.count)}`))), "no tool calls"));
   frag.append(h("h4", {}, "Cost and tokens by model"), orNone(rep.byModel, (rows) => miniTable(
     ["Model", "Requests", "Input", "Output", "Cache write", "Cache read", "Cache savings", "Cost"],
-    rows.map((r) => [r.key, fmt.int(r.requests), fmt.compact(r.inputTokens), fmt.compact(r.outputTokens),
-      fmt.compact(r.cacheCreationTokens), fmt.compact(r.cacheReadTokens), fmt.cost(r.cacheSavingsUsd),
-      fmt.cost(r.costUsd) + (r.unpricedRequests ? " + ?" : "")]), { testid: "analyze-models" }), "no requests"));
+    costColumns(rows, ["cacheSavingsUsd", "costUsd"], (r, cost) => [r.key, fmt.int(r.requests),
+      fmt.compact(r.inputTokens), fmt.compact(r.outputTokens), fmt.compact(r.cacheCreationTokens),
+      fmt.compact(r.cacheReadTokens), cost.cacheSavingsUsd(r.cacheSavingsUsd),
+      cost.costUsd(r.costUsd) + (r.unpricedRequests ? " + ?" : "")]), { testid: "analyze-models" }), "no requests"));
   if (rep.byDay.length > 1) {
     frag.append(h("h4", {}, "By day (UTC)"), miniTable(["Day", "Requests", "Errors", "Tokens in / out", "Cost"],
-      rep.byDay.map((r) => [r.key, fmt.int(r.requests), fmt.int(r.errors),
-        `${fmt.compact(r.inputTokens)} / ${fmt.compact(r.outputTokens)}`, fmt.cost(r.costUsd)])));
+      costColumns(rep.byDay, ["costUsd"], (r, cost) => [r.key, fmt.int(r.requests), fmt.int(r.errors),
+        `${fmt.compact(r.inputTokens)} / ${fmt.compact(r.outputTokens)}`, cost.costUsd(r.costUsd)])));
   }
   frag.append(h("h4", {}, "Cache efficiency"), kv([
     ["Hit rate", fmt.pct(c.hitRate)], ["Read", fmt.compact(c.readTokens)], ["Written", fmt.compact(c.writeTokens)],
@@ -629,17 +670,17 @@ function renderAnalysis(rep) {
   const openRequest = (id) => (ev) => { ev.preventDefault(); $("analyze-dialog").close(); select(id); };
   frag.append(h("h4", {}, "Most expensive requests"), orNone(rep.mostExpensiveRequests, (rows) => miniTable(
     ["Request", "Type", "Tokens in / out", "Duration", "Cost"],
-    rows.map((r) => [h("a", { href: "#", "data-testid": "analyze-request", dataset: { id: r.id }, onclick: openRequest(r.id),
-      title: r.preview || r.id }, `${fmt.time(r.timestamp)} · ${r.model || "—"} · ${r.preview || "(no prompt)"}`),
-    r.requestType, `${fmt.compact(r.inputTokens)} / ${fmt.compact(r.outputTokens)}`, fmt.ms(r.durationMs), fmt.cost(r.costUsd)]),
+    costColumns(rows, ["costUsd"], (r, cost) => [h("a", { href: "#", "data-testid": "analyze-request", dataset: { id: r.id },
+      onclick: openRequest(r.id), title: r.preview || r.id }, `${fmt.time(r.timestamp)} · ${r.model || "—"} · ${r.preview || "(no prompt)"}`),
+    r.requestType, `${fmt.compact(r.inputTokens)} / ${fmt.compact(r.outputTokens)}`, fmt.ms(r.durationMs), cost.costUsd(r.costUsd)]),
     { numericFrom: 2 }), "no priced request"));
   const openSession = (id) => (ev) => { ev.preventDefault(); $("analyze-dialog").close(); filterBySession(id); };
   frag.append(h("h4", {}, "Most expensive sessions"), orNone(rep.mostExpensiveSessions, (rows) => miniTable(
     ["Session", "Models", "Requests", "Turns", "Cache hit rate", "Duration", "Cost"],
-    rows.map((se) => [h("a", { href: "#", "data-testid": "analyze-session", dataset: { session: se.sessionId },
+    costColumns(rows, ["costUsd"], (se, cost) => [h("a", { href: "#", "data-testid": "analyze-session", dataset: { session: se.sessionId },
       onclick: openSession(se.sessionId), title: `session ${se.sessionId}: show its requests` }, shortSession(se.sessionId)),
     se.models.join(", "), fmt.int(se.requests), fmt.int(se.turns), fmt.pct(se.cacheHitRate), fmt.ms(se.durationMs),
-    fmt.cost(se.costUsd) + (se.unpricedRequests ? " + ?" : "")]), { numericFrom: 2 }), "no Claude Code session"));
+    cost.costUsd(se.costUsd) + (se.unpricedRequests ? " + ?" : "")]), { numericFrom: 2 }), "no Claude Code session"));
   return frag;
 }
 
@@ -686,6 +727,8 @@ function wire() {
   $("analyze-close").addEventListener("click", () => $("analyze-dialog").close());
   $("session-clear").addEventListener("click", () => filterBySession(""));
   $("clear").addEventListener("click", clearAll);
+  $("toggle-overview").addEventListener("click",
+    () => showOverview($("toggle-overview").getAttribute("aria-expanded") !== "true"));
   $("import").addEventListener("click", () => $("import-file").click());
   $("import-file").addEventListener("change", (ev) => {
     const file = ev.target.files[0];
@@ -710,6 +753,7 @@ function showModelMap(config) {
 
 async function start() {
   readFiltersFromUrl();
+  showOverview(storedOverview());
   wire();
   api("/api/monitor/config").then((c) => { $("mode-badge").textContent = `${c.mode} mode`; showModelMap(c); })
     .catch(() => {});
