@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import heapq
 import html
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -556,10 +557,17 @@ def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def _usd(value: float | None) -> str:
+def _usd_decimals(values: Iterable[float | None]) -> int:
+    """The decimals that show the smallest non-zero cost among `values` with two significant digits (2 to 8; costs
+    are kept to 1e-8 USD): one rule for a whole column, as on the monitor (common.js costDecimals)."""
+    smallest = min((abs(value) for value in values if value), default=None)
+    return 2 if smallest is None else min(8, max(2, math.ceil(-math.log10(smallest)) + 1))
+
+
+def _usd(value: float | None, decimals: int | None = None) -> str:
     if value is None:
         return "—"
-    return f"${value:,.4f}" if abs(value) >= 0.0001 or value == 0 else f"${value:.8f}"
+    return f"${value:,.{_usd_decimals([value]) if decimals is None else decimals}f}"
 
 
 def _int(value: int | None) -> str:
@@ -603,11 +611,13 @@ def _bars(rows: list[tuple[str, float, str]]) -> str:
 
 
 def _breakdown(rows: list[Breakdown], first: str) -> str:
+    cost, savings = _usd_decimals(r.cost_usd for r in rows), _usd_decimals(r.cache_savings_usd for r in rows)
     return _table([first, "Requests", "Errors", "Input", "Output", "Cache write", "Cache read", "Cost",
                    "Unpriced", "Cache savings", "Avg latency"],
                   [[r.key, _int(r.requests), _int(r.errors), _int(r.input_tokens), _int(r.output_tokens),
-                    _int(r.cache_creation_tokens), _int(r.cache_read_tokens), _usd(r.cost_usd),
-                    _int(r.unpriced_requests), _usd(r.cache_savings_usd), _ms(r.avg_duration_ms)] for r in rows])
+                    _int(r.cache_creation_tokens), _int(r.cache_read_tokens), _usd(r.cost_usd, cost),
+                    _int(r.unpriced_requests), _usd(r.cache_savings_usd, savings), _ms(r.avg_duration_ms)]
+                   for r in rows])
 
 
 def _card(label: str, value: str, sub: str = "") -> str:
@@ -638,6 +648,9 @@ minmax(360px,1fr))}.warn{color:var(--accent)}
 def render_html(report: AnalysisReport, *, title: str = "anthropic-proxy analysis") -> str:
     """A self-contained page: inline style, no script, no external resource; every value HTML-escaped."""
     t, c, lat, ttfb = report.totals, report.cache, report.latency_ms, report.ttfb_ms
+    model_cost = _usd_decimals(r.cost_usd for r in report.by_model)
+    request_cost = _usd_decimals(r.cost_usd for r in report.most_expensive_requests)
+    session_cost = _usd_decimals(s.cost_usd for s in report.most_expensive_sessions)
     filters = ", ".join(f"{k}={v}" for k, v in report.filters.items() if v not in (None, "")) or "none"
     cards = "".join([
         _card("Requests", _int(t.requests), f"{_int(t.success)} ok · {_int(t.errors)} errors · "
@@ -662,7 +675,7 @@ def render_html(report: AnalysisReport, *, title: str = "anthropic-proxy analysi
         f'{_e(_time(report.first_timestamp))} to {_e(_time(report.last_timestamp))} · filters: {_e(filters)}</div>',
         f'<div class="cards">{cards}</div>', unpriced,
         '<div class="grid2"><section><h2>Cost by model</h2>'
-        + _bars([(r.key, r.cost_usd, _usd(r.cost_usd)) for r in report.by_model]) + "</section>"
+        + _bars([(r.key, r.cost_usd, _usd(r.cost_usd, model_cost)) for r in report.by_model]) + "</section>"
         + "<section><h2>Requests by type</h2>"
         + _bars([(r.key, r.requests, _int(r.requests)) for r in report.by_request_type]) + "</section></div>",
         "<h2>By model</h2>" + _breakdown(report.by_model, "Model"),
@@ -689,13 +702,13 @@ def render_html(report: AnalysisReport, *, title: str = "anthropic-proxy analysi
             ["Time", "Model", "Type", "Session", "Prompt", "Input", "Output", "Cache read", "Duration", "Cost"],
             [[_time(r.timestamp), r.model or "—", r.request_type, r.session_id or "—", r.preview,
               _int(r.input_tokens), _int(r.output_tokens), _int(r.cache_read_tokens), _ms(r.duration_ms),
-              _usd(r.cost_usd)] for r in report.most_expensive_requests], numeric_from=5),
+              _usd(r.cost_usd, request_cost)] for r in report.most_expensive_requests], numeric_from=5),
         "<h2>Most expensive sessions</h2>" + _table(
             ["Session", "Models", "Requests", "Turns", "Errors", "Input", "Output", "Cache hit rate", "Duration",
              "Cost"],
             [[s.session_id, ", ".join(s.models), _int(s.requests), _int(s.turns), _int(s.errors),
               _int(s.input_tokens), _int(s.output_tokens), _pct(s.cache_hit_rate), _ms(s.duration_ms),
-              _usd(s.cost_usd) + (f" (+{s.unpriced_requests} unpriced)" if s.unpriced_requests else "")]
+              _usd(s.cost_usd, session_cost) + (f" (+{s.unpriced_requests} unpriced)" if s.unpriced_requests else "")]
              for s in report.most_expensive_sessions], numeric_from=2, empty="No Claude Code sessions."),
     ]
     return (

@@ -316,5 +316,14 @@ def test_html_is_self_contained():
     assert "http://" not in lowered and "https://" not in lowered and "url(" not in lowered
     assert "content-security-policy" in lowered and "default-src 'none'" in page
     for text in ("Most expensive requests", "Most expensive sessions", "Cache efficiency", "Errors by type",
-                 "rate_limit_error", "claude-mystery-1", "$0.0270"):
+                 "rate_limit_error", "claude-mystery-1", "$0.027"):
         assert text in page, text
+
+
+def test_html_costs_share_one_rule_per_column():
+    """$0.0123 and $0.000078 in one column show with the same decimals (it was $0.0123 above $0.00007800)."""
+    records = [make("expensive", price=False), make("cheap", price=False)]
+    records[0].cost_usd, records[1].cost_usd = 0.0123, 0.000078
+    page = render_html(analyze(records, book=BOOK))
+    requests = page[page.index("Most expensive requests"):page.index("Most expensive sessions")]
+    assert "<td class=\"num\">$0.012300</td>" in requests and "<td class=\"num\">$0.000078</td>" in requests
