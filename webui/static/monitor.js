@@ -560,10 +560,16 @@ function applyFilters() {
 
 const OVERVIEW_KEY = "anthropic-proxy.monitor.overview";
 
-/** Show or hide the charts and the sessions (above the list); the choice is kept in localStorage. */
+/** Show or hide the charts and the sessions (above the list). */
 function showOverview(shown) {
   document.querySelector("main").classList.toggle("overview-hidden", !shown);
   $("toggle-overview").setAttribute("aria-expanded", String(shown));
+}
+
+/** The Charts button: fold or unfold, and keep the choice in localStorage for the next visit. */
+function toggleOverview() {
+  const shown = $("toggle-overview").getAttribute("aria-expanded") !== "true";
+  showOverview(shown);
   try { localStorage.setItem(OVERVIEW_KEY, shown ? "shown" : "hidden"); } catch { /* storage disabled */ }
 }
 
@@ -727,8 +733,7 @@ function wire() {
   $("analyze-close").addEventListener("click", () => $("analyze-dialog").close());
   $("session-clear").addEventListener("click", () => filterBySession(""));
   $("clear").addEventListener("click", clearAll);
-  $("toggle-overview").addEventListener("click",
-    () => showOverview($("toggle-overview").getAttribute("aria-expanded") !== "true"));
+  $("toggle-overview").addEventListener("click", toggleOverview);
   $("import").addEventListener("click", () => $("import-file").click());
   $("import-file").addEventListener("change", (ev) => {
     const file = ev.target.files[0];
