@@ -217,3 +217,6 @@ def test_claude_code_through_the_forward_proxy(proxy_factory, anthropic_fake, ce
     assert FINAL_TEXT in result.stdout
     records = proxy.wait_records(lambda r: r["request"]["path"].startswith("/v1/messages"), count=1)
     assert records[-1]["status"] == "success"
+    assert headers_get(records[-1]["request"]["headers"], "user-agent").startswith("claude-cli/")
+    assert anthropic_fake.find(lambda ex: ex.raw_path.startswith("/v1/messages")
+                               and (ex.header("user-agent") or "").startswith("claude-cli/"))
