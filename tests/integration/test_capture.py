@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -193,8 +192,8 @@ def claude_executable() -> str | None:
     return os.environ.get("ANTHROPIC_PROXY_TEST_CLAUDE") or shutil.which("claude")
 
 
-@pytest.mark.skipif(claude_executable() is None, reason="Claude Code is not installed (npm i -g @anthropic-ai/claude-code,"
-                    " or ANTHROPIC_PROXY_TEST_CLAUDE=/path/to/claude)")
+@pytest.mark.skipif(claude_executable() is None, reason="Claude Code is not installed (npm i -g "
+                    "@anthropic-ai/claude-code, or ANTHROPIC_PROXY_TEST_CLAUDE=/path/to/claude)")
 def test_claude_code_through_the_forward_proxy(proxy_factory, anthropic_fake, certificate, tmp_path):
     """`claude -p` with the official base URL (no ANTHROPIC_BASE_URL), HTTPS_PROXY and NODE_EXTRA_CA_CERTS: its
     calls to api.anthropic.com are captured, sent to the fake and recorded; nothing reaches the internet."""
