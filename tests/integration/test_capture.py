@@ -150,6 +150,31 @@ def test_other_hosts_pass_through_untouched_and_unrecorded(capture_proxy, anthro
     assert capture_proxy.records(by_tag(test_tag)) == []
 
 
+def test_allow_hosts_leaves_other_hosts_tls_alone(proxy_factory, anthropic_fake, other_host, certificate, test_tag):
+    """The recommended setting: mitmproxy intercepts TLS only for the capture hosts; the others' connections are
+    tunnelled as they are, so their clients need not trust mitmproxy's CA (here: they trust only the host's own)."""
+    upstream = f"https://localhost:{anthropic_fake.port}"
+    forward_port = free_port()
+    proxy = proxy_factory(
+        upstream=upstream,
+        options={"listen_host": "127.0.0.1", "capture_hosts": "localhost", "allow_hosts": "^localhost:",
+                 "ssl_verify_upstream_trusted_ca": str(certificate.cert)},
+        extra_args=["--mode", f"reverse:{upstream}", "--mode", f"regular@127.0.0.1:{forward_port}"])
+    forward_url = f"http://127.0.0.1:{forward_port}"
+    own_certificate_only = ssl.create_default_context(cafile=str(certificate.cert))
+    with httpx.Client(proxy=forward_url, verify=own_certificate_only, trust_env=False, timeout=20) as client:
+        answer = client.post(f"https://127.0.0.1:{other_host.port}/v1/messages", json=BODY,
+                             headers={"x-test-tag": test_tag})
+    assert answer.status_code == 200 and answer.content == other_host.tagged(test_tag)[0].sent
+    mitm = ssl.create_default_context(cafile=str(proxy.confdir / "mitmproxy-ca-cert.pem"))
+    with httpx.Client(proxy=forward_url, verify=mitm, trust_env=False, timeout=20) as client:
+        assert client.post(f"{upstream}/v1/messages", json=BODY, headers={
+            "x-test-tag": test_tag, "x-api-key": FAKE_API_KEY}).status_code == 200
+    (record,) = proxy.wait_records(by_tag(test_tag), count=1)
+    assert record["status"] == "success" and record["request"]["path"] == "/v1/messages"
+    assert proxy.get("/monitor").status_code == 200, "the reverse listener is intercepted as before"
+
+
 def test_reverse_listener_passes_paths_the_web_app_does_not_have(capture_proxy, anthropic_fake, test_tag):
     headers = {"authorization": f"Bearer {OAUTH_TOKEN}", "anthropic-beta": "oauth-2025-04-20",
                "x-test-tag": test_tag, "x-fake-scenario": "message", "user-agent": "claude-cli/2.1.0"}
