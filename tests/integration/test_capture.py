@@ -213,6 +213,19 @@ def test_local_capture_that_cannot_start_says_why(tmp_path, fake_anthropic):
     assert "needs root rights through sudo" in logs and "Stack backtrace" not in logs, logs
 
 
+def test_a_bad_capture_host_stops_mitmdump(tmp_path, fake_anthropic):
+    proxy = ProxyProcess(workdir=tmp_path, upstream=fake_anthropic.url,
+                         options={"listen_host": "127.0.0.1", "capture_hosts": "api.anthropic.com:443"},
+                         extra_args=["--mode", f"reverse:{fake_anthropic.url}",
+                                     "--mode", f"regular@127.0.0.1:{free_port()}"])
+    try:
+        proxy.start(wait_ready=False)
+        assert proxy.proc is not None and proxy.proc.wait(timeout=20) != 0, "no proxy left running"
+    finally:
+        proxy.close()
+    assert "capture_hosts takes bare host names such as api.anthropic.com: 'api.anthropic.com:443'" in proxy.logs()
+
+
 def claude_executable() -> str | None:
     return os.environ.get("ANTHROPIC_PROXY_TEST_CLAUDE") or shutil.which("claude")
 
