@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import mitmproxy_rs
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
+from mitmproxy.master import Master
 from mitmproxy.proxy import mode_specs
 
 from anthropic_proxy.capture import DEFAULT_CAPTURE_HOSTS, is_captured, local_capture_error, parse_capture_hosts
@@ -29,14 +30,14 @@ class LocalRedirectorErrors(logging.Filter):
     """Rewrites the local redirector's start-up failure (a Rust error chain, with a backtrace when RUST_BACKTRACE
     is set) into one paragraph that names the cause and what the redirector needs."""
 
-    def __init__(self, master: object) -> None:
+    def __init__(self, master: Master) -> None:
         super().__init__()
         self.master = master
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.ERROR:
             return True
-        proxyserver = self.master.addons.get("proxyserver")  # type: ignore[attr-defined]
+        proxyserver = self.master.addons.get("proxyserver")
         for server in proxyserver.servers if proxyserver else ():
             error = server.last_exception
             if isinstance(server.mode, mode_specs.LocalMode) and error is not None \

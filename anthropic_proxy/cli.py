@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         prog="anthropic-proxy",
         description="Start mitmproxy as an Anthropic API proxy. Unknown arguments go to mitmdump/mitmweb, "
         "e.g. --set proxy_mode=openrouter. `anthropic-proxy export --help` and `anthropic-proxy import --help` "
-        "work on the record store.",
+        "work on the record store. `anthropic-proxy claude [--forward [[HOST:]PORT]] [--] [ARGS...]` runs Claude "
+        "Code through the proxy (the running one, or one started for the session).",
     )
     parser.add_argument("--web", action="store_true", help="start mitmweb (mitmproxy's web UI) instead of mitmdump")
     parser.add_argument("--print-command", action="store_true", help="print the mitmproxy command and exit")

@@ -18,6 +18,9 @@ from typing import Any
 import pytest
 from fakes.harness import FAKE_API_KEY, by_tag, child_env, free_port
 
+from anthropic_proxy.record import Record
+from anthropic_proxy.store import RecordFilter, Store
+
 LAUNCHER = str(Path(sys.executable).with_name("anthropic-proxy"))
 
 FAKE_CLAUDE = """#!{python}
@@ -55,10 +58,13 @@ def launch(tmp_path: Path, args: list[str], env: dict[str, str]) -> subprocess.C
                           stdin=subprocess.DEVNULL)
 
 
-def exported(tmp_path: Path, tag: str) -> list[dict[str, Any]]:
-    out = subprocess.run([LAUNCHER, "export", "--format", "ndjson", "--state-dir", str(tmp_path / "state")],
-                         capture_output=True, text=True, timeout=60, check=True, env=launcher_env(tmp_path))
-    return [r for r in map(json.loads, out.stdout.splitlines()) if by_tag(tag)(r)]
+def stored(tmp_path: Path, tag: str) -> list[Record]:
+    """The records the proxy (stopped by now) left in its store, with this tag."""
+    store = Store(tmp_path / "state", close_orphans=False)
+    try:
+        return [r for r in store.iter_records(RecordFilter()) if r.request.headers.get("x-test-tag") == tag]
+    finally:
+        store.close()
 
 
 def port_is_free(port: int) -> bool:
@@ -114,8 +120,8 @@ def test_claude_runs_through_a_proxy_started_for_it(tmp_path, fake_anthropic, te
     assert seen["env"]["ANTHROPIC_BASE_URL"] == f"http://127.0.0.1:{port}" and seen["env"]["HTTPS_PROXY"] is None
     assert seen["status"] == 200 and len(fake_anthropic.tagged(test_tag)) == 1
     assert port_is_free(port), "the proxy started for the session is stopped with it"
-    (record,) = exported(tmp_path, test_tag)
-    assert record["status"] == "success"
+    (record,) = stored(tmp_path, test_tag)
+    assert record.status == "success"
 
 
 def test_claude_with_forward_capture_keeps_the_official_base_url(tmp_path, fake_anthropic, test_tag):
@@ -132,8 +138,8 @@ def test_claude_with_forward_capture_keeps_the_official_base_url(tmp_path, fake_
     assert ca == tmp_path / "home" / ".mitmproxy" / "mitmproxy-ca-cert.pem" and ca.is_file()
     assert seen["status"] == 200
     assert port_is_free(port) and port_is_free(forward)
-    (record,) = exported(tmp_path, test_tag)
-    assert record["status"] == "success"
+    (record,) = stored(tmp_path, test_tag)
+    assert record.status == "success"
 
 
 def test_claude_reuses_the_running_proxy(tmp_path, proxy, test_tag):
