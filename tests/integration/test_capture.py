@@ -185,11 +185,13 @@ def test_reverse_listener_passes_paths_the_web_app_does_not_have(capture_proxy, 
     with httpx.Client(base_url=capture_proxy.url, trust_env=False, timeout=10) as client:
         settings = client.get("/api/claude_code/settings?x=1", headers=headers)
         limits = client.get("/api/claude_code/policy_limits", headers=headers)
+        events = client.post("/api/event_logging/batch", headers=headers, content=b'{"events": [ ]}')
         monitor = client.get("/monitor")
-    first, second = anthropic_fake.tagged(test_tag)
+    first, second, third = anthropic_fake.tagged(test_tag)
     assert (first.method, first.raw_path) == ("GET", "/api/claude_code/settings?x=1")
     assert second.raw_path == "/api/claude_code/policy_limits"
-    for ex, answer in ((first, settings), (second, limits)):
+    assert (third.method, third.raw_path, third.body) == ("POST", "/api/event_logging/batch", b'{"events": [ ]}')
+    for ex, answer in ((first, settings), (second, limits), (third, events)):
         assert ex.header("authorization") == headers["authorization"]
         assert ex.header("anthropic-beta") == "oauth-2025-04-20" and ex.header("user-agent") == "claude-cli/2.1.0"
         assert ex.header("host") == f"localhost:{anthropic_fake.port}"
