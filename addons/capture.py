@@ -2,8 +2,8 @@
 
 Every flow of the reverse listener is ours. On a forward-proxy listener (`--mode regular@8080`) or the local
 redirector (`--mode local:claude`) only flows to a host in `capture_hosts` are: this addon marks them with
-`flow.metadata["anthropic_proxy.captured"]`, and the WebApp and Router leave every unmarked flow alone, so it goes
-to its own host untouched and unrecorded.
+`flow.metadata["anthropic_proxy.captured"]`. The Router leaves every unmarked flow alone (and the WebApp serves the
+reverse listener only), so it goes to its own host untouched and unrecorded.
 """
 
 from __future__ import annotations
