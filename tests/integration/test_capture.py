@@ -243,7 +243,9 @@ def test_claude_code_through_the_forward_proxy(proxy_factory, anthropic_fake, ce
     calls to api.anthropic.com are captured, sent to the fake and recorded; nothing reaches the internet."""
     forward_port = free_port()
     upstream = f"https://localhost:{anthropic_fake.port}"
+    # block_list: whatever else Claude Code reaches for is cut off here, never sent to the internet.
     proxy = proxy_factory(upstream=upstream, options={"listen_host": "127.0.0.1",
+                                                     "block_list": "/!(~d api.anthropic.com | ~d 127.0.0.1)/444",
                                                      "ssl_verify_upstream_trusted_ca": str(certificate.cert)},
                           extra_args=["--mode", f"reverse:{upstream}", "--mode", f"regular@127.0.0.1:{forward_port}"])
     home = tmp_path / "home"
