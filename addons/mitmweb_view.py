@@ -23,6 +23,7 @@ from mitmproxy import ctx, exceptions, flowfilter, http
 from mitmproxy.addonmanager import Loader
 
 from anthropic_proxy import runtime as runtime_module
+from anthropic_proxy.call_log import summary_parts
 from anthropic_proxy.environment import environment
 from anthropic_proxy.record import Record
 from anthropic_proxy.stream_log import read_record
@@ -67,39 +68,9 @@ def hide_internal_flows(view: Any) -> None:
     view.set_filter = set_filter
 
 
-def _money(cost: float) -> str:
-    return f"${cost:.4f}" if cost >= 0.01 else f"${cost:.6f}"
-
-
 def describe(record: Record) -> tuple[str, str]:
     """The flow comment and mark for a record: what a person scanning mitmweb's list wants to know."""
-    model = record.model or "?"
-    if record.provider == "openrouter":
-        head = f"{model} → {record.upstream_model or '?'} via OpenRouter"
-    else:
-        head = f"{model} · anthropic"
-    if record.request.path.split("?", 1)[0].endswith("/count_tokens"):
-        head += " · count_tokens"
-    if record.status == "success":
-        outcome = record.stop_reason or "ok"
-    elif record.status == "error" and record.error is not None:
-        outcome = f"error {record.error.type}: {record.error.message[:120]}"
-    elif record.status == "cancelled":
-        outcome = "cancelled (the client left)"
-    else:
-        outcome = record.status
-    usage = record.usage
-    tokens = f"in {usage.input_tokens} / out {usage.output_tokens} tok"
-    if usage.cache_read_input_tokens or usage.cache_creation_input_tokens:
-        tokens += f" (cache read {usage.cache_read_input_tokens}, write {usage.cache_creation_input_tokens})"
-    if record.cost_usd is not None:
-        cost = _money(record.cost_usd)
-    else:
-        note = getattr(record, "cost_note", None)
-        cost = f"cost unknown ({note})" if note else "cost unknown"
-    parts = [head, outcome, tokens, cost]
-    if record.metrics.duration_ms is not None:
-        parts.append(f"{record.metrics.duration_ms / 1000:.2f} s")
+    parts = summary_parts(record)
     comment = " · ".join(parts) + f"\nrecord {record.id}"
     if record.provider == "openrouter":
         comment += ("\ntranslated: the request shown is what went to OpenRouter; the response is the Anthropic "
