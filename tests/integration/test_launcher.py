@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import sysconfig
 import time
+import tomllib
 from pathlib import Path
 
 import anthropic
@@ -135,3 +138,53 @@ def test_addon_path_is_the_script_to_load():
     result = run_cli("addon-path")
     assert result.returncode == 0
     assert Path(result.stdout.strip()) == (REPO_ROOT / "addons" / "proxy.py").resolve()
+
+
+def test_a_wheel_installed_outside_the_checkout_records_a_call(tmp_path, fake_anthropic):
+    """pip install (not editable) of the built wheel into a fresh venv: the launcher finds its addon script and
+    mitm_config.yaml inside the package. The new venv borrows the test venv's dependencies (a path entry, not
+    its .pth files, so the checkout's editable install stays out) instead of downloading them."""
+    src = tmp_path / "src"
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    for folder in set(pyproject["tool"]["setuptools"]["package-dir"].values()):
+        shutil.copytree(REPO_ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, src / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                            "-w", str(tmp_path / "wheels"), str(src)], capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    assert "Warning" not in built.stdout + built.stderr, "packaging warnings (license, undeclared packages)"
+    wheel = next((tmp_path / "wheels").glob("anthropic_proxy-*.whl"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    python = venv / "bin" / "python"
+    installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
+                                "--no-index", "--disable-pip-version-check", str(wheel)],
+                               capture_output=True, text=True, timeout=120)
+    assert installed.returncode == 0, installed.stderr
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (Path(site) / "test-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # mitmdump as pip would have installed it with mitmproxy
+    (venv / "bin" / "mitmdump").write_text(f"#!{python}\nimport sys\nfrom mitmproxy.tools.main import mitmdump\n"
+                                           "sys.exit(mitmdump())\n")
+    (venv / "bin" / "mitmdump").chmod(0o755)
+    launcher = venv / "bin" / "anthropic-proxy"
+    env = child_env(tmp_path)
+    addon = subprocess.run([str(launcher), "addon-path"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert Path(addon.stdout.strip()) == Path(site) / "anthropic_proxy" / "addons" / "proxy.py", addon.stderr
+
+    class FromWheel(Launched):
+        def command(self) -> list[str]:
+            return [str(launcher), *super().command()[1:]]
+
+    proxy = FromWheel(workdir=tmp_path / "run", upstream=fake_anthropic.url)
+    proxy.start()  # before: "run it from an editable install of the repository"
+    try:
+        anthropic.Anthropic(base_url=proxy.url, api_key=FAKE_API_KEY, max_retries=0).messages.create(**BODY)
+        assert proxy.wait_record(lambda r: True)["status"] == "success"
+        assert proxy.get("/monitor").status_code == 200, "the pages ship in the wheel"
+    finally:
+        proxy.stop()
+    assert f"Loading script {Path(site) / 'anthropic_proxy' / 'addons' / 'proxy.py'}" in proxy.logs()
+    assert str(REPO_ROOT) not in proxy.logs()
