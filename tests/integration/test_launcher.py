@@ -55,6 +55,8 @@ def test_the_users_arguments_win_over_mitm_config_yaml(tmp_path):
     for args in (["-p", "9123"], ["--port", "9123"], ["--set", "listen_port=9123"]):
         sets = run_cli("--print-command", *args, env=env).stdout.split()
         assert "listen_port=9123" in sets and "listen_port=9999" not in sets, args
+    sets = run_cli("--print-command", "--host", "0.0.0.0", env=env).stdout.split()
+    assert "listen_host=0.0.0.0" in sets and "listen_host=127.0.0.1" not in sets
 
 
 def test_launcher_start_line_and_one_terminal_line_per_call(tmp_path, fake_anthropic):
