@@ -123,7 +123,8 @@ class Startup:
                           "Delete records older than this many days (env RETENTION_DAYS).")
         quiet_connection_lines()
         level = env.get("LOG_LEVEL").lower()
-        if level in _LOG_LEVELS:
+        # (--set values of mitmproxy's own options are in place by now: one given wins over LOG_LEVEL)
+        if level in _LOG_LEVELS and not loader.master.options.has_changed("termlog_verbosity"):
             loader.master.options.update(termlog_verbosity=_LOG_LEVELS[level])
         loader.master.options.update(**_REQUIRED_MITM_OPTIONS)
         # No --mode given: this is a reverse proxy for Anthropic on loopback, not a forward proxy on *:8080.
