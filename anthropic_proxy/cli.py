@@ -21,6 +21,7 @@ import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ruamel.yaml import YAML
 
@@ -31,6 +32,7 @@ from .environment import DEFAULT_STATE_DIR, environment
 # Both ship inside the package, so a wheel works as well as a checkout (`addons/` is the package
 # `anthropic_proxy.addons`; its location is looked up without importing it, which would import mitmproxy).
 MITM_CONFIG = Path(__file__).resolve().parent / "mitm_config.yaml"
+DEFAULT_UPSTREAM = "https://api.anthropic.com"
 
 
 def addon_script() -> Path:
@@ -79,6 +81,17 @@ def _format(value: object) -> str:
     return str(value)
 
 
+def _reverse_target(given: dict[str, str | None]) -> str:
+    """The configured upstream's origin. It only names the default destination (the Router routes each call, and
+    adds a path prefix), but mitmproxy prints it at start-up and mitmweb shows it. mitmproxy takes no path there;
+    an upstream that is no URL is left to the addon, which says what is wrong with it."""
+    upstream = given.get("anthropic_upstream") or environment.get("ANTHROPIC_UPSTREAM_URL") or DEFAULT_UPSTREAM
+    parts = urlsplit(upstream)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return DEFAULT_UPSTREAM
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def build_command(tool: str, extra_args: list[str]) -> list[str]:
     """The mitmdump/mitmweb command: mode, script, mitm_config.yaml's options, then the user's arguments.
 
@@ -88,11 +101,8 @@ def build_command(tool: str, extra_args: list[str]) -> list[str]:
     if executable is None:
         raise SystemExit(f"anthropic-proxy: {tool} not found; install the project with pip first")
     given = user_options(extra_args)
-    # The reverse target only names the default destination (the Router routes each call), but mitmproxy
-    # prints it at start-up and mitmweb shows it: it must be the configured upstream.
-    upstream = given.get("anthropic_upstream") or environment.get("ANTHROPIC_UPSTREAM_URL", "https://api.anthropic.com")
     # Giving the mode up front means mitmproxy never listens as a forward proxy, not even briefly.
-    command = [executable, "--mode", f"reverse:{upstream}", "-s", str(addon_script())]
+    command = [executable, "--mode", f"reverse:{_reverse_target(given)}", "-s", str(addon_script())]
     for name, value in mitm_options().items():
         if value is not None and name not in given:
             command += ["--set", f"{name}={_format(value)}"]

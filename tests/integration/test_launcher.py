@@ -51,6 +51,8 @@ def test_the_users_arguments_win_over_mitm_config_yaml(tmp_path):
     assert "keep_host_header=true" in sets, "the options the user leaves alone still come from the yaml"
     assert command[command.index("--mode") + 1] == "reverse:http://127.0.0.1:19090", \
         "mitmproxy's reverse target (printed at start-up, shown in mitmweb) is the configured upstream"
+    prefixed = run_cli("--print-command", "--set", "anthropic_upstream=http://127.0.0.1:19090/base").stdout.split()
+    assert prefixed[prefixed.index("--mode") + 1] == "reverse:http://127.0.0.1:19090", "mitmproxy takes no path there"
     env = child_env(tmp_path, {"PORT": "9999"})
     for args in (["-p", "9123"], ["--port", "9123"], ["--set", "listen_port=9123"]):
         sets = run_cli("--print-command", *args, env=env).stdout.split()
