@@ -60,8 +60,8 @@ def machine_names() -> tuple[str, ...]:
     with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.connect(("192.0.2.1", 9))  # (UDP: nothing is sent; the kernel only picks the outgoing address)
         names.append(probe.getsockname()[0])
-    hostname = socket.gethostname()
-    names += [hostname, socket.getfqdn()]
+    hostname = socket.gethostname()  # (not getfqdn(): a reverse DNS lookup can stall start-up for seconds)
+    names.append(hostname)
     with contextlib.suppress(OSError):
         names += [info[4][0] for info in socket.getaddrinfo(hostname, None)]
     return tuple(dict.fromkeys(name.lower() for name in names if name and not is_loopback(name)))
