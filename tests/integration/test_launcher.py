@@ -134,8 +134,9 @@ def test_setup_venv_installs_only_when_pyproject_changes(tmp_path):
 
     assert any("install" in call and "-e" in call for call in setup("test")), "a new venv gets the project"
     assert setup("test") == [], "nothing changed: no pip"
-    assert setup("test") == []
-    assert any(f"-e {REPO_ROOT}[postgres]" in call for call in setup("postgres")), "other extras: install again"
+    assert setup("") == [], "bin/run after bin/test: the project is there"
+    assert any(f"-e {REPO_ROOT}[postgres]" in call for call in setup("postgres")), "other extras: install them"
+    assert setup("test") == [] and setup("postgres") == []
 
 
 def test_addon_path_is_the_script_to_load():
