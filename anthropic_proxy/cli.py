@@ -206,7 +206,9 @@ other commands:
 
 examples:
   anthropic-proxy -p 9000                             listen on 127.0.0.1:9000 (or PORT=9000)
-  anthropic-proxy --host 0.0.0.0 --set web_token=T    serve other machines (the web pages need the token)
+  anthropic-proxy --host 0.0.0.0 --set web_hosts=myhost.lan
+                                                      serve other machines that open it by that name (the
+                                                      pages need a token: web_token, or the printed one)
   anthropic-proxy --set proxy_mode=openrouter         any mitmproxy option; yours win over mitm_config.yaml
   anthropic-proxy --web                               mitmweb: mitmproxy's UI on http://127.0.0.1:8081
 """
