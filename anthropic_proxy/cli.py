@@ -8,7 +8,10 @@ and one tells where the addon script is (for `mitmdump -s "$(anthropic-proxy add
     anthropic-proxy addon-path
 
 Any other arguments start the proxy; the ones it does not know go to mitmdump/mitmweb, and win over
-mitm_config.yaml and the environment.
+mitm_config.yaml and the environment. Beside the reverse proxy,
+`--forward [[HOST:]PORT]` adds a forward-proxy listener (HTTPS_PROXY capture) and `--local [PROCESS]` mitmproxy's
+local redirector; `anthropic-proxy claude [--forward [[HOST:]PORT]] [--] [ARGS...]` runs Claude Code through the
+proxy (started for it, or the one already running), with its arguments and exit code passed through.
 """
 
 from __future__ import annotations
@@ -54,25 +57,6 @@ def mitm_options(config_file: Path = MITM_CONFIG) -> dict[str, object]:
     return options
 
 
-def user_options(args: list[str]) -> dict[str, str | None]:
-    """The options the user's mitmproxy arguments set with `--set NAME[=VALUE]` (value None: a bare flag)."""
-    options: dict[str, str | None] = {}
-    pending = False
-    for arg in args:
-        if pending:
-            spec, pending = arg, False
-        elif arg == "--set":
-            pending = True
-            continue
-        elif arg.startswith("--set="):
-            spec = arg.removeprefix("--set=")
-        else:
-            continue
-        name, sep, value = spec.partition("=")
-        options[name] = value if sep else None
-    return options
-
-
 def _format(value: object) -> str:
     if value is None:
         return ""
@@ -81,32 +65,76 @@ def _format(value: object) -> str:
     return str(value)
 
 
-def _reverse_target(given: dict[str, str | None]) -> str:
+DEFAULT_FORWARD = ("127.0.0.1", 8080)
+
+
+def forward_address(value: str) -> tuple[str, int]:
+    """`--forward`'s `[HOST:]PORT`; the host defaults to loopback, so the forward proxy is nobody else's."""
+    host, _, port = value.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port or HOST:PORT: {value!r}") from None
+    if not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(f"not a port: {number}")
+    return host.strip("[]") or DEFAULT_FORWARD[0], number
+
+
+def _reverse_target(given: list[str]) -> str:
     """The configured upstream's origin. It only names the default destination (the Router routes each call, and
     adds a path prefix), but mitmproxy prints it at start-up and mitmweb shows it. mitmproxy takes no path there;
     an upstream that is no URL is left to the addon, which says what is wrong with it."""
-    upstream = given.get("anthropic_upstream") or environment.get("ANTHROPIC_UPSTREAM_URL") or DEFAULT_UPSTREAM
+    upstream = (given[-1] if given else "") or environment.get("ANTHROPIC_UPSTREAM_URL") or DEFAULT_UPSTREAM
     parts = urlsplit(upstream)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return DEFAULT_UPSTREAM
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def build_command(tool: str, extra_args: list[str]) -> list[str]:
-    """The mitmdump/mitmweb command: mode, script, mitm_config.yaml's options, then the user's arguments.
+def build_command(tool: str, extra_args: list[str], *, forward: tuple[str, int] | None = None,
+                  local: str | None = None) -> list[str]:
+    """The mitmdump/mitmweb command: modes, script, mitm_config.yaml's options, then the user's arguments.
 
     mitmproxy refuses two `--set` values for one option, so an option the user sets is left out of the
-    yaml's; its other flags (`--listen-port`, `-q`, ...) are applied after `--set` and win anyway."""
+    yaml's (its own flags, `-p`, `--listen-host`, `-q`, ..., are applied after `--set` and win anyway)."""
+    from .preflight import option_values
+
     executable = shutil.which(tool, path=str(Path(sys.executable).parent)) or shutil.which(tool)
     if executable is None:
         raise SystemExit(f"anthropic-proxy: {tool} not found; install the project with pip first")
-    given = user_options(extra_args)
+    upstream = _reverse_target(option_values(extra_args, "anthropic_upstream"))
     # Giving the mode up front means mitmproxy never listens as a forward proxy, not even briefly.
-    command = [executable, "--mode", f"reverse:{_reverse_target(given)}", "-s", str(addon_script())]
+    command = [executable, "--mode", f"reverse:{upstream}", "-s", str(addon_script())]
+    if forward is not None:  # an explicit address: listen_host/listen_port are the reverse listener's
+        host, port = forward
+        command += ["--mode", f"regular@{host}:{port}"]  # (mitmproxy splits at the last colon: no [] for IPv6)
+    if local is not None:
+        command += ["--mode", f"local:{local}"]
     for name, value in mitm_options().items():
-        if value is not None and name not in given:
+        if value is not None and not option_values(extra_args, name):
             command += ["--set", f"{name}={_format(value)}"]
     return command + extra_args
+
+
+def preflight(command: list[str], *, forward: tuple[str, int] | None = None, local: str | None = None) -> None:
+    """What would make mitmproxy fail at start-up with a traceback, checked first (raises LaunchError)."""
+    from .preflight import (
+        check_ca_writable,
+        check_capture_hosts,
+        check_local_redirector,
+        check_port_free,
+        confdir,
+        option_values,
+    )
+
+    check_capture_hosts(command, environment.get("CAPTURE_HOSTS"))
+    check_ca_writable(confdir(command))
+    host, port = option_values(command, "listen_host")[-1], option_values(command, "listen_port")[-1]
+    check_port_free(host, int(port), "the reverse proxy and web pages", "choose another port with PORT=N")
+    if forward is not None:
+        check_port_free(*forward, "the forward proxy", "choose another with --forward PORT")
+    if local is not None:
+        check_local_redirector(local)
 
 
 SUBCOMMANDS = ("export", "import")
@@ -203,6 +231,8 @@ other commands:
   anthropic-proxy export [...]   write the recorded calls (compact, ndjson, json, csv); see export --help
   anthropic-proxy import FILE    load an export back into the record store; see import --help
   anthropic-proxy addon-path     print the addon script, for mitmdump -s "$(anthropic-proxy addon-path)"
+  anthropic-proxy claude [--forward [[HOST:]PORT]] [--] [ARGS...]
+                                 run Claude Code through the proxy (the running one, or one started for it)
 
 examples:
   anthropic-proxy -p 9000                             listen on 127.0.0.1:9000 (or PORT=9000)
@@ -218,6 +248,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in SUBCOMMANDS:
         raise SystemExit(store_command(argv))
+    if argv and argv[0] == "claude":
+        from .claude_run import run_claude
+
+        raise SystemExit(run_claude(argv[1:]))
     if argv[:1] == [ADDON_PATH_COMMAND]:
         print(addon_script())
         return
@@ -231,14 +265,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", help="address to listen on (same as --set listen_host=HOST; env HOST)")
     parser.add_argument("--web", action="store_true", help="start mitmweb (mitmproxy's web UI) instead of mitmdump")
     parser.add_argument("--print-command", action="store_true", help="print the mitmproxy command and exit")
+    parser.add_argument("--forward", nargs="?", const=":".join(map(str, DEFAULT_FORWARD)), type=forward_address,
+                        metavar="[HOST:]PORT",
+                        help="also listen as a forward proxy (default 127.0.0.1:8080): clients with HTTPS_PROXY "
+                        "and mitmproxy's CA are captured with their official base URL (hosts in capture_hosts)")
+    parser.add_argument("--local", nargs="?", const="claude", metavar="PROCESS",
+                        help="also capture the traffic of PROCESS (default claude) with mitmproxy's local redirector "
+                        "(needs sudo; on Linux a kernel with eBPF)")
     parser.add_argument("--version", action="version", version=f"anthropic-proxy {__version__}")
     args, extra = parser.parse_known_args(argv)
     if args.host is not None:
         extra = ["--set", f"listen_host={args.host}", *extra]
     if args.port is not None:
         extra = ["--set", f"listen_port={args.port}", *extra]
-    command = build_command("mitmweb" if args.web else "mitmdump", extra)
+    command = build_command("mitmweb" if args.web else "mitmdump", extra, forward=args.forward, local=args.local)
     if args.print_command:
         print(" ".join(command))
         return
+    from .preflight import LaunchError
+
+    try:
+        preflight(command, forward=args.forward, local=args.local)
+    except LaunchError as exc:
+        raise SystemExit(f"anthropic-proxy: {exc}") from None
     os.execv(command[0], command)
