@@ -19,10 +19,12 @@ from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from .openrouter_route import Route
+    from .tracing import Tracer
 
 from . import __version__
 from .exchange import Exchange
 from .live import LiveBus
+from .metrics import ProxyMetrics, ProxyState
 from .openrouter_api import ModelCatalog
 from .pricing import PriceBook
 from .proxy_config import ConfigStore
@@ -63,6 +65,29 @@ class Runtime:
 
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     watchdog: asyncio.Task[None] | None = None
+    metrics: ProxyMetrics = field(init=False)  # GET /metrics; counts every call's end (metrics.py)
+    tracer: Tracer | None = None  # OpenTelemetry spans, when configured (tracing.py, the Telemetry addon)
+
+    def __post_init__(self) -> None:
+        self.metrics = ProxyMetrics(self.state, self.version)
+        self.store.call_ends.subscribe(self.metrics.count)
+
+    def state(self) -> ProxyState:
+        """What the proxy holds right now (read at each scrape of /metrics)."""
+        store = self.store
+        return ProxyState(in_flight=len(self.exchanges), store_queue=store.queued, store_unsaved=store.unsaved,
+                          store_write_errors=store.write_errors, store_degraded=store.last_write_error is not None,
+                          store_lost=store.lost, writer_restarts=store.writer_restarts)
+
+    def use_tracer(self, tracer: Tracer | None, *, closing: bool = False) -> None:
+        """Send spans to `tracer` from now on (None: none), shutting down the one before (waiting a bounded while
+        for its last spans when `closing`, else not at all: the event loop calls this)."""
+        previous, self.tracer = self.tracer, tracer
+        if previous is not None:
+            self.store.call_ends.unsubscribe(previous.on_end)
+            previous.shutdown(wait=closing)
+        if tracer is not None:
+            self.store.call_ends.subscribe(tracer.on_end)
 
     @property
     def prices(self) -> PriceBook:
@@ -76,7 +101,8 @@ class Runtime:
         task.add_done_callback(self.background.discard)
 
     def close(self) -> None:
-        self.store.close()
+        self.store.close()  # (its last reports bring the ends of the calls shutdown closed: spans before the tracer)
+        self.use_tracer(None, closing=True)
 
 
 _current: Runtime | None = None

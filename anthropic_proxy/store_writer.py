@@ -12,7 +12,8 @@ runs here, on another core.
       sender thread: gathers 50 ms of puts into one message
         ("put", max_records, retention_days, [(id, seq, (json, body))])  ->  decode, prepare, write, retry
         ("flush", token) / ("stop",)                              ->  after the write attempt
-      receiver thread: drops acknowledged puts from `queued`  <-  Report(written, dropped, flushed, counters, logs)
+      receiver thread: drops acknowledged puts from `queued`  <-  Report(written, dropped, flushed, counters, logs,
+        and hands on each call's final facts (`call_end.py`)          ends: a CallEnd per final record taken)
 
 No record is lost to the hand-over: a put stays in `queued` until the writer reports it written (or dropped:
 unserialisable, or beyond `MAX_UNSAVED` while the disk refuses writes). If the writer process dies, the receiver
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .bodies import parse_body
+from .call_end import CallEnd, call_end
 from .dialects import Connection, dialect_for
 from .exchange import call_facts
 from .pricing import PRICES_FILE, PriceBook
@@ -91,6 +93,7 @@ class Report:
     unsaved: int = 0
     lost: int = 0
     logs: list[tuple[int, str]] = field(default_factory=list)
+    ends: list[CallEnd] = field(default_factory=list)  # the final records taken this round (see call_end.py)
 
 
 # The record's JSON; its request body's own bytes if they go apart; its logged streams (client, upstream) if any;
@@ -154,6 +157,7 @@ class _Put:
     seq: int
     record: Record
     request_body: bytes | None
+    ended: bool = False  # its CallEnd was handed on (a restarted writer reports it again)
 
 
 # --- the proxy's side ------------------------------------------------------------------------------------
@@ -167,9 +171,11 @@ class WriterProcess:
     record is encoded right in `put`, once, and a pending one (a call that has just begun) is encoded only if
     it is still the latest put of its record `PENDING_DELAY` later: a short call writes one row, not two."""
 
-    def __init__(self, settings: WriterSettings, limits: Callable[[], tuple[int, float]]) -> None:
+    def __init__(self, settings: WriterSettings, limits: Callable[[], tuple[int, float]],
+                 on_ends: Callable[[list[CallEnd]], None] | None = None) -> None:
         self.settings = settings
         self._limits = limits  # (max_records, retention_days): options that change while running
+        self._on_ends = on_ends  # gets each call's final facts once, in the receiver thread
         self.queued: dict[str, _Put] = {}  # put, not yet reported written: `get` answers from here
         self.write_errors = 0
         self.last_write_error: str | None = None
@@ -352,6 +358,8 @@ class WriterProcess:
     def _apply(self, report: Report) -> None:
         for level, message in report.logs:
             logger.log(level, message)
+        if report.ends and self._on_ends is not None:
+            self._on_ends(self._first_reports(report.ends))
         for record_id, seq in (*report.written, *report.dropped):
             self._forget(record_id, seq)
         self.write_errors, self.last_write_error = report.write_errors, report.last_write_error
@@ -359,6 +367,17 @@ class WriterProcess:
         for token in report.flushed:
             if (done := self._flushes.pop(token, None)) is not None:
                 done.set()
+
+    def _first_reports(self, ends: list[CallEnd]) -> list[CallEnd]:
+        """The ends not handed on before: a put stays queued until written, and a writer started after another died
+        takes (and reports) it again."""
+        fresh = []
+        for end in ends:
+            item = self.queued.get(end.record_id)
+            if item is not None and not item.ended:
+                item.ended = True
+                fresh.append(end)
+        return fresh
 
     def _forget(self, record_id: str, seq: int) -> None:
         """Drop a put from `queued` unless a newer put of the record came since."""
@@ -466,6 +485,7 @@ class Writer:
         for record_id, seq, encoded in items:
             try:
                 record, data = decode(encoded, self.prices)
+                end = self._end_of(record)
                 prepared = prepare(record, self.settings.instance_id, data)
             except Exception:  # one record that cannot be stored must not stop the writer
                 self.lost += 1
@@ -474,6 +494,19 @@ class Writer:
                 continue
             self.unsaved.pop(record_id, None)
             self.unsaved[record_id] = (seq, prepared)  # the latest put of a record wins
+            if end is not None:
+                report.ends.append(end)
+
+    @staticmethod
+    def _end_of(record: Record) -> CallEnd | None:
+        """A final record's CallEnd (every final put is a call that has just ended in the proxy)."""
+        if not record.is_final:
+            return None
+        try:
+            return call_end(record)
+        except Exception:  # its facts are a bonus: the record is still stored
+            logger.exception("store: the final facts of record %s could not be read", record.id)
+            return None
 
     def _write(self) -> bool:
         """One transaction for everything unsaved; False when the database refused it (then it is retried)."""
