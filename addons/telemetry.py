@@ -1,6 +1,6 @@
-"""OpenTelemetry traces: the `otel_endpoint` option, and the runtime's tracer kept in step with it and with the
-standard `OTEL_*` environment variables (see anthropic_proxy/tracing.py). Prometheus metrics need no addon: the
-runtime always counts, and the web app serves `/metrics`."""
+"""OpenTelemetry traces: the `otel_endpoint` option, and the store's tracing (its writer process makes the spans)
+kept in step with it and with the standard `OTEL_*` environment variables (see anthropic_proxy/tracing.py).
+Prometheus metrics need no addon: the runtime always counts, and the web app serves `/metrics`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
 from anthropic_proxy import runtime as runtime_module
-from anthropic_proxy.tracing import trace_config
+from anthropic_proxy.tracing import check_installed, trace_config
 
 logger = logging.getLogger("anthropic_proxy")
 
@@ -30,19 +30,17 @@ class Telemetry:
             config = trace_config(ctx.options.otel_endpoint, os.environ)
         except ValueError as exc:
             raise exceptions.OptionsError(str(exc)) from None
-        if config == (runtime.tracer.config if runtime.tracer else None):  # (a script reload keeps the tracer)
+        store = runtime.store
+        if config == store.tracing:  # (a script reload changes nothing)
             return
-        if config is None:
-            runtime.use_tracer(None)
-            return
-        try:
-            from anthropic_proxy.tracing import Tracer
-
-            tracer = Tracer(config, version=runtime.version, read_record=runtime.store.get)
-        except ImportError as exc:
-            raise exceptions.OptionsError(
-                f"OpenTelemetry traces need the otel extra: pip install 'anthropic-proxy[otel]' ({exc})") from None
-        runtime.use_tracer(tracer)
-        logger.info("anthropic-proxy sends an OpenTelemetry span per call to %s (%s%s)",
-                    config.endpoint or "OTEL_EXPORTER_OTLP_ENDPOINT", config.protocol,
-                    ", with prompts and answers" if config.capture_content else "")
+        if config is not None:
+            try:
+                check_installed(config)
+            except ImportError as exc:
+                raise exceptions.OptionsError(
+                    f"OpenTelemetry traces need the otel extra: pip install 'anthropic-proxy[otel]' ({exc})") from None
+            endpoint = config.endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") \
+                or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            logger.info("anthropic-proxy sends an OpenTelemetry span per call to %s (%s%s)", endpoint, config.protocol,
+                        ", with prompts and answers" if config.capture_content else "")
+        store.configure_tracing(config)

@@ -19,7 +19,6 @@ from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from .openrouter_route import Route
-    from .tracing import Tracer
 
 from . import __version__
 from .exchange import Exchange
@@ -66,7 +65,6 @@ class Runtime:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     watchdog: asyncio.Task[None] | None = None
     metrics: ProxyMetrics = field(init=False)  # GET /metrics; counts every call's end (metrics.py)
-    tracer: Tracer | None = None  # OpenTelemetry spans, when configured (tracing.py, the Telemetry addon)
 
     def __post_init__(self) -> None:
         self.metrics = ProxyMetrics(self.state, self.version)
@@ -78,16 +76,6 @@ class Runtime:
         return ProxyState(in_flight=len(self.exchanges), store_queue=store.queued, store_unsaved=store.unsaved,
                           store_write_errors=store.write_errors, store_degraded=store.last_write_error is not None,
                           store_lost=store.lost, writer_restarts=store.writer_restarts)
-
-    def use_tracer(self, tracer: Tracer | None, *, closing: bool = False) -> None:
-        """Send spans to `tracer` from now on (None: none), shutting down the one before (waiting a bounded while
-        for its last spans when `closing`, else not at all: the event loop calls this)."""
-        previous, self.tracer = self.tracer, tracer
-        if previous is not None:
-            self.store.call_ends.unsubscribe(previous.on_end)
-            previous.shutdown(wait=closing)
-        if tracer is not None:
-            self.store.call_ends.subscribe(tracer.on_end)
 
     @property
     def prices(self) -> PriceBook:
@@ -101,8 +89,7 @@ class Runtime:
         task.add_done_callback(self.background.discard)
 
     def close(self) -> None:
-        self.store.close()  # (its last reports bring the ends of the calls shutdown closed: spans before the tracer)
-        self.use_tracer(None, closing=True)
+        self.store.close()
 
 
 _current: Runtime | None = None

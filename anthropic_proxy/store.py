@@ -61,6 +61,7 @@ from .record import Record, RecordError
 from .store_rows import METRIC_COLUMNS, RowWriter, prepare
 from .store_writer import WriterProcess, WriterSettings
 from .stream_log import read_record
+from .tracing import TraceConfig
 
 logger = logging.getLogger("anthropic_proxy.store")
 
@@ -176,6 +177,7 @@ class Store:
         self.prices = PriceBook(state_dir / PRICES_FILE)  # the proxy's too (Runtime.prices), and its writer's
         self._writer: WriterProcess | None = None  # started by the first put (the proxy's store: at once)
         self.call_ends = CallEnds()  # each call's final facts, as the writer reads them (call_end.py)
+        self.tracing: TraceConfig | None = None  # the writer makes a span per call (tracing.py)
         with self._connect() as db:
             self.dialect.migrate(db)
             if close_orphans:
@@ -235,6 +237,12 @@ class Store:
         A final record is no longer changed (the record-complete hook gets a copy: `stream_log.read_record`)."""
         self._writer_process().put(record, request_body)
 
+    def configure_tracing(self, config: TraceConfig | None) -> None:
+        """An OpenTelemetry span per call from now on, made by the writer process (None: none)."""
+        self.tracing = config
+        if self._writer is not None:
+            self._writer.configure_tracing(config)
+
     def flush(self, timeout: float = 10) -> None:
         """Wait until the writer has tried to write everything put so far (bounded by `timeout`)."""
         if self._writer is not None:
@@ -256,7 +264,7 @@ class Store:
                 state_dir=self.state_dir, url=self.url, busy_timeout=self.busy_timeout,
                 instance_id=self.instance_id, instance_name=self.instance_name, announced=self._announced,
                 legacy=self._legacy, prune_every=store_writer.PRUNE_EVERY,
-                heartbeat_seconds=store_writer.HEARTBEAT_SECONDS)
+                heartbeat_seconds=store_writer.HEARTBEAT_SECONDS, trace=self.tracing)
             self._writer = WriterProcess(settings, lambda: (self.max_records, self.retention_days),
                                          on_ends=self.call_ends.deliver)
         return self._writer

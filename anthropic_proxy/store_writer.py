@@ -12,6 +12,7 @@ runs here, on another core.
       sender thread: gathers 50 ms of puts into one message
         ("put", max_records, retention_days, [(id, seq, (json, body))])  ->  decode, prepare, write, retry
         ("flush", token) / ("stop",)                              ->  after the write attempt
+        ("trace", TraceConfig | None)                             ->  spans from now on (tracing.py)
       receiver thread: drops acknowledged puts from `queued`  <-  Report(written, dropped, flushed, counters, logs,
         and hands on each call's final facts (`call_end.py`)          ends: a CallEnd per final record taken)
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -42,6 +44,7 @@ from multiprocessing.connection import Connection as Channel
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .bodies import parse_body
 from .call_end import CallEnd, call_end
 from .dialects import Connection, dialect_for
@@ -50,6 +53,7 @@ from .pricing import PRICES_FILE, PriceBook
 from .record import Record
 from .store_rows import Prepared, RowWriter, prepare
 from .stream_log import StreamLog, StreamReader, settle_ended
+from .tracing import TraceConfig, Tracer
 from .translate import fastjson
 
 logger = logging.getLogger("anthropic_proxy.store")
@@ -78,6 +82,7 @@ class WriterSettings:
     legacy: bool  # v2 rows are waiting to be rewritten in the v3 form
     prune_every: int  # PRUNE_EVERY and HEARTBEAT_SECONDS as they were when the store started (tests lower them)
     heartbeat_seconds: float
+    trace: TraceConfig | None = None  # an OpenTelemetry span per call, made here (tracing.py)
 
 
 @dataclass(slots=True)
@@ -152,6 +157,13 @@ def decode(encoded: Encoded, prices: PriceBook | None = None) -> tuple[Record, d
 _OUTCOME_FIELDS = frozenset({"status", "error", "usage", "stop_reason", "cost_usd", "cost_note", "metrics"})
 
 
+@dataclass(frozen=True, slots=True)
+class _Tracing:
+    """The outbox's item for a change of the tracing configuration."""
+
+    config: TraceConfig | None
+
+
 @dataclass(slots=True)
 class _Put:
     seq: int
@@ -224,6 +236,11 @@ class WriterProcess:
         item = self.queued.get(record_id)
         return (item.record, item.request_body) if item else None
 
+    def configure_tracing(self, config: TraceConfig | None) -> None:
+        """Spans from now on (None: none), also from a writer process started after this one dies."""
+        self.settings = dataclasses.replace(self.settings, trace=config)
+        self._send(_Tracing(config))
+
     def flush(self, timeout: float) -> None:
         done = threading.Event()
         self._send(done, urgent=True)
@@ -294,6 +311,7 @@ class WriterProcess:
             self._urgent.clear()
             ready: dict[str, tuple[int, Encoded]] = {}
             flushes: list[threading.Event] = []
+            tracing: list[TraceConfig | None] = []
             stop = False
             while self._outbox:
                 item = self._outbox.popleft()
@@ -306,6 +324,8 @@ class WriterProcess:
                         ready[record_id] = (seq, data)
                 elif item is _STOP:
                     stop = True
+                elif isinstance(item, _Tracing):
+                    tracing.append(item.config)
                 else:
                     flushes.append(item)
             now = time.monotonic()
@@ -313,7 +333,7 @@ class WriterProcess:
                 if due <= now or flushes or stop:
                     del deferred[record_id]
                     self._encode_later(record_id, seq, ready)
-            messages: list[tuple[Any, ...]] = []
+            messages: list[tuple[Any, ...]] = [("trace", config) for config in tracing[-1:]]
             if ready:
                 messages.append(("put", *self._limits(), [(rid, seq, data) for rid, (seq, data) in ready.items()]))
             for done in flushes:
@@ -422,6 +442,8 @@ class Writer:
         self.unsaved: dict[str, tuple[int, Prepared]] = {}  # write failed (disk full, locked): retried
         self._writes = 0
         self._parent_gone = False
+        self.tracer: Tracer | None = None
+        self._use_tracing(settings.trace)
 
     def run(self) -> None:
         settings = self.settings
@@ -447,6 +469,8 @@ class Writer:
                     self._take(items, report)
                 elif message[0] == "flush":
                     report.flushed.append(message[1])
+                elif message[0] == "trace":
+                    self._use_tracing(message[1])
                 else:
                     stopping = True
             if self.unsaved and self._write():
@@ -461,6 +485,7 @@ class Writer:
         if self.unsaved:
             logger.error("store: %d record(s) could not be written to %s before shutdown",
                          len(self.unsaved), self.dialect.location)
+        self._use_tracing(None)  # (its last spans go, for a bounded while)
         if settings.announced:
             with contextlib.suppress(*self.dialect.errors):
                 self.db.reopen_if_broken()
@@ -485,7 +510,8 @@ class Writer:
         for record_id, seq, encoded in items:
             try:
                 record, data = decode(encoded, self.prices)
-                end = self._end_of(record)
+                if (end := self._end_of(record)) is not None:
+                    self._trace(end, record)  # (before `prepare`, which cuts the bodies the record shares)
                 prepared = prepare(record, self.settings.instance_id, data)
             except Exception:  # one record that cannot be stored must not stop the writer
                 self.lost += 1
@@ -496,6 +522,26 @@ class Writer:
             self.unsaved[record_id] = (seq, prepared)  # the latest put of a record wins
             if end is not None:
                 report.ends.append(end)
+
+    def _use_tracing(self, config: TraceConfig | None) -> None:
+        if self.tracer is not None:
+            if self.tracer.config == config:
+                return
+            self.tracer.shutdown(wait=config is None)
+        self.tracer = None
+        if config is not None:
+            try:
+                self.tracer = Tracer(config, version=__version__)
+            except Exception:  # (the proxy checked the extra is there: a bad setting, say) calls go on, untraced
+                logger.exception("store: OpenTelemetry spans cannot be made")
+
+    def _trace(self, end: CallEnd, record: Record) -> None:
+        """The call's span: made here, in this process, so that the SDK's CPU is not taken from the proxy's."""
+        if self.tracer is not None:
+            try:
+                self.tracer.on_end(end, record)
+            except Exception:
+                logger.exception("store: the span of record %s could not be made", record.id)
 
     @staticmethod
     def _end_of(record: Record) -> CallEnd | None:

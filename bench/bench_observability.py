@@ -6,8 +6,9 @@ Every figure is CPU time per call on the proxy's side (its threads share the eve
 1. writer: making the call's `CallEnd` from its final record (`call_end`);
 2. proxy: taking it from the writer's report (unpickling it with the report, `_first_reports`);
 3. proxy: counting it in the Prometheus registry (`ProxyMetrics.count`): the per-call counting cost (target < 20 µs);
-4. proxy: making its span (`Tracer.on_end`, the SDK's BatchSpanProcessor queueing it) and exporting it (the SDK's
-   OTLP protobuf encoding, in its own thread; the network is not measured);
+4. writer: making its span (`Tracer.on_end`, the SDK's BatchSpanProcessor queueing it) and exporting it (the
+   SDK's OTLP protobuf encoding, in its own thread; the network is not measured): what the proxy would pay if the
+   spans were made there;
 5. the alternative not taken, settling every call in the proxy: describing a Claude Code call (parsing its request
    body, 126 KB) and reading a 100-event stream's outline.
 
@@ -114,7 +115,7 @@ def main() -> None:
     per_call("proxy: one scrape of /metrics (generate_latest), per scrape", 1, metrics.exposition)
 
     try:
-        tracer_figures(ends, calls)
+        tracer_figures(ends, records)
     except ImportError:
         print("(the otel extra is not installed: no span figures)")
 
@@ -135,7 +136,7 @@ def main() -> None:
           "(target < 20 µs)")
 
 
-def tracer_figures(ends: list[CallEnd], calls: int) -> None:
+def tracer_figures(ends: list[CallEnd], records: list[Record]) -> None:
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
@@ -155,16 +156,16 @@ def tracer_figures(ends: list[CallEnd], calls: int) -> None:
         def shutdown(self) -> None:
             pass
 
-    tracer = Tracer(TraceConfig("http://127.0.0.1:9/v1/traces", "http/protobuf", False), version="bench",
-                    read_record=lambda _: None)
+    tracer = Tracer(TraceConfig("http://127.0.0.1:9/v1/traces", "http/protobuf", False), version="bench")
     exporter = Encoding()
     tracer._processor._batch_processor._exporter = exporter  # (the SDK's own processor, measured without a network)
-    spans = ends[: min(calls, 2048)]  # (the SDK's queue holds 2048 by default; more would be dropped, not measured)
-    per_call("proxy: make a call's span (Tracer.on_end, queued for export)", len(spans),
-             lambda: [tracer.on_end(end) for end in spans], repeat=1)
+    spans = min(len(ends), 2048)  # (the SDK's queue holds 2048 by default; more would be dropped, not measured)
+    per_call("writer: make a call's span (Tracer.on_end, queued for export)", spans,
+             lambda: [tracer.on_end(end, record) for end, record in zip(ends[:spans], records, strict=False)],
+             repeat=1)
     start = time.perf_counter()
     tracer._processor.force_flush()
-    print(f"{'proxy (exporter thread): encode its span as OTLP protobuf':<78} "
+    print(f"{'writer (exporter thread): encode its span as OTLP protobuf':<78} "
           f"{(time.perf_counter() - start) / max(1, exporter.spans) * 1e6:8.2f} µs")
     tracer.shutdown(wait=True)
 

@@ -168,6 +168,25 @@ def test_counters_histograms_and_gauges():
     assert found[("anthropic_proxy_info", (("version", "9.9"),))] == 1
 
 
+def test_histograms_agree_with_prometheus_clients_own():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from anthropic_proxy.metrics import LATENCY_BUCKETS
+
+    seconds = [0.05, 0.1, 0.1001, 2.49, 2.5, 2.51, 30.0, 599.9, 600.0, 601.0, 7200.0]
+    metrics = ProxyMetrics(lambda: STATE, "1")
+    reference = CollectorRegistry()
+    histogram = Histogram("anthropic_proxy_call_duration_seconds", "d", buckets=LATENCY_BUCKETS, registry=reference)
+    for value in seconds:
+        metrics.count(end_of(duration_ms=value * 1000))
+        histogram.observe(value)
+    ours = {(name, dict(labels).get("le")): value for (name, labels), value in samples(metrics).items()
+            if name.startswith("anthropic_proxy_call_duration_seconds_")}
+    theirs = {(s.name, s.labels.get("le")): s.value for family in reference.collect() for s in family.samples
+              if not s.name.endswith("_created")}
+    assert ours == pytest.approx(theirs) and len(theirs) == len(LATENCY_BUCKETS) + 3  # +Inf, _sum, _count
+
+
 def test_model_labels_are_bounded():
     metrics = ProxyMetrics(lambda: STATE, "1")
     for n in range(MAX_MODELS + 50):
