@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -406,17 +405,3 @@ def test_a_dead_collector_changes_nothing_for_the_client(start_proxy, make_clien
         assert proxy.stop() == 0, proxy.logs()
     finally:
         hung.close()
-
-
-def test_tracing_without_the_extra_says_how_to_get_it(start_proxy, otlp, tmp_path):
-    # A Python that cannot import opentelemetry: a sitecustomize hiding it, the rest of the venv unchanged.
-    hide = tmp_path / "hide"
-    hide.mkdir()
-    (hide / "sitecustomize.py").write_text(
-        "import sys\nclass _Hide:\n    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'opentelemetry' or name.startswith('opentelemetry.'):\n"
-        "            raise ImportError('hidden for this test')\nsys.meta_path.insert(0, _Hide())\n")
-    pythonpath = os.pathsep.join(p for p in (str(hide), os.environ.get("PYTHONPATH")) if p)
-    proxy = start_proxy(options={"otel_endpoint": otlp.url}, env={"PYTHONPATH": pythonpath}, wait_ready=False)
-    assert proxy.proc.wait(15) != 0
-    assert "pip install 'anthropic-proxy[otel]'" in proxy.logs()

@@ -4,6 +4,7 @@ span attributes and tracing configuration (the real thing end to end: tests/inte
 from __future__ import annotations
 
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -241,3 +242,56 @@ def test_end_of_a_record_unknown_to_the_writer_is_not_reported(tmp_path: Path):
         assert len(got.ends) == 1
     finally:
         store.close()
+
+
+def test_spans_over_grpc_reach_an_otlp_grpc_receiver():
+    """The gRPC protocol's exporter, as the writer process runs it, against a real OTLP/gRPC server."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    from anthropic_proxy.tracing import Tracer
+
+    received = []
+
+    class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):  # (the service's method name)
+            received.extend(span for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(ThreadPoolExecutor(2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        config = trace_config("", {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+                                   "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+        tracer = Tracer(TraceConfig(f"http://127.0.0.1:{port}", config.protocol, False), version="t")
+        tracer.on_end(end_of(record_id="over-grpc"), make_record())
+        tracer.shutdown(wait=True)  # (sends what is queued)
+        [span] = received
+        assert span.name == "chat claude-sonnet-4-5"
+        assert {kv.key: kv.value.string_value for kv in span.attributes}["anthropic_proxy.record_id"] == "over-grpc"
+    finally:
+        server.stop(0)
+
+
+def test_tracing_without_the_extra_says_how_to_get_it(tmp_path: Path, monkeypatch):
+    from mitmproxy import exceptions
+    from mitmproxy.addons.proxyserver import Proxyserver
+    from mitmproxy.test import taddons
+
+    from anthropic_proxy import runtime as runtime_module
+    from anthropic_proxy.addons import all_addons
+
+    addons = all_addons()
+    with taddons.context(Proxyserver(), *addons) as tctx:
+        tctx.configure(addons[0], state_dir=str(tmp_path))
+        monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)  # as if the otel extra were missing
+        try:
+            with pytest.raises(exceptions.OptionsError, match=r"pip install 'anthropic-proxy\[otel\]'"):
+                tctx.configure(addons[-1], otel_endpoint="http://127.0.0.1:4318")
+            assert runtime_module.current_runtime().store.tracing is None
+        finally:
+            runtime_module.close_runtime()
