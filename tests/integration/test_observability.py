@@ -35,6 +35,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from prometheus_client.parser import text_string_to_metric_families
+from ruamel.yaml import YAML
 
 CAPTURE = {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}
 FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100"}  # ms between two batches (5 s by default)
@@ -356,7 +357,7 @@ def test_prometheus_scrapes_the_proxy(openrouter_proxy, make_client, tmp_path, t
         log.close()
 
 
-def test_shipped_prometheus_config_is_valid(tmp_path):
+def test_shipped_observability_files_are_valid(tmp_path):
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("Debian's prometheus package (promtool) is not installed (bin/test installs it)")
@@ -375,6 +376,15 @@ def test_shipped_prometheus_config_is_valid(tmp_path):
                  "anthropic_proxy_call_duration_seconds_bucket", "anthropic_proxy_time_to_first_byte_seconds_bucket",
                  "anthropic_proxy_calls_in_flight", "anthropic_proxy_store_queue_records"):
         assert name in exprs, f"the dashboard shows no {name}"
+    yaml = YAML(typ="safe")
+    for compose in ("docker-compose.metrics.yml", "docker-compose.traces.yml"):
+        services = yaml.load((deploy / compose).read_text())["services"]
+        assert services["anthropic-proxy"]["extends"] == {"file": "../docker-compose.yml", "service": "anthropic-proxy"}
+        for service in services.values():
+            for volume in service.get("volumes", []):
+                source = volume.split(":")[0]
+                assert not source.startswith(".") or (deploy / source).exists(), f"{compose}: {source} is missing"
+    yaml.load((deploy / "otel-collector" / "config.yaml").read_text())
 
 
 # ---- a collector that never answers ------------------------------------------------------------------------
