@@ -65,6 +65,7 @@ class OtlpReceiver(FakeServer):
     def __init__(self) -> None:
         super().__init__()
         self.spans: list[tuple[dict[str, Any], Span]] = []
+        self.headers: dict[str, str] = {}  # each span's export request's x-team header (by span id)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -79,6 +80,8 @@ class OtlpReceiver(FakeServer):
                 resource = attributes_of(resource_spans.resource.attributes)
                 for scope_spans in resource_spans.scope_spans:
                     self.spans += [(resource, span) for span in scope_spans.spans]
+                    self.headers.update((span.span_id.hex(), request.headers.get("x-team", ""))
+                                        for span in scope_spans.spans)
         return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
                             content_type="application/x-protobuf")
 
@@ -117,10 +120,12 @@ def fake_openrouter() -> Iterator[FakeOpenRouter]:
 
 @pytest.fixture(scope="module")
 def openrouter_proxy(proxy_factory, otlp, fake_openrouter):
-    """Openrouter mode, with a web token (so /metrics needs it too), spans to `otlp` without content."""
+    """Openrouter mode, with a web token (so /metrics needs it too), spans to `otlp` without content, configured by
+    the standard variables only (endpoint, headers, service name)."""
     p = proxy_factory(options={"openrouter_base_url": fake_openrouter.base_url, "proxy_mode": "openrouter",
                                "web_token": TOKEN},
-                      env={**FAST_EXPORT, "OPENROUTER_API_KEY": DEFAULT_KEY, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url},
+                      env={**FAST_EXPORT, "OPENROUTER_API_KEY": DEFAULT_KEY, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url,
+                           "OTEL_EXPORTER_OTLP_HEADERS": "x-team=ml%20research", "OTEL_SERVICE_NAME": "llm-gateway"},
                       wait_ready=False)
     p._http.headers["Authorization"] = f"Bearer {TOKEN}"
     p.wait_ready()
@@ -214,7 +219,8 @@ def test_openrouter_span_has_no_content_without_the_switch(openrouter_proxy, otl
         s.get_final_message()
     record = openrouter_proxy.wait_record(by_tag(test_tag))
     assert record["status"] == "success" and record["provider"] == "openrouter"
-    _, span, attributes = otlp.span_of(record["id"])
+    resource, span, attributes = otlp.span_of(record["id"])
+    assert resource["service.name"] == "llm-gateway" and otlp.headers[span.span_id.hex()] == "ml research"
     usage = [e for e in recorded_events(load_recording(name, stream=True)) if isinstance(e, dict) and e.get("usage")]
     prompt_tokens = usage[-1]["usage"]["prompt_tokens"]
     assert attributes["gen_ai.provider.name"] == "openrouter"
