@@ -182,7 +182,7 @@ def check_installed(config: TraceConfig) -> None:
 
 
 class Tracer:
-    """Makes and exports the spans (`on_end`: never blocks)."""
+    """Makes and exports the spans, in the store's writer process (`on_end` never blocks)."""
 
     def __init__(self, config: TraceConfig, *, version: str) -> None:
         # Imported here: the `otel` extra is optional (ImportError tells the caller it is missing).
@@ -229,16 +229,13 @@ class Tracer:
         The SDK's shutdown exports in the calling thread and waits for the exporter's own timeout (10 s by default,
         and retries) when the collector does not answer: a stop must not wait that long. What is not sent by then
         is dropped (the SDK's threads are daemons)."""
-        stopping = threading.Thread(target=self._stop, name="anthropic-proxy-trace-shutdown", daemon=True)
+        stopping = threading.Thread(target=self._provider.shutdown, name="anthropic-proxy-trace-shutdown", daemon=True)
         stopping.start()
         if wait:
             stopping.join(SHUTDOWN_SECONDS)
             if stopping.is_alive():
                 logger.warning("OpenTelemetry: the collector did not take the last spans within %.0f s; they are "
                                "dropped", SHUTDOWN_SECONDS)
-
-    def _stop(self) -> None:
-        self._provider.shutdown()
 
 
 def _names_service(env: Mapping[str, str]) -> bool:
