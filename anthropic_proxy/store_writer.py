@@ -12,7 +12,9 @@ runs here, on another core.
       sender thread: gathers 50 ms of puts into one message
         ("put", max_records, retention_days, [(id, seq, (json, body))])  ->  decode, prepare, write, retry
         ("flush", token) / ("stop",)                              ->  after the write attempt
-      receiver thread: drops acknowledged puts from `queued`  <-  Report(written, dropped, flushed, counters, logs)
+        ("trace", TraceConfig | None)                             ->  spans from now on (tracing.py)
+      receiver thread: drops acknowledged puts from `queued`  <-  Report(written, dropped, flushed, counters, logs,
+        and hands on each call's final facts (`call_end.py`)          ends: a CallEnd per final record taken)
 
 No record is lost to the hand-over: a put stays in `queued` until the writer reports it written (or dropped:
 unserialisable, or beyond `MAX_UNSAVED` while the disk refuses writes). If the writer process dies, the receiver
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -41,7 +44,9 @@ from multiprocessing.connection import Connection as Channel
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .bodies import parse_body
+from .call_end import CallEnd, call_end
 from .call_log import log_call
 from .dialects import Connection, dialect_for
 from .exchange import call_facts
@@ -49,6 +54,7 @@ from .pricing import PRICES_FILE, PriceBook
 from .record import Record
 from .store_rows import Prepared, RowWriter, prepare
 from .stream_log import StreamLog, StreamReader, settle_ended
+from .tracing import TraceConfig, Tracer
 from .translate import fastjson
 
 logger = logging.getLogger("anthropic_proxy.store")
@@ -77,6 +83,7 @@ class WriterSettings:
     legacy: bool  # v2 rows are waiting to be rewritten in the v3 form
     prune_every: int  # PRUNE_EVERY and HEARTBEAT_SECONDS as they were when the store started (tests lower them)
     heartbeat_seconds: float
+    trace: TraceConfig | None = None  # an OpenTelemetry span per call, made here (tracing.py)
 
 
 @dataclass(slots=True)
@@ -92,6 +99,7 @@ class Report:
     unsaved: int = 0
     lost: int = 0
     logs: list[tuple[int, str]] = field(default_factory=list)
+    ends: list[CallEnd] = field(default_factory=list)  # the final records taken this round (see call_end.py)
 
 
 # The record's JSON; its request body's own bytes if they go apart; its logged streams (client, upstream) if any;
@@ -150,11 +158,19 @@ def decode(encoded: Encoded, prices: PriceBook | None = None) -> tuple[Record, d
 _OUTCOME_FIELDS = frozenset({"status", "error", "usage", "stop_reason", "cost_usd", "cost_note", "metrics"})
 
 
+@dataclass(frozen=True, slots=True)
+class _Tracing:
+    """The outbox's item for a change of the tracing configuration."""
+
+    config: TraceConfig | None
+
+
 @dataclass(slots=True)
 class _Put:
     seq: int
     record: Record
     request_body: bytes | None
+    ended: bool = False  # its CallEnd was handed on (a restarted writer reports it again)
 
 
 # --- the proxy's side ------------------------------------------------------------------------------------
@@ -168,9 +184,11 @@ class WriterProcess:
     record is encoded right in `put`, once, and a pending one (a call that has just begun) is encoded only if
     it is still the latest put of its record `PENDING_DELAY` later: a short call writes one row, not two."""
 
-    def __init__(self, settings: WriterSettings, limits: Callable[[], tuple[int, float]]) -> None:
+    def __init__(self, settings: WriterSettings, limits: Callable[[], tuple[int, float]],
+                 on_ends: Callable[[list[CallEnd]], None] | None = None) -> None:
         self.settings = settings
         self._limits = limits  # (max_records, retention_days): options that change while running
+        self._on_ends = on_ends  # gets each call's final facts once, in the receiver thread
         self.queued: dict[str, _Put] = {}  # put, not yet reported written: `get` answers from here
         self.write_errors = 0
         self.last_write_error: str | None = None
@@ -218,6 +236,11 @@ class WriterProcess:
         """A record put and not yet written, and its request body's bytes (if they go apart)."""
         item = self.queued.get(record_id)
         return (item.record, item.request_body) if item else None
+
+    def configure_tracing(self, config: TraceConfig | None) -> None:
+        """Spans from now on (None: none), also from a writer process started after this one dies."""
+        self.settings = dataclasses.replace(self.settings, trace=config)
+        self._send(_Tracing(config))
 
     def flush(self, timeout: float) -> None:
         done = threading.Event()
@@ -289,6 +312,7 @@ class WriterProcess:
             self._urgent.clear()
             ready: dict[str, tuple[int, Encoded]] = {}
             flushes: list[threading.Event] = []
+            tracing: list[TraceConfig | None] = []
             stop = False
             while self._outbox:
                 item = self._outbox.popleft()
@@ -301,6 +325,8 @@ class WriterProcess:
                         ready[record_id] = (seq, data)
                 elif item is _STOP:
                     stop = True
+                elif isinstance(item, _Tracing):
+                    tracing.append(item.config)
                 else:
                     flushes.append(item)
             now = time.monotonic()
@@ -308,7 +334,7 @@ class WriterProcess:
                 if due <= now or flushes or stop:
                     del deferred[record_id]
                     self._encode_later(record_id, seq, ready)
-            messages: list[tuple[Any, ...]] = []
+            messages: list[tuple[Any, ...]] = [("trace", config) for config in tracing[-1:]]
             if ready:
                 messages.append(("put", *self._limits(), [(rid, seq, data) for rid, (seq, data) in ready.items()]))
             for done in flushes:
@@ -353,6 +379,8 @@ class WriterProcess:
     def _apply(self, report: Report) -> None:
         for level, message in report.logs:
             logger.log(level, message)
+        if report.ends and self._on_ends is not None:
+            self._on_ends(self._first_reports(report.ends))
         for record_id, seq in (*report.written, *report.dropped):
             self._forget(record_id, seq)
         self.write_errors, self.last_write_error = report.write_errors, report.last_write_error
@@ -360,6 +388,17 @@ class WriterProcess:
         for token in report.flushed:
             if (done := self._flushes.pop(token, None)) is not None:
                 done.set()
+
+    def _first_reports(self, ends: list[CallEnd]) -> list[CallEnd]:
+        """The ends not handed on before: a put stays queued until written, and a writer started after another died
+        takes (and reports) it again."""
+        fresh = []
+        for end in ends:
+            item = self.queued.get(end.record_id)
+            if item is not None and not item.ended:
+                item.ended = True
+                fresh.append(end)
+        return fresh
 
     def _forget(self, record_id: str, seq: int) -> None:
         """Drop a put from `queued` unless a newer put of the record came since."""
@@ -404,6 +443,8 @@ class Writer:
         self.unsaved: dict[str, tuple[int, Prepared]] = {}  # write failed (disk full, locked): retried
         self._writes = 0
         self._parent_gone = False
+        self.tracer: Tracer | None = None
+        self._use_tracing(settings.trace)
 
     def run(self) -> None:
         settings = self.settings
@@ -429,6 +470,8 @@ class Writer:
                     self._take(items, report)
                 elif message[0] == "flush":
                     report.flushed.append(message[1])
+                elif message[0] == "trace":
+                    self._use_tracing(message[1])
                 else:
                     stopping = True
             if self.unsaved and self._write():
@@ -443,6 +486,7 @@ class Writer:
         if self.unsaved:
             logger.error("store: %d record(s) could not be written to %s before shutdown",
                          len(self.unsaved), self.dialect.location)
+        self._use_tracing(None)  # (its last spans go, for a bounded while)
         if settings.announced:
             with contextlib.suppress(*self.dialect.errors):
                 self.db.reopen_if_broken()
@@ -467,6 +511,8 @@ class Writer:
         for record_id, seq, encoded in items:
             try:
                 record, data = decode(encoded, self.prices)
+                if (end := self._end_of(record)) is not None:
+                    self._trace(end, record)  # (before `prepare`, which cuts the bodies the record shares)
                 prepared = prepare(record, self.settings.instance_id, data)
             except Exception:  # one record that cannot be stored must not stop the writer
                 self.lost += 1
@@ -476,6 +522,39 @@ class Writer:
             log_call(record)  # (here every record's outcome, usage and cost are known: see call_log.py)
             self.unsaved.pop(record_id, None)
             self.unsaved[record_id] = (seq, prepared)  # the latest put of a record wins
+            if end is not None:
+                report.ends.append(end)
+
+    def _use_tracing(self, config: TraceConfig | None) -> None:
+        if self.tracer is not None:
+            if self.tracer.config == config:
+                return
+            self.tracer.shutdown(wait=config is None)
+        self.tracer = None
+        if config is not None:
+            try:
+                self.tracer = Tracer(config, version=__version__)
+            except Exception:  # (the proxy checked the extra is there: a bad setting, say) calls go on, untraced
+                logger.exception("store: OpenTelemetry spans cannot be made")
+
+    def _trace(self, end: CallEnd, record: Record) -> None:
+        """The call's span: made here, in this process, so that the SDK's CPU is not taken from the proxy's."""
+        if self.tracer is not None:
+            try:
+                self.tracer.on_end(end, record)
+            except Exception:
+                logger.exception("store: the span of record %s could not be made", record.id)
+
+    @staticmethod
+    def _end_of(record: Record) -> CallEnd | None:
+        """A final record's CallEnd (every final put is a call that has just ended in the proxy)."""
+        if not record.is_final:
+            return None
+        try:
+            return call_end(record)
+        except Exception:  # its facts are a bonus: the record is still stored
+            logger.exception("store: the final facts of record %s could not be read", record.id)
+            return None
 
     def _write(self) -> bool:
         """One transaction for everything unsaved; False when the database refused it (then it is retried)."""

@@ -5,7 +5,7 @@ it; it runs on a private loopback port inside mitmproxy's own event loop, and it
 mitmproxy (so live events work). Every other path belongs to the upstream.
 
 Routes live in one table per module: `pages` (/, /monitor, /config, /static), `monitor_api`
-(/api/monitor/*), `config_api` (/api/config*) and this module's own (/health).
+(/api/monitor/*), `config_api` (/api/config*), `metrics_api` (/metrics) and this module's own (/health).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ..runtime import RUNTIME_KEY as RUNTIME
 from ..runtime import Runtime
-from . import config_api, monitor_api, pages
+from . import config_api, metrics_api, monitor_api, pages
 from .common import INTERNAL_HEADER, error_response
 from .security import add_security_headers, check_request, only_through_proxy
 
@@ -46,6 +46,7 @@ def create_app(runtime: Runtime) -> web.Application:
     app.add_routes(pages.routes)
     monitor_api.install(app)
     app.add_routes(config_api.routes)
+    app.add_routes(metrics_api.routes)
     return app
 
 
