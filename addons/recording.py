@@ -17,6 +17,7 @@ from anthropic_proxy.bodies import parse_body
 from anthropic_proxy.exchange import Exchange
 from anthropic_proxy.hooks import AnthropicRecordCompleteHook
 from anthropic_proxy.masking import mask_headers
+from anthropic_proxy.media import is_event_stream
 from anthropic_proxy.openrouter_route import ClientRequest, Route
 from anthropic_proxy.pricing import apply_cost
 from anthropic_proxy.record import HttpRequestPart, Record
@@ -99,12 +100,12 @@ class Recorder:
         if exchange is None or flow.response is None:
             return
         response = flow.response
-        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+        if not is_event_stream(response.headers.get("content-type")):
             exchange.response_started(response.status_code, {})  # its headers come with its body (`response`)
         else:
             exchange.response_started(response.status_code, mask_headers(response.headers.items(multi=True)))
             response.stream = exchange.stream_tap
-            if exchange.transform is not None and response.headers.get("transfer-encoding") == "chunked":
+            if exchange.transform is not None and response.headers.get("transfer-encoding", "").lower() == "chunked":
                 exchange.send_to_client = lambda data: send_chunk_to_client(flow, data)
 
     def response(self, flow: http.HTTPFlow) -> None:

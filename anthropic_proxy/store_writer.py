@@ -47,7 +47,7 @@ from .exchange import call_facts
 from .pricing import PRICES_FILE, PriceBook
 from .record import Record
 from .store_rows import Prepared, RowWriter, prepare
-from .stream_log import StreamLog, StreamReader, settle_ended
+from .stream_log import StreamLog, StreamReader, client_reader, settle_ended
 from .translate import fastjson
 
 logger = logging.getLogger("anthropic_proxy.store")
@@ -131,7 +131,7 @@ def decode(encoded: Encoded, prices: PriceBook | None = None) -> tuple[Record, d
     record = Record.model_validate(data)
     if streams is not None or record.status == "ended":  # (an ended stream may have logged nothing)
         client_log, upstream_log = streams or ([], [])
-        client, upstream = StreamReader(as_json=True), StreamReader(as_json=True)
+        client, upstream = client_reader(record, as_json=True), StreamReader(as_json=True)
         client.finish(client_log)
         upstream.finish(upstream_log)
         data["chunks"], data["upstreamChunks"] = client.chunks, upstream.chunks
