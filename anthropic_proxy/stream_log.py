@@ -175,7 +175,8 @@ def stream_outcome(reader: StreamReader) -> tuple[Status, RecordError | None]:
     if accumulator.error:
         return "error", RecordError.from_anthropic(accumulator.error)
     if not accumulator.stopped and reader.undecodable is not None:
-        return "error", RecordError(type="undecodable_stream", message=f"the stream cannot be read: {reader.undecodable}")
+        return "error", RecordError(type="undecodable_stream",
+                                    message=f"the stream cannot be read: {reader.undecodable}")
     if not accumulator.stopped:
         return "error", RecordError(type="incomplete_stream", message="the stream ended before message_stop")
     return "success", None
