@@ -43,7 +43,11 @@ class Exchange:
         # The call's bytes, while what the record says of the call is still to be read from them (see `describe`).
         self._undescribed = request_content
         self.started = time.monotonic()
-        self.last_activity = self.started  # the request, the response headers, or the last chunk
+        self.last_activity = self.started  # the request, the response headers, the last chunk or body bytes
+        # A whole body's bytes received so far (set by the Recorder): it arrives with no call to the stream tap, so
+        # the watchdog asks this whether the upstream is still sending.
+        self.body_received: Callable[[], int | None] | None = None
+        self._body_seen: int | None = None
         self.abort: Callable[[], None] | None = None  # closes the upstream connection (set by the Recorder)
         # writes bytes to the client outside mitmproxy's stream callable (set by the Recorder when it can)
         self.send_to_client: Callable[[bytes], None] | None = None
@@ -187,6 +191,10 @@ class Exchange:
             self._end("error", RecordError(type=error_type, message=message))
 
     def silent_for(self, now: float) -> float:
+        """Seconds since the upstream last sent anything: a header, a chunk, a byte of a whole body."""
+        if self.body_received is not None and (received := self.body_received()) != self._body_seen:
+            self._body_seen = received
+            self.last_activity = now
         return now - self.last_activity
 
     def keep_alive(self, now: float) -> None:

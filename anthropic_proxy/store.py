@@ -473,13 +473,24 @@ class Store:
         return {"models": models, "providers": providers}
 
     def stats(self) -> dict[str, Any]:
-        with self._reader() as db:
-            count = db.execute("SELECT count(*) FROM records").fetchone()[0]
-            size = self.dialect.size(db)
+        """The store's figures and state; never raises for a database that cannot be read (`readError` says why),
+        and starts again a writer thread that has died (`threadRestarts`, `lastThreadError`)."""
+        writer = self._writer
+        if writer is not None:
+            writer.check_threads()
+        count = size = read_error = None
+        try:
+            with self._reader() as db:
+                count = db.execute("SELECT count(*) FROM records").fetchone()[0]
+                size = self.dialect.size(db)
+        except (*self.dialect.errors, OSError) as exc:
+            read_error = mask_text(self.dialect.scrub(str(exc)))
         return {"path": self.location, "backend": self.dialect.name, "records": count, "bytes": size,
-                "writeErrors": self.write_errors, "lastWriteError": self.last_write_error, "unsaved": self.unsaved,
-                "lost": self.lost, "queued": len(self._writer.queued) if self._writer else 0,
-                "writerRestarts": self._writer.restarts if self._writer else 0}
+                "readError": read_error, "writeErrors": self.write_errors, "lastWriteError": self.last_write_error,
+                "unsaved": self.unsaved, "lost": self.lost, "queued": len(writer.queued) if writer else 0,
+                "writerRestarts": writer.restarts if writer else 0, "notice": writer.notice if writer else None,
+                "threadRestarts": writer.thread_restarts if writer else 0,
+                "lastThreadError": writer.last_thread_error if writer else None}
 
     def clear(self) -> int:
         self.flush()
