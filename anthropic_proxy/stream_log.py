@@ -84,21 +84,23 @@ class StreamReader:
                 self.undecodable = str(exc)
 
     def read(self, log: StreamLog) -> None:
-        new, self._done = self._decoded(log[self._done:], end=False), len(log)
+        new, self._done = self._decoded(log[self._done:]), len(log)
         for t_ms, data in new:
             self._take(t_ms, self._decoder.feed(data))
 
     def finish(self, log: StreamLog) -> None:
         """The stream ended: read the rest, then a last event left without its blank line."""
-        fresh, new, self._done = self._done == 0, self._decoded(log[self._done:], end=True), len(log)
+        fresh, new = self._done == 0, self._decoded(log[self._done:], end=log[-1][0] if log else None)
+        self._done = len(log)
         if not (fresh and self._read_plain(new)):
             for t_ms, data in new:
                 self._take(t_ms, self._decoder.feed(data))
             self._take(log[-1][0] if log else 0.0, self._decoder.flush())
         self.accumulator.finish()
 
-    def _decoded(self, entries: StreamLog, *, end: bool) -> StreamLog:
-        """The entries with their content coding undone (at the `end`, with what the decoder still held)."""
+    def _decoded(self, entries: StreamLog, *, end: float | None = None) -> StreamLog:
+        """The entries with their content coding undone; at the stream's `end` (the time of its last entry), with
+        what the decoder still held."""
         if self.undecodable is not None:
             return []
         content = self._content
@@ -108,8 +110,8 @@ class StreamReader:
         try:
             for t_ms, data in entries:
                 decoded.append((t_ms, content.feed(data)))
-            if end and entries:
-                decoded.append((entries[-1][0], content.flush()))
+            if end is not None:
+                decoded.append((end, content.flush()))
         except DecodingError as exc:
             self.undecodable = str(exc)
         return decoded
