@@ -473,11 +473,8 @@ class Store:
         return {"models": models, "providers": providers}
 
     def stats(self) -> dict[str, Any]:
-        """The store's figures and state; never raises for a database that cannot be read (`readError` says why),
-        and starts again a writer thread that has died (`threadRestarts`, `lastThreadError`)."""
+        """The store's figures and state; never raises for a database that cannot be read (`readError` says why)."""
         writer = self._writer
-        if writer is not None:
-            writer.check_threads()
         count = size = read_error = None
         try:
             with self._reader() as db:

@@ -203,18 +203,6 @@ class WriterProcess:
         self._sender = self._thread(self._send_loop, "sender")
         self._receiver = self._thread(self._receive_loop, "receiver")
 
-    def check_threads(self) -> None:
-        """Start again a sender or receiver thread that has died (`_supervised` keeps them going; this is the
-        net under it): without them every record would stay in the proxy's memory."""
-        if self._closing:
-            return
-        for name in ("sender", "receiver"):
-            thread: threading.Thread = getattr(self, f"_{name}")
-            if not thread.is_alive():
-                self._thread_failed(name, "it had stopped")
-                setattr(self, f"_{name}", self._thread(self._send_loop if name == "sender" else self._receive_loop,
-                                                       name))
-
     def put(self, record: Record, request_body: bytes | None = None) -> None:
         seq = next(self._seq)
         if record.is_final:
