@@ -80,8 +80,12 @@ def monitor(proxy: ProxyProcess) -> Iterator[list[dict[str, Any]]]:
         yield events
     finally:
         stop.set()
-        post(proxy, "monitor-stop")  # (an event, so the reader sees `stop`)
+        post(proxy, "monitor-stop")  # (an event, so the reader sees `stop` and hangs up)
         thread.join(10)
+        # The server notices the hang-up when it next writes: more events, so the next call is watched by nobody.
+        for _ in range(2):
+            time.sleep(0.1)
+            post(proxy, "monitor-stop")
 
 
 def assert_recorded(record: dict[str, Any]) -> None:
@@ -120,6 +124,7 @@ def test_an_odd_stream_is_recorded_the_same_whether_or_not_anyone_watches(odd_pr
             record = odd_proxy.wait_record(by_tag(tag))
         sent = odd.find(lambda ex, tag=tag: ex.headers.get("x-test-tag") == tag)[0].sent
         assert response.status_code == 200 and raw == sent, "the client gets the bytes as the upstream sent them"
+        assert record["status"] == "success", (f"watched={watched}", record["error"])
         assert_recorded(record)
         records.append(record)
     unwatched, watched_record = records
