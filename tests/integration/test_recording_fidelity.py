@@ -100,7 +100,6 @@ def assert_recorded(record: dict[str, Any]) -> None:
 ODD_STREAMS = {
     "bare-cr": {"line_end": "cr"},
     "crlf-unnamed": {"line_end": "crlf", "unnamed": "1"},
-    "unnamed": {"unnamed": "1"},
     "bom": {"bom": "1"},
     "gzip": {"encoding": "gzip"},
     "deflate": {"encoding": "deflate", "line_end": "crlf"},
@@ -146,12 +145,12 @@ def test_a_media_type_in_any_case_is_streamed(odd_proxy, test_tag) -> None:
 def test_a_whole_answer_still_arriving_is_not_cut_by_the_watchdog(odd_proxy, test_tag) -> None:
     """Defect 6: a JSON body trickling in for longer than request_timeout (2 s here) keeps coming: every byte
     is activity."""
-    raw, _, response = post(odd_proxy, test_tag, stream=False, trickle="4")
+    raw, _, response = post(odd_proxy, test_tag, stream=False, trickle="3")
     assert response.status_code == 200, raw[:300]
     assert json.loads(raw)["content"][0]["text"] == TEXT
     record = odd_proxy.wait_record(by_tag(test_tag))
     assert record["status"] == "success", record.get("error")
-    assert record["metrics"]["durationMs"] > 3000
+    assert record["metrics"]["durationMs"] > 2500
 
 
 def test_the_live_monitor_masks_keys_in_the_path_and_the_text(odd_proxy, test_tag) -> None:
@@ -190,33 +189,31 @@ def writer_pid(proxy: ProxyProcess) -> int:
     raise AssertionError("no store writer process")
 
 
-def test_the_store_survives_a_log_that_cannot_be_written(start_proxy, fake_anthropic, client, test_tag) -> None:
+def test_the_store_survives_a_log_that_cannot_be_written(proxy_factory, odd, test_tag) -> None:
     """Defect 7: mitmproxy's terminal log raises SystemExit when it cannot print (a closed pipe, a full disk).
     Every log line of a background thread raises so here (tests/fakes/failing_log.py): the store's threads must
     go on, and a writer process that dies must still be replaced."""
-    proxy = start_proxy(extra_args=["-s", str(FAILING_LOG)])
-    client.base_url = proxy.url
-    client.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=[{"role": "user", "content": "one"}])
-    proxy.wait_record(by_tag(test_tag))
+    proxy = proxy_factory(upstream=odd.url, extra_args=["-s", str(FAILING_LOG)])
+    post(proxy, f"{test_tag}-1", stream=False)
+    proxy.wait_record(by_tag(f"{test_tag}-1"))
     os.kill(writer_pid(proxy), signal.SIGKILL)  # the receiver logs that, and starts another writer
-    time.sleep(0.5)
-    client.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=[{"role": "user", "content": "two"}])
+    time.sleep(0.3)
+    post(proxy, f"{test_tag}-2", stream=False)
     deadline = time.monotonic() + 15
     while proxy.list_records(limit=10)["total"] < 2:
         assert time.monotonic() < deadline, f"the second record was never written: {proxy.health()}"
         time.sleep(0.1)
     store = proxy.health()["store"]
     assert store["writerRestarts"] == 1 and store["queued"] == 0
-    assert "SystemExit" in proxy.logs(), "the failing log handler did raise"
+    assert "failing_log: SystemExit" in proxy.logs(), "the failing log handler did raise"
 
 
-def test_a_deleted_state_dir_is_re_created_and_said(start_proxy, fake_anthropic, client, test_tag) -> None:
+def test_a_deleted_state_dir_is_re_created_and_said(proxy_factory, odd, test_tag) -> None:
     """Defect 8: `rm -rf` of the state dir under a running proxy: /health and the API answer (never a bare
     500), the store is re-created, /health says degraded and why, and the records from then on are kept."""
-    proxy = start_proxy()
-    client.base_url = proxy.url
-    client.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=[{"role": "user", "content": "one"}])
-    first = proxy.wait_record(by_tag(test_tag))
+    proxy = proxy_factory(upstream=odd.url)
+    post(proxy, f"{test_tag}-1", stream=False)
+    first = proxy.wait_record(by_tag(f"{test_tag}-1"))
     shutil.rmtree(proxy.state_dir)
     for path in ("/health", "/api/monitor/requests", "/api/monitor/stats", f"/api/monitor/requests/{first['id']}"):
         response = proxy.get(path)
@@ -227,11 +224,10 @@ def test_a_deleted_state_dir_is_re_created_and_said(start_proxy, fake_anthropic,
         assert time.monotonic() < deadline, f"the writer never noticed: {health}"
         time.sleep(0.1)
     assert health["status"] == "degraded" and "deleted or replaced" in health["reason"]
-    client.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=[{"role": "user", "content": "two"}])
-    second = proxy.wait_record(lambda r: r["id"] != first["id"] and by_tag(test_tag)(r))
+    post(proxy, f"{test_tag}-2")
+    second = proxy.wait_record(by_tag(f"{test_tag}-2"))
     assert second["status"] == "success"
-    listed = proxy.list_records()
-    assert [r["id"] for r in listed["data"]] == [second["id"]]
+    assert [r["id"] for r in proxy.list_records()["data"]] == [second["id"]]
     with sqlite3.connect(proxy.state_dir / "records.sqlite3") as db:  # in the file now at the path
         assert db.execute("SELECT id FROM records").fetchall() == [(second["id"],)]
 
@@ -240,7 +236,7 @@ def test_an_export_of_a_damaged_database_says_it_failed(fake_anthropic, tmp_path
     """A database with a damaged page still lets the proxy run, but its export must not be a 200 with 0 bytes."""
     proxy = ProxyProcess(workdir=tmp_path, upstream=fake_anthropic.url)
     store = Store(proxy.state_dir)
-    for n in range(40):
+    for n in range(20):
         record = Record(request=HttpRequestPart(method="POST", path="/v1/messages", body={
             "model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": f"{n} " + "x" * 5000}]}),
             status="success")
