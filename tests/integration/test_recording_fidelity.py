@@ -40,9 +40,9 @@ def odd_proxy(proxy_factory, odd) -> ProxyProcess:
 
 
 def post(proxy: ProxyProcess, tag: str, *, stream: bool = True, path: str = "/v1/messages",
-         text: str = "hello", **odd: str) -> tuple[bytes, float, httpx.Response]:
+         text: str = "hello", model: str = "claude-sonnet-4-5", **odd: str) -> tuple[bytes, float, httpx.Response]:
     """A call as raw bytes (no decoding: what the client got on the wire), and when its first body byte came."""
-    body = {"model": "claude-sonnet-4-5", "max_tokens": 16, "stream": stream,
+    body = {"model": model, "max_tokens": 16, "stream": stream,
             "messages": [{"role": "user", "content": text}]}
     headers = {"x-api-key": FAKE_API_KEY, "anthropic-version": "2023-06-01", "x-test-tag": tag,
                **{f"x-odd-{k.replace('_', '-')}": v for k, v in odd.items()}}
@@ -154,10 +154,11 @@ def test_a_whole_answer_still_arriving_is_not_cut_by_the_watchdog(odd_proxy, tes
 
 
 def test_the_live_monitor_masks_keys_in_the_path_and_the_text(odd_proxy, test_tag) -> None:
-    """Defect 1: a key in the query string and in the user's text reaches no monitor client in full, in any
-    event (`started`, `progressed`, `ended`)."""
+    """Defect 1: a key in the query string, in the user's text or in the model name reaches no monitor client in
+    full, in any event (`started`, `progressed`, `ended`), nor in any answer of the API."""
     with monitor(odd_proxy) as events:
-        post(odd_proxy, test_tag, path=f"/v1/messages?key={SECRET}", text=f"my key is {SECRET}", hold="1.2")
+        post(odd_proxy, test_tag, path=f"/v1/messages?key={SECRET}", text=f"my key is {SECRET}", hold="1.2",
+             model=f"claude-{SECRET}")
         record = odd_proxy.wait_record(by_tag(test_tag))
         deadline = time.monotonic() + 5
         while not any(e.get("type") == "ended" and e["record"].get("id") == record["id"] for e in events):
@@ -170,6 +171,10 @@ def test_the_live_monitor_masks_keys_in_the_path_and_the_text(odd_proxy, test_ta
     assert "sk-ant-api...end9" in text  # masked, the way every other view masks it
     assert all("sk-ant-api...end9" in e["record"]["request"]["path"] for e in mine)
     assert all("sk-ant-api...end9" in e["record"]["preview"] for e in mine)
+    for path in ("/api/monitor/stats", "/api/monitor/requests", f"/api/monitor/requests/{record['id']}",
+                 "/api/monitor/export"):
+        answer = odd_proxy.get(path)
+        assert answer.status_code == 200 and "secretMIDDLE" not in answer.text, path
 
 
 # ---- store faults -----------------------------------------------------------------------------------------------
@@ -259,3 +264,14 @@ def test_an_export_of_a_damaged_database_says_it_failed(fake_anthropic, tmp_path
         assert "export failed" in error["message"] and "malformed" in error["message"]
     finally:
         proxy.close()
+
+
+def test_a_body_with_nan_is_recorded_as_sent(odd_proxy, test_tag) -> None:
+    """`NaN` is not JSON: the record keeps the body as the text the client sent, never a `null` in its place."""
+    body = b'{"model": "claude-sonnet-4-5", "max_tokens": 8, "temperature": NaN, "messages": []}'
+    with httpx.Client(trust_env=False, timeout=20) as client:
+        response = client.post(odd_proxy.url + "/v1/messages", content=body, headers={
+            "x-api-key": FAKE_API_KEY, "content-type": "application/json", "x-test-tag": test_tag})
+    assert response.status_code == 200
+    record = odd_proxy.wait_record(by_tag(test_tag))
+    assert record["request"]["body"] == body.decode()
