@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 from aiohttp import web
@@ -20,10 +21,13 @@ async def masked_answers(request: web.Request, handler: Any) -> web.StreamRespon
     write): nothing leaves the process with a key in it, whichever endpoint built it."""
     try:
         response = await handler(request)
-    except web.HTTPException:
+    except web.HTTPException as exc:  # (an error that may quote the request back)
+        if exc.text:
+            exc.text = mask_text(exc.text)
         raise
     except Exception as exc:
-        logger.exception("the web app failed to answer %s %s", request.method, request.path)
+        logger.error("the web app failed to answer %s %s:\n%s", request.method, mask_text(request.path),
+                     mask_text("".join(traceback.format_exception(exc))).rstrip())
         return error_response(500, f"anthropic-proxy failed to answer: {mask_text(str(exc)) or type(exc).__name__}",
                               "api_error")
     if isinstance(response, web.Response) and response.content_type == "application/json" \
