@@ -494,12 +494,21 @@ class Store:
         return {"models": models, "providers": providers}
 
     def stats(self) -> dict[str, Any]:
-        with self._reader() as db:
-            count = db.execute("SELECT count(*) FROM records").fetchone()[0]
-            size = self.dialect.size(db)
+        """The store's figures and state; never raises for a database that cannot be read (`readError` says why)."""
+        writer = self._writer
+        count = size = read_error = None
+        try:
+            with self._reader() as db:
+                count = db.execute("SELECT count(*) FROM records").fetchone()[0]
+                size = self.dialect.size(db)
+        except (*self.dialect.errors, OSError) as exc:
+            read_error = mask_text(self.dialect.scrub(str(exc)))
         return {"path": self.location, "backend": self.dialect.name, "records": count, "bytes": size,
-                "writeErrors": self.write_errors, "lastWriteError": self.last_write_error, "unsaved": self.unsaved,
-                "lost": self.lost, "queued": self.queued, "writerRestarts": self.writer_restarts}
+                "readError": read_error, "writeErrors": self.write_errors, "lastWriteError": self.last_write_error,
+                "unsaved": self.unsaved, "lost": self.lost, "queued": self.queued,
+                "writerRestarts": self.writer_restarts, "notice": writer.notice if writer else None,
+                "threadRestarts": writer.thread_restarts if writer else 0,
+                "lastThreadError": writer.last_thread_error if writer else None}
 
     def clear(self) -> int:
         self.flush()

@@ -53,11 +53,18 @@ from .exchange import call_facts
 from .pricing import PRICES_FILE, PriceBook
 from .record import Record
 from .store_rows import Prepared, RowWriter, prepare
-from .stream_log import StreamLog, StreamReader, settle_ended
+from .stream_log import StreamLog, StreamReader, client_reader, settle_ended
 from .tracing import TraceConfig, Tracer
 from .translate import fastjson
 
 logger = logging.getLogger("anthropic_proxy.store")
+
+
+def _log(level: int, message: str, *args: Any, exc_info: bool = False) -> None:
+    """Log from the store's threads, which must survive their log: mitmproxy's terminal log calls `sys.exit(1)`
+    when it cannot print (a full disk under the log, a closed pipe), which would end the thread, not the proxy."""
+    with contextlib.suppress(BaseException):  # (nowhere left to say it)
+        logger.log(level, message, *args, exc_info=exc_info)
 
 BATCH_SECONDS = 0.05  # how long the sender gathers puts before sending them
 PENDING_DELAY = 0.25  # a pending record is written only if its call is still running this much later
@@ -67,6 +74,7 @@ PRUNE_EVERY = 500  # writes between two retention passes
 HEARTBEAT_SECONDS = 30.0  # how often an instance on a shared database says it is alive
 WRITER_NICENESS = 10  # added to the writer process's nice value (a lower CPU priority than the proxy's)
 _RESTART_PAUSE = 1.0  # between two starts of a writer process that keeps dying
+CHECK_SECONDS = 1.0  # how often an idle writer looks whether its database file is still there
 _STOP = object()
 
 
@@ -98,6 +106,7 @@ class Report:
     last_write_error: str | None = None
     unsaved: int = 0
     lost: int = 0
+    notice: str | None = None  # something the operator should know that is not a failing write (a re-created file)
     logs: list[tuple[int, str]] = field(default_factory=list)
     ends: list[CallEnd] = field(default_factory=list)  # the final records taken this round (see call_end.py)
 
@@ -140,7 +149,7 @@ def decode(encoded: Encoded, prices: PriceBook | None = None) -> tuple[Record, d
     record = Record.model_validate(data)
     if streams is not None or record.status == "ended":  # (an ended stream may have logged nothing)
         client_log, upstream_log = streams or ([], [])
-        client, upstream = StreamReader(as_json=True), StreamReader(as_json=True)
+        client, upstream = client_reader(record, as_json=True), StreamReader(as_json=True)
         client.finish(client_log)
         upstream.finish(upstream_log)
         data["chunks"], data["upstreamChunks"] = client.chunks, upstream.chunks
@@ -195,6 +204,9 @@ class WriterProcess:
         self.unsaved = 0
         self.lost = 0
         self.restarts = 0  # writer processes that died and were replaced
+        self.notice: str | None = None  # the writer's (see Report.notice)
+        self.thread_restarts = 0  # sender or receiver threads that died and were started again
+        self.last_thread_error: str | None = None
         # (record id, seq, JSON or None: encode later), a flush's Event, or _STOP; appended without a lock
         self._outbox: collections.deque[Any] = collections.deque()
         self._wake = threading.Event()  # the outbox has something
@@ -207,11 +219,8 @@ class WriterProcess:
         self._process: subprocess.Popen[bytes] | None = None
         self._channel: Channel | None = None
         self._start()
-        self._sender = threading.Thread(target=self._send_loop, name="anthropic-proxy-store-sender", daemon=True)
-        self._receiver = threading.Thread(target=self._receive_loop, name="anthropic-proxy-store-receiver",
-                                          daemon=True)
-        self._sender.start()
-        self._receiver.start()
+        self._sender = self._thread(self._send_loop, "sender")
+        self._receiver = self._thread(self._receive_loop, "receiver")
 
     def put(self, record: Record, request_body: bytes | None = None) -> None:
         seq = next(self._seq)
@@ -230,7 +239,7 @@ class WriterProcess:
             self.queued.pop(next(iter(self.queued)))
             self.lost += 1
             if self.lost == 1 or self.lost % 1000 == 0:
-                logger.error("store: %d record(s) lost: the writer process is not taking them", self.lost)
+                _log(logging.ERROR, "store: %d record(s) lost: the writer process is not taking them", self.lost)
 
     def pending(self, record_id: str) -> tuple[Record, bytes | None] | None:
         """A record put and not yet written, and its request body's bytes (if they go apart)."""
@@ -258,7 +267,7 @@ class WriterProcess:
             except subprocess.TimeoutExpired:
                 self._process.kill()
         if self.queued:
-            logger.error("store: %d record(s) could not be written before shutdown", len(self.queued))
+            _log(logging.ERROR, "store: %d record(s) could not be written before shutdown", len(self.queued))
 
     def _send(self, item: Any, *, urgent: bool = False) -> None:
         self._outbox.append(item)
@@ -269,9 +278,33 @@ class WriterProcess:
 
     def _lose(self, record_id: str) -> None:
         self.lost += 1
-        logger.exception("store: record %s cannot be stored", record_id)
+        _log(logging.ERROR, "store: record %s cannot be stored", record_id, exc_info=True)
 
     # --- threads -----------------------------------------------------------------------------------
+
+    def _thread(self, loop: Callable[[], None], name: str) -> threading.Thread:
+        thread = threading.Thread(target=self._supervised, args=(loop, name), name=f"anthropic-proxy-store-{name}",
+                                  daemon=True)
+        thread.start()
+        return thread
+
+    def _supervised(self, loop: Callable[[], None], name: str) -> None:
+        """Run a thread's loop, and run it again if it fails: whatever ends it (a bug, a `SystemExit` that a log
+        handler raised) must not leave records in memory for good. /health says it happened."""
+        while True:
+            try:
+                loop()
+                return
+            except BaseException as exc:
+                if self._closing:
+                    return
+                self._thread_failed(name, repr(exc))
+                time.sleep(0.1)  # (a loop that fails at once must not spin)
+
+    def _thread_failed(self, name: str, why: str) -> None:
+        self.thread_restarts += 1
+        self.last_thread_error = f"the store's {name} thread failed ({why}) and was started again"
+        _log(logging.ERROR, "store: %s", self.last_thread_error)
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair()
@@ -292,7 +325,7 @@ class WriterProcess:
         self.restarts += 1
         # /health says degraded until the new process reports (its first report sets the writer's own state)
         self.last_write_error = f"the store's writer process stopped (exit code {code})"
-        logger.error("store: %s; starting another", self.last_write_error)
+        _log(logging.ERROR, "store: %s; starting another", self.last_write_error)
         if self._channel is not None:
             self._channel.close()
         time.sleep(max(0.0, self._started_at + _RESTART_PAUSE - time.monotonic()))
@@ -377,17 +410,18 @@ class WriterProcess:
             self._apply(report)
 
     def _apply(self, report: Report) -> None:
-        for level, message in report.logs:
-            logger.log(level, message)
         if report.ends and self._on_ends is not None:
             self._on_ends(self._first_reports(report.ends))
         for record_id, seq in (*report.written, *report.dropped):
             self._forget(record_id, seq)
         self.write_errors, self.last_write_error = report.write_errors, report.last_write_error
+        self.notice = report.notice
         self.unsaved, self.lost = report.unsaved, self.lost + report.lost
         for token in report.flushed:
             if (done := self._flushes.pop(token, None)) is not None:
                 done.set()
+        for level, message in report.logs:  # last: the report has taken effect whatever logging does
+            _log(level, message)
 
     def _first_reports(self, ends: list[CallEnd]) -> list[CallEnd]:
         """The ends not handed on before: a put stays queued until written, and a writer started after another died
@@ -441,6 +475,7 @@ class Writer:
         self.last_write_error: str | None = None
         self.lost = 0  # since the last report
         self.unsaved: dict[str, tuple[int, Prepared]] = {}  # write failed (disk full, locked): retried
+        self.notice: str | None = None
         self._writes = 0
         self._parent_gone = False
         self.tracer: Tracer | None = None
@@ -453,10 +488,12 @@ class Writer:
         while not stopping:
             idle_work = self.legacy and not self.unsaved
             # Old rows are rewritten a few at a time with pauses between, whenever nothing else waits.
-            timeout = RETRY_SECONDS if self.unsaved else 0.2 if idle_work else None
+            timeout = RETRY_SECONDS if self.unsaved else 0.2 if idle_work else \
+                CHECK_SECONDS if self.dialect.path is not None else None
             if settings.announced:
                 timeout = max(0.0, min(timeout or settings.heartbeat_seconds, next_beat - time.monotonic()))
             messages = self._receive(timeout)
+            self._check_file()
             if settings.announced and time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + settings.heartbeat_seconds
                 self._beat()
@@ -493,6 +530,28 @@ class Writer:
                 self.db.execute("DELETE FROM instances WHERE id = ?", (settings.instance_id,))
         self.db.close()
         self._report(Report())
+
+    def _check_file(self) -> None:
+        """SQLite: a database file deleted or replaced under the writer (its state dir removed, say) would take
+        every later write where nobody reads it. Open a new one at the path instead (the directory too), and say
+        so: the records written before then are not in it."""
+        if not self.dialect.file_lost():
+            return
+        location = self.dialect.location
+        try:
+            self.db.close()
+            self.dialect.path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+            self.db = self.dialect.connect()
+            self.dialect.migrate(self.db)
+        except (*self.dialect.errors, OSError) as exc:  # the next write fails too, and says why (lastWriteError)
+            self.db = self.dialect.connect(lazy=True)
+            logger.error("store: %s was deleted or replaced, and a new one cannot be created there (%s)",
+                         location, exc)
+            return
+        self.notice = (f"{location} was deleted or replaced under the running proxy (noticed at "
+                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}): a new database was created there; the records "
+                       "written before then are not in it")
+        logger.warning("store: %s", self.notice)
 
     def _receive(self, timeout: float | None) -> list[tuple[Any, ...]]:
         """What the proxy sent, waiting up to `timeout` for the first message; the proxy gone is a stop."""
@@ -600,7 +659,7 @@ class Writer:
 
     def _report(self, report: Report) -> None:
         report.write_errors, report.last_write_error = self.write_errors, self.last_write_error
-        report.unsaved, report.lost = len(self.unsaved), self.lost
+        report.unsaved, report.lost, report.notice = len(self.unsaved), self.lost, self.notice
         report.logs, self.logs.lines = self.logs.lines, []
         if self._parent_gone:
             return
