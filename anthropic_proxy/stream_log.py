@@ -86,7 +86,8 @@ class StreamReader:
     @property
     def first_event_ms(self) -> float | None:
         """When the stream's first event arrived (ms after the request), where its timeline begins: its first byte,
-        as the record tells it (`Metrics.ttfb_ms`). None before that, and for an outline, which keeps no event."""
+        as the record tells it (`Metrics.ttfb_ms`). None before that, and for a reading that keeps no chunks
+        (`keep=False`: the exchange's own; `read_record` and the store's writer read the stream with its chunks)."""
         if not self.chunks:
             return None
         first = self.chunks[0]
