@@ -78,7 +78,8 @@ def test_the_writer_reports_the_end_of_a_call_nobody_watched(tmp_path: Path):
         assert end.max_tokens == 64 and end.stop_reason == "end_turn" and end.traceparent.startswith("00-4bf9")
         stored = store.get(record.id)
         assert end.cost_usd == stored.cost_usd and stored.cost_usd > 0  # priced by the writer, as stored
-        assert (end.duration_ms, end.ttfb_ms) == (1234.5, 250.0)
+        # a stream's first byte is its first event (the 2nd log entry completes it), as the writer reads the stream
+        assert (end.duration_ms, end.ttfb_ms) == (1234.5, 200.0) == (1234.5, stored.chunks[0].t_ms)
         assert end.started == record.timestamp.timestamp()
     finally:
         store.close()
