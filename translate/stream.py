@@ -28,7 +28,7 @@ from typing import Any
 from . import fastjson
 from .errors import anthropic_error_body, error_type_for_code, upstream_error_message
 from .finish import anthropic_usage, stop_reason
-from .reasoning import detail_text, encode_details, is_text_detail, merge_detail, thinking_signature
+from .reasoning import detail_text, encode_details, is_text_detail, merge_detail, plain_reasoning, thinking_signature
 from .sse import SSEDecoder, encode_event
 from .tool_ids import anthropic_tool_id
 from .tool_names import original_tool_name
@@ -172,8 +172,8 @@ class StreamTranslator:
             for detail in details:
                 if isinstance(detail, dict):
                     self._reasoning_detail(detail)
-        elif isinstance(delta.get("reasoning"), str) and delta["reasoning"]:
-            self._thinking(delta["reasoning"], None)
+        elif reasoning := plain_reasoning(delta):
+            self._thinking(reasoning, None)
         for key in ("content", "refusal"):
             text = delta.get(key)
             if isinstance(text, str) and text:
