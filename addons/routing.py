@@ -92,7 +92,8 @@ class Router:
     def _route(self, flow: http.HTTPFlow, runtime: Runtime, config: ProxyConfig, path: str) -> None:
         """Choose the call's targets once (the route, its fallbacks), then send it to the first, or to the relay."""
         request = flow.request
-        route = Route(client=ClientRequest(request.method, request.path, request.headers.items(multi=True),
+        # (a list: routes and the record both read the headers)
+        route = Route(client=ClientRequest(request.method, request.path, list(request.headers.items(multi=True)),
                                            request.content or b""))
         runtime.routes[flow.id] = route
         settings = runtime.settings

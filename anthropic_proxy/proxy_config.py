@@ -58,7 +58,7 @@ class ConfigError(ValueError):
     """An update that does not validate; the message says why, field by field."""
 
 
-def _describe(error: ValidationError) -> str:
+def describe_error(error: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors())
 
 
@@ -90,7 +90,7 @@ class ConfigStore:
         try:
             config = ProxyConfig.model_validate(merged)
         except ValidationError as exc:
-            raise ConfigError(_describe(exc)) from None
+            raise ConfigError(describe_error(exc)) from None
         self._save(config)
         return config
 

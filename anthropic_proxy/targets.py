@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -227,14 +227,17 @@ class Dispatch:
 def openai_dialect(body: dict[str, Any]) -> None:
     """OpenRouter's extensions in a translated body, in the spelling other OpenAI-compatible servers accept:
     usage comes with `stream_options.include_usage` (an unknown `usage` field is a 400 at OpenAI), reasoning
-    with `reasoning_effort` (a budget in tokens has no equivalent there: left to the model's default)."""
+    with `reasoning_effort` (a thinking budget becomes the effort whose usual budget it is nearest)."""
     body.pop("usage", None)
     if body.get("stream"):
         body["stream_options"] = {"include_usage": True}
     reasoning = body.pop("reasoning", None)
-    if isinstance(reasoning, dict) and isinstance(reasoning.get("effort"), str):
-        body["reasoning_effort"] = reasoning["effort"]
+    if not isinstance(reasoning, dict):
+        return
+    effort = reasoning.get("effort")
+    budget = reasoning.get("max_tokens")
+    if not isinstance(effort, str) and isinstance(budget, int):
+        effort = "low" if budget < 4096 else "medium" if budget < 16384 else "high"
+    if isinstance(effort, str):
+        body["reasoning_effort"] = effort
 
-
-def header_items(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    return list(headers.items()) if isinstance(headers, Mapping) else list(headers)

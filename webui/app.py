@@ -33,7 +33,8 @@ async def health(request: web.Request) -> web.Response:
     upstream = settings.openrouter_base_url if mode == "openrouter" else settings.anthropic_upstream
     status = "degraded" if store["lastWriteError"] else "ok"  # the store refuses writes (disk full, locked)
     return web.json_response({"status": status, "mode": mode, "upstream": upstream,
-                              "version": runtime.version, "inFlight": len(runtime.exchanges), "store": store})
+                              "version": runtime.version, "inFlight": len(runtime.exchanges), "store": store,
+                              "coolDowns": runtime.cooldowns.view()})
 
 
 def create_app(runtime: Runtime) -> web.Application:
