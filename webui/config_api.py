@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from ..runtime import RUNTIME_KEY as RUNTIME
 from ..runtime import Runtime
 
 routes = web.RouteTableDef()
+UNSAVED = " unsaved"  # no provider can have this name (a space)
 
 
 def config_view(runtime: Runtime) -> dict[str, object]:
@@ -94,8 +96,8 @@ async def test_openrouter(request: web.Request) -> web.Response:
 
 @routes.post("/api/config/test-provider")
 async def test_provider_call(request: web.Request) -> web.Response:
-    """One real tiny call: `{"provider": name, "model": id}`, or `{"entry": {...}, "model": id}` for an entry
-    not saved yet."""
+    """One real tiny call: `{"provider": name, "model": id}`, or `{"entry": {...}, "model": id}` (and the name
+    the page shows as `provider`) for an entry not saved yet."""
     runtime = request.app[RUNTIME]
     try:
         body = json.loads(await request.read() or b"null")
@@ -110,8 +112,8 @@ async def test_provider_call(request: web.Request) -> web.Response:
             entry = ProviderEntry.model_validate(body["entry"])
         except ValidationError as exc:
             return _bad_request(describe_error(exc))
-        config = config.model_copy(update={"providers": {**config.providers, "unsaved": entry}})
-        name = "unsaved"
+        config = config.model_copy(update={"providers": {**config.providers, UNSAVED: entry}})
+        name = UNSAVED
     else:
         name = body.get("provider")
         if name not in BUILTIN_PROVIDERS and name not in config.providers:
@@ -121,5 +123,7 @@ async def test_provider_call(request: web.Request) -> web.Response:
     provider = resolve_provider(str(name), config, anthropic_upstream=settings.anthropic_upstream,
                                 openrouter_base_url=settings.openrouter_base_url,
                                 openrouter_headers=dict(config.headers))
+    if name == UNSAVED:  # named as the page shows it
+        provider = dataclasses.replace(provider, name=str(body.get("provider") or "the provider"))
     key = environment.get(provider.api_key_env) if provider.api_key_env else ""
     return web.json_response(await try_provider(provider, body["model"].strip(), key))
