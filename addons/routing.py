@@ -22,6 +22,7 @@ from anthropic_proxy.openrouter_route import (
     parse_messages_request,
     translate_full_response,
 )
+from anthropic_proxy.providers import Target
 from anthropic_proxy.proxy_config import ProxyConfig
 from anthropic_proxy.runtime import Runtime
 from anthropic_proxy.targets import CallFacts, Dispatch, UpstreamCall, select_targets
@@ -111,17 +112,26 @@ class Router:
                 if dispatch.provider(first.provider).type == "openai":
                     # OpenAI-style APIs have no token counting endpoint: answer from the local estimate.
                     raise LocalAnswer(200, {"input_tokens": estimate_input_tokens(body)})
-                self._send(flow, route, dispatch.prepare(route, first, body))
+                self._to_first(flow, runtime, route, dispatch, first, body)
             elif len(selection.targets) > 1 and runtime.relay is not None and runtime.relay.port is not None:
                 route.dispatch, route.fallbacks = dispatch, selection.targets
                 self._to_relay(flow, runtime, runtime.relay.port)
             else:
-                self._send(flow, route, dispatch.prepare(route, first, body))
+                self._to_first(flow, runtime, route, dispatch, first, body)
         except LocalAnswer as answer:
             flow.response = json_response(answer.status, answer.body, answer.headers)
 
+    def _to_first(self, flow: http.HTTPFlow, runtime: Runtime, route: Route, dispatch: Dispatch, target: Target,
+                  body: dict) -> None:
+        """The call has one target to try: mitmproxy sends it there itself."""
+        if target.provider == "anthropic" and target.model == body["model"]:
+            route.upstream_model = target.model
+            self._to_anthropic(flow, runtime)  # byte-exact, with the client's own headers
+        else:
+            self._send(flow, dispatch.prepare(route, target, body))
+
     @staticmethod
-    def _send(flow: http.HTTPFlow, route: Route, call: UpstreamCall) -> None:
+    def _send(flow: http.HTTPFlow, call: UpstreamCall) -> None:
         request = flow.request
         request.headers.clear()
         for name, value in call.headers:
