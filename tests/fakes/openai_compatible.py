@@ -9,8 +9,8 @@ servers, refuses OpenRouter's own fields (`usage`, `reasoning`, `provider`, `tra
 asks for a key and keeps whatever credentials arrive (tests check that none of the client's do). It answers:
 
 - with `reasoning_effort`, thinking as `reasoning_content` deltas (DeepSeek's and vLLM's spelling), then text;
-- with tools and a last message from the user, a call of the first tool (`{"path": "README.md"}` style input
-  built from its schema's first required property), in fragments;
+- with tools and a last user message that mentions `TOOL_TRIGGER`, a call of the tool `Read` (else the first
+  tool), its first required property set to `TOOL_ARGUMENT`, in fragments (a tool result back gets text);
 - otherwise the text `LOCAL_TEXT`.
 Usage comes only when asked (`stream_options.include_usage`: a last chunk with empty `choices`, as OpenAI does).
 The model `fake-error/<status>` answers that status (429 and 503 with `retry-after: 30`).
@@ -30,6 +30,8 @@ from .server import FakeServer
 
 LOCAL_TEXT = "Hello from the local model."
 LOCAL_REASONING = "The user greets me; a short greeting back will do."
+TOOL_TRIGGER = "README"
+TOOL_ARGUMENT = "/etc/hostname"
 OPENROUTER_ONLY = ("usage", "reasoning", "provider", "transforms", "models", "route")
 USAGE = {"prompt_tokens": 21, "completion_tokens": 7, "total_tokens": 28}
 
@@ -90,13 +92,13 @@ class FakeOpenAICompatible(FakeServer):
     @staticmethod
     def _answer(payload: dict[str, Any]) -> dict[str, Any]:
         parts: dict[str, Any] = {"reasoning": LOCAL_REASONING if payload.get("reasoning_effort") else None}
-        tools = payload.get("tools") or []
+        tools = [t["function"] for t in payload.get("tools") or []]
         last = payload["messages"][-1]
-        if tools and last.get("role") == "user":
-            function = tools[0]["function"]
+        if tools and last.get("role") == "user" and TOOL_TRIGGER in json.dumps(last.get("content")):
+            function = next((t for t in tools if t["name"] == "Read"), tools[0])
             schema = function.get("parameters") or {}
             field = (schema.get("required") or list((schema.get("properties") or {}).keys()) or ["input"])[0]
-            parts["tool"] = (function["name"], json.dumps({field: "README.md"}))
+            parts["tool"] = (function["name"], json.dumps({field: TOOL_ARGUMENT}))
         else:
             parts["text"] = LOCAL_TEXT
         return parts
