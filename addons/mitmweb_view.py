@@ -71,13 +71,20 @@ def _money(cost: float) -> str:
     return f"${cost:.4f}" if cost >= 0.01 else f"${cost:.6f}"
 
 
+def _name(provider: str) -> str:
+    return "OpenRouter" if provider == "openrouter" else provider
+
+
+def _via(record: Record) -> str:
+    """Where the call went: `· anthropic` for a plain passthrough, else `→ model via provider`."""
+    if record.provider == "anthropic" and record.upstream_model in (None, record.model):
+        return "· anthropic"
+    return f"→ {record.upstream_model or '?'} via {_name(record.provider)}"
+
+
 def describe(record: Record) -> tuple[str, str]:
     """The flow comment and mark for a record: what a person scanning mitmweb's list wants to know."""
-    model = record.model or "?"
-    if record.provider == "openrouter":
-        head = f"{model} → {record.upstream_model or '?'} via OpenRouter"
-    else:
-        head = f"{model} · anthropic"
+    head = f"{record.model or '?'} {_via(record)}"
     if record.request.path.split("?", 1)[0].endswith("/count_tokens"):
         head += " · count_tokens"
     if record.status == "success":
@@ -100,15 +107,18 @@ def describe(record: Record) -> tuple[str, str]:
     parts = [head, outcome, tokens, cost]
     if record.metrics.duration_ms is not None:
         parts.append(f"{record.metrics.duration_ms / 1000:.2f} s")
+    if len(record.attempts) > 1:
+        parts.append(f"after {len(record.attempts)} attempts: " + ", ".join(
+            f"{a.provider} {a.status or 'no answer'}" for a in record.attempts))
     comment = " · ".join(parts) + f"\nrecord {record.id}"
-    if record.provider == "openrouter":
-        comment += ("\ntranslated: the request shown is what went to OpenRouter; the response is the Anthropic "
-                    "answer the client received. Both sides are in the record (/monitor).")
+    if record.upstream_request is not None:
+        comment += (f"\ntranslated: the request shown is what went to {_name(record.provider)}; the response is the "
+                    "Anthropic answer the client received. Both sides are in the record (/monitor).")
     if record.status == "error":
         mark = MARK_ERROR
     elif record.status == "cancelled":
         mark = MARK_CANCELLED
-    elif record.provider == "openrouter":
+    elif record.upstream_request is not None:
         mark = MARK_TRANSLATED
     else:
         mark = ""
@@ -169,8 +179,7 @@ class MitmwebView:
             return
         record = exchange.describe()  # (shown in mitmweb at once: its model, and later its outcome)
         _live_records[flow.id] = record
-        via = f"→ {record.upstream_model} via OpenRouter" if record.provider == "openrouter" else "· anthropic"
-        flow.comment = f"{record.model or '?'} {via} · in progress\nrecord {record.id}"
+        flow.comment = f"{record.model or '?'} {_via(record)} · in progress\nrecord {record.id}"
 
     def response(self, flow: http.HTTPFlow) -> None:
         if self.view is not None:  # after the Recorder's end of the record, which it defers to the loop's next turn
