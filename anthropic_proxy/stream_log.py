@@ -175,15 +175,19 @@ class StreamOutline(StreamReader):
         self.accumulator.finish()
 
 
-def take_stream(record: Record, reader: StreamReader, log: StreamLog) -> None:
-    """What the client's stream, read so far from `log`, tells of its record: its events and bytes, and the
-    message's usage and stop reason."""
+def take_stream(record: Record, accumulator: MessageAccumulator, events: int, size: int) -> None:
+    """What the client's stream tells of its record (its message so far in `accumulator`, its number of `events`
+    and its `size` in bytes): those counts, and the message's usage and stop reason."""
     metrics = record.metrics
-    metrics.chunk_count, metrics.response_bytes = reader.count, sum(len(data) for _, data in log)
-    if (message := reader.accumulator.message) is not None:
+    metrics.chunk_count, metrics.response_bytes = events, size
+    if (message := accumulator.message) is not None:
         record.message = message
         record.usage = Usage.from_anthropic(message.get("usage"))
         record.stop_reason = as_text(message.get("stop_reason"))
+
+
+def log_size(log: StreamLog) -> int:
+    return sum(len(data) for _, data in log)
 
 
 def stream_outcome(accumulator: MessageAccumulator) -> tuple[Status, RecordError | None]:
@@ -224,7 +228,7 @@ def settle_ended(record: Record, client: StreamReader, log: StreamLog, prices: P
         content, record.response_content = record.response_content, None
         record.status, record.error = take_response(record, content)
     else:
-        take_stream(record, client, log)
+        take_stream(record, client.accumulator, client.count, log_size(log))
         record.status, record.error = stream_outcome(client.accumulator)
     if prices is not None:
         apply_cost(record, prices)
@@ -251,5 +255,5 @@ def read_record(record: Record, prices: PriceBook | None = None) -> Record:
     if record.status == "ended":
         settle_ended(read, client, client_log, prices)
     elif client_log:
-        take_stream(read, client, client_log)
+        take_stream(read, client.accumulator, client.count, log_size(client_log))
     return read

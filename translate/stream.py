@@ -26,6 +26,7 @@ from enum import Enum, auto
 from typing import Any
 
 from . import fastjson
+from .accumulate import MessageAccumulator
 from .errors import anthropic_error_body, error_type_for_code, upstream_error_message
 from .finish import anthropic_usage, stop_reason
 from .reasoning import detail_text, encode_details, is_text_detail, merge_detail, plain_reasoning, thinking_signature
@@ -34,6 +35,9 @@ from .tool_ids import anthropic_tool_id
 from .tool_names import original_tool_name
 
 logger = logging.getLogger("anthropic_proxy.translate")
+
+
+_OUTLINE_EVENTS = frozenset({"message_start", "message_delta", "message_stop"})
 
 
 class _State(Enum):
@@ -80,6 +84,10 @@ class StreamTranslator:
         self._finish_reason: str | None = None
         self._native_finish_reason: str | None = None
         self.upstream_usage: dict[str, Any] | None = None
+        # What the client's stream says of the message (usage, stop reason, an error, message_stop) and how many
+        # events it has: written here as they go out, so the exchange's end need not read the stream again.
+        self.outline = MessageAccumulator()
+        self.events = 0
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -131,7 +139,11 @@ class StreamTranslator:
         return out
 
     def _emit(self, event: str, payload: dict[str, Any]) -> None:
-        self._out.append(encode_event(event, {"type": event, **payload}))
+        data = {"type": event, **payload}
+        self._out.append(encode_event(event, data))
+        self.events += 1
+        if event in _OUTLINE_EVENTS:
+            self.outline.add(data)
 
     def _on_data(self, data: str) -> None:
         if data == "[DONE]":
@@ -334,5 +346,8 @@ class StreamTranslator:
 
     def _error(self, error_type: str, message: str) -> None:
         # Anthropic ends a failed stream with the error event alone; Claude Code then retries the request.
-        self._out.append(encode_event("error", anthropic_error_body(error_type, message)))
+        body = anthropic_error_body(error_type, message)
+        self._out.append(encode_event("error", body))
+        self.events += 1
+        self.outline.add(body)
         self._state = _State.FINISHED

@@ -250,3 +250,18 @@ def test_the_monitor_filters_by_provider(client, proxy, test_tag):
     record = proxy.wait_record(by_tag(test_tag))
     listed = proxy.list_records(provider="local", limit=200)["data"]
     assert record["id"] in [r["id"] for r in listed] and {r["provider"] for r in listed} == {"local"}
+
+
+def test_a_translated_streams_record_counts_what_the_client_got(proxy, test_tag):
+    body = {"model": "claude-haiku-4-5", "max_tokens": 20, "stream": True, "messages": HI}
+    received = b""
+    with httpx.stream("POST", proxy.url + "/v1/messages", json=body, trust_env=False, timeout=20,
+                      headers={"x-api-key": FAKE_API_KEY, "anthropic-version": "2023-06-01",
+                               "x-test-tag": test_tag}) as response:
+        for data in response.iter_raw():
+            received += data
+    record = proxy.wait_record(by_tag(test_tag))
+    events = received.count(b"\n\nevent: ") + 1
+    assert record["metrics"]["responseBytes"] == len(received)
+    assert record["metrics"]["chunkCount"] == events == len(record["chunks"])
+    assert record["message"]["stop_reason"] == "end_turn" and record["usage"]["outputTokens"] == 7
