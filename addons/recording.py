@@ -99,7 +99,7 @@ class Recorder:
             return
         response = flow.response
         route = runtime_module.current_runtime().routes.get(flow.id)
-        if route is not None and route.fallbacks:  # the relay chose the target that answers
+        if route is not None and route.targets:  # the relay chose the target that answers
             _take_target(exchange.record, route)
             exchange.transform = route.translator
         if not response.headers.get("content-type", "").startswith("text/event-stream"):

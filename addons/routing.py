@@ -114,7 +114,7 @@ class Router:
                     raise LocalAnswer(200, {"input_tokens": estimate_input_tokens(body)})
                 self._to_first(flow, runtime, route, dispatch, first, body)
             elif len(selection.targets) > 1 and runtime.relay is not None and runtime.relay.port is not None:
-                route.dispatch, route.fallbacks = dispatch, selection.targets
+                route.dispatch, route.targets = dispatch, selection.targets
                 self._to_relay(flow, runtime, runtime.relay.port)
             else:
                 self._to_first(flow, runtime, route, dispatch, first, body)

@@ -141,7 +141,7 @@ class Relay:
         route = runtime.routes.get(request.headers.get(RELAY_HEADER, ""))
         if route is None or route.dispatch is None or route.body is None:
             return _local(LocalAnswer(502, anthropic_error_body("api_error", "anthropic-proxy lost this call's route")))
-        targets = route.fallbacks
+        targets = route.targets
         last: LocalAnswer | None = None
         for position, target in enumerate(targets):
             final = position == len(targets) - 1

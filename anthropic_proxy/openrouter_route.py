@@ -48,8 +48,8 @@ class ClientRequest:
 
 @dataclass
 class Route:
-    """A routed call: the client's request, the target that answers it (set for each target tried), the
-    targets still to try when it fails before answering (`fallbacks`), and what was tried."""
+    """A routed call: the client's request, the target that answers it (set for each target tried), the targets
+    the failover relay tries in order when the first has fallbacks (`targets`), and what was tried."""
 
     client: ClientRequest
     provider: str = "anthropic"
@@ -59,7 +59,7 @@ class Route:
     translator: StreamTranslator | None = None
     upstream_response: bytes | None = field(default=None, repr=False)
     match: dict[str, Any] | None = None  # the route that matched ({"index", "when"}), None: the mode's default
-    fallbacks: list[Target] = field(default_factory=list)  # after the first target, for the failover relay
+    targets: list[Target] = field(default_factory=list)  # in order, when the failover relay tries them
     attempts: list[Attempt] = field(default_factory=list)
     body: dict[str, Any] | None = field(default=None, repr=False)  # the client's, parsed (to prepare fallbacks)
     dispatch: Dispatch | None = field(default=None, repr=False)

@@ -265,3 +265,20 @@ def test_a_translated_streams_record_counts_what_the_client_got(proxy, test_tag)
     assert record["metrics"]["responseBytes"] == len(received)
     assert record["metrics"]["chunkCount"] == events == len(record["chunks"])
     assert record["message"]["stop_reason"] == "end_turn" and record["usage"]["outputTokens"] == 7
+
+
+def test_the_test_button_makes_one_real_call_with_the_providers_key(proxy, third_party, local):
+    def test(body: dict) -> httpx.Response:
+        return httpx.post(proxy.url + "/api/config/test-provider", json=body, trust_env=False, timeout=20)
+
+    before = len(third_party.exchanges)
+    r = test({"provider": "thirdparty", "model": "tp-1"})
+    assert r.status_code == 200 and r.json()["ok"] is True and r.json()["status"] == 200, r.text
+    ex = third_party.exchanges[before]
+    assert ex.header("x-api-key") == THIRD_PARTY_KEY and ex.json()["max_tokens"] == 1
+    assert THIRD_PARTY_KEY[8:-4] not in r.text
+    failed = test({"provider": "local", "model": "fake-error/503"}).json()
+    assert failed["ok"] is False and failed["status"] == 503 and "503" in failed["message"]
+    assert test({"provider": "down", "model": "m"}).json()["ok"] is False  # nothing listens there
+    assert test({"provider": "anthropic", "model": "m"}).status_code == 400  # the client's key: nothing to test
+    assert test({"provider": "nowhere", "model": "m"}).status_code == 400
