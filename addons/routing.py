@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 from urllib.parse import urlsplit
 
 from mitmproxy import http
@@ -31,8 +30,6 @@ from anthropic_proxy.translate.tokens import estimate_input_tokens
 from anthropic_proxy.webui.common import INTERNAL_HEADER
 
 from .webapp import INTERNAL_FLOW
-
-logger = logging.getLogger("anthropic_proxy.routing")
 
 MESSAGES_PATH = "/v1/messages"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
