@@ -29,6 +29,7 @@ from anthropic_proxy.translate.reasoning import SIGNATURE_PREFIX, strip_openrout
 from anthropic_proxy.translate.tokens import estimate_input_tokens
 from anthropic_proxy.webui.common import INTERNAL_HEADER
 
+from .capture import CAPTURED
 from .webapp import INTERNAL_FLOW
 
 MESSAGES_PATH = "/v1/messages"
@@ -49,6 +50,9 @@ def route_of(flow: http.HTTPFlow) -> Route | None:
 
 
 class Router:
+    """Routes the flows Capture marked as Anthropic API traffic; any other flow (another host's, through a
+    forward proxy or local capture) goes on to its own host untouched."""
+
     def running(self) -> None:
         runtime = runtime_module.current_runtime()
         if runtime is not None and runtime.relay is None:  # one per process, across script reloads
@@ -56,12 +60,15 @@ class Router:
             runtime.spawn(runtime.relay.start())
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if not flow.metadata.get(CAPTURED):
+            return
         path = flow.request.path.split("?", 1)[0]
         if flow.request.method == "POST" and path in (MESSAGES_PATH, COUNT_TOKENS_PATH):
             flow.metadata[API_CALL] = path
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live or flow.metadata.get(INTERNAL_FLOW):
+        if flow.response or flow.error or not flow.live or flow.metadata.get(INTERNAL_FLOW) \
+                or not flow.metadata.get(CAPTURED):
             return
         runtime = runtime_module.current_runtime()
         if runtime is None:
