@@ -1,25 +1,25 @@
 """The Claude Code CLI through a route to a keyless OpenAI-compatible server: a hello, then a turn with a tool.
 
-Needs the `claude` binary (`npm install @anthropic-ai/claude-code`): found on PATH or at $CLAUDE_BIN; without it
-the test is skipped, saying so.
+Needs the `claude` binary (`npm install @anthropic-ai/claude-code`): on PATH or at $ANTHROPIC_PROXY_TEST_CLAUDE;
+without it the test is skipped, saying so.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from fakes.harness import FAKE_API_KEY
+from fakes.harness import FAKE_API_KEY, claude_executable
 from fakes.openai_compatible import LOCAL_TEXT, TOOL_ARGUMENT, FakeOpenAICompatible
 
-CLAUDE = os.environ.get("CLAUDE_BIN") or shutil.which("claude")
-pytestmark = pytest.mark.skipif(not CLAUDE, reason="the Claude Code CLI is not installed (set CLAUDE_BIN)")
+CLAUDE = claude_executable()
+pytestmark = pytest.mark.skipif(not CLAUDE, reason="Claude Code is not installed (npm i -g @anthropic-ai/claude-code, "
+                                "or ANTHROPIC_PROXY_TEST_CLAUDE=/path/to/claude)")
 
 
 @pytest.fixture(scope="module")
