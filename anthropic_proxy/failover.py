@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -101,7 +102,13 @@ class CoolDowns:
         self._until.clear()
 
 
-def _error_text(status: int, body: bytes) -> str:
+def attempt_error(status: int, body: bytes, encoding: str) -> str:
+    """The failed attempt's status and the start of its error body (keys masked), for the record."""
+    if encoding.lower() in ("gzip", "deflate"):  # (the relay asks with the client's accept-encoding)
+        try:
+            body = zlib.decompressobj(zlib.MAX_WBITS | 32).decompress(body, 4096)
+        except zlib.error:
+            body = b"(a compressed body)"
     text = body[:400].decode("utf-8", "replace").strip()
     return mask_text(f"HTTP {status}: {text}" if text else f"HTTP {status}")
 
@@ -175,7 +182,8 @@ class Relay:
                     runtime.cooldowns.start(target, upstream.status, seconds)
             if upstream.status in FAILOVER_STATUSES and not final:
                 try:
-                    attempt.error = _error_text(upstream.status, await upstream.content.read(_ERROR_BODY_LIMIT))
+                    attempt.error = attempt_error(upstream.status, await upstream.content.read(_ERROR_BODY_LIMIT),
+                                                upstream.headers.get("content-encoding", ""))
                 except (aiohttp.ClientError, OSError):
                     attempt.error = f"HTTP {upstream.status}"
                 upstream.release()

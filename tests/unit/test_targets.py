@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -9,7 +10,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from anthropic_proxy.failover import CoolDowns, retry_after_seconds
+from anthropic_proxy.failover import CoolDowns, attempt_error, retry_after_seconds
 from anthropic_proxy.openrouter_route import ClientRequest, Route
 from anthropic_proxy.providers import Target
 from anthropic_proxy.proxy_config import ConfigError, ConfigStore, ProxyConfig
@@ -158,3 +159,10 @@ def test_cool_downs_end_by_themselves():
     assert cooldowns.cooling(target) and cooldowns.view()[0]["target"] == "anthropic:claude-sonnet-4-5"
     time.sleep(0.06)
     assert not cooldowns.cooling(target) and cooldowns.view() == []
+
+
+def test_a_failed_attempts_error_body_is_read_even_compressed():
+    body = json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}).encode()
+    assert attempt_error(529, gzip.compress(body), "gzip") == f"HTTP 529: {body.decode()}"
+    assert attempt_error(529, body, "") == f"HTTP 529: {body.decode()}"
+    assert attempt_error(503, b"", "") == "HTTP 503"
