@@ -140,8 +140,9 @@ class Router:
         request.headers.clear()
         for name, value in call.headers:
             request.headers.add(name, value)
-        request.url = call.url  # also fixes Host (for an absolute URL in forward mode, and SNI)
-        request.host_header = urlsplit(call.url).netloc
+        # Setting scheme/host/port also fixes SNI and, for an absolute URL in forward mode, the target.
+        request.scheme, request.host, request.port, prefix, request.host_header = _upstream_parts(call.base_url)
+        request.path = prefix + call.path
         request.content = call.content
 
     @staticmethod
@@ -183,9 +184,10 @@ class Router:
         flow.response = json_response(status, body, {**_passed_headers(response), **headers})
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)
 def _upstream_parts(upstream: str) -> tuple[str, str, int, str, str]:
-    """`anthropic_upstream` as (scheme, host, port, path prefix, Host header): parsed once per value, not per call."""
+    """An upstream's base URL (`anthropic_upstream`, a provider's) as (scheme, host, port, path prefix, Host
+    header): parsed once per value, not per call."""
     parts = urlsplit(upstream)
     scheme, host = parts.scheme, parts.hostname or ""
     port = parts.port or (443 if scheme == "https" else 80)

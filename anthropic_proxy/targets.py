@@ -143,9 +143,14 @@ def select_targets(config: ProxyConfig, facts: CallFacts, *, cooling: Callable[[
 # ---- what each target gets ------------------------------------------------------------------------------------
 @dataclass
 class UpstreamCall:
-    url: str
+    base_url: str  # the provider's (parsed once per value where it is used, not once per call)
+    path: str  # after it, query included
     headers: list[tuple[str, str]]
     content: bytes
+
+    @property
+    def url(self) -> str:
+        return self.base_url + self.path
 
 
 @dataclass
@@ -204,7 +209,7 @@ class Dispatch:
         headers += list(provider.headers.items())
         if key:
             headers += [("x-api-key", key), ("authorization", f"Bearer {key}")]
-        return UpstreamCall(provider.base_url + client.path, headers, content)
+        return UpstreamCall(provider.base_url, client.path, headers, content)
 
     def _openai(self, route: Route, provider: Provider, model: str, key: str, body: dict[str, Any]) -> UpstreamCall:
         try:
@@ -221,7 +226,7 @@ class Dispatch:
                    ("accept-encoding", "identity")]  # the translator reads the bytes as they come
         if key:
             headers.append(("authorization", f"Bearer {key}"))
-        return UpstreamCall(f"{provider.base_url}/chat/completions", headers, fastjson.dumps(translated.body))
+        return UpstreamCall(provider.base_url, "/chat/completions", headers, fastjson.dumps(translated.body))
 
 
 def openai_dialect(body: dict[str, Any]) -> None:
