@@ -10,7 +10,7 @@ const TRISTATE = [["", "any"], ["true", "yes"], ["false", "no"]];
 function el(id) { return document.getElementById(id); }
 
 function input(value, attrs = {}) {
-  const node = h("input", { type: "text", spellcheck: "false", autocomplete: "off", ...attrs });
+  const node = h("input", { type: "text", spellcheck: "false", autocomplete: "off", title: attrs.placeholder, ...attrs });
   node.value = value === undefined || value === null ? "" : String(value);
   return node;
 }
