@@ -14,6 +14,7 @@ from mitmproxy.net.http import url
 from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy.environment import environment
 from anthropic_proxy.failover import RELAY_HEADER, Relay
+from anthropic_proxy.media import is_event_stream
 from anthropic_proxy.openrouter_route import (
     ClientRequest,
     LocalAnswer,
@@ -160,8 +161,7 @@ class Router:
         response = flow.response
         if route is None or route.translator is None or response is None:
             return
-        if 200 <= response.status_code < 300 and response.headers.get("content-type", "").startswith(
-                "text/event-stream"):
+        if 200 <= response.status_code < 300 and is_event_stream(response.headers.get("content-type")):
             # The Recorder streams it through route.translator; the body changes, so do these headers.
             for name in ("content-length", "content-encoding"):
                 response.headers.pop(name, None)
