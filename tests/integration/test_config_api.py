@@ -23,7 +23,7 @@ FALLBACK_MODELS = {"sonnet": "anthropic/claude-sonnet-4.5", "opus": "anthropic/c
                    "haiku": "anthropic/claude-haiku-4.5", "default": "anthropic/claude-sonnet-4.5"}
 NEWEST_MODELS = {"sonnet": "anthropic/claude-sonnet-5", "opus": "anthropic/claude-opus-4.8",
                  "haiku": "anthropic/claude-haiku-4.5", "default": "anthropic/claude-sonnet-5"}
-UNPINNED = {"sonnet": None, "opus": None, "haiku": None, "default": None}
+UNPINNED: dict[str, str] = {}  # config.json leaves unpinned families out
 DEFAULT_HEADERS = {"HTTP-Referer": "https://github.com/anthropic-proxy/anthropic-proxy", "X-Title": "anthropic-proxy"}
 SECOND_KEY = "sk-or-v1-" + "secondKeyFromDotEnv" + "9876543210fedcba" * 3
 HI = [{"role": "user", "content": "hi"}]

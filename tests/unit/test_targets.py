@@ -139,7 +139,8 @@ def test_an_existing_config_file_keeps_working(tmp_path):
     assert store.current.routes == [] and store.current.providers == {} and store.current.fallbacks == {}
     store.update({"models": {"haiku": "x/h2"}})
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved == {**old, "models": {**old["models"], "haiku": "x/h2"}}  # written as before: nothing new
+    # written as before (no empty providers, routes, fallbacks), with the version that says its families are chosen
+    assert saved == {"version": 2, **old, "models": {**old["models"], "haiku": "x/h2"}}
     store.update({"routes": [{"when": {"family": "haiku"}, "provider": "anthropic"}]})
     assert ConfigStore(tmp_path).current.routes[0].when.family == "haiku"
 
