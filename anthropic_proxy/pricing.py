@@ -502,3 +502,19 @@ def savings_for_tokens(model: str | None, cache_read_tokens: int, book: PriceBoo
     assert found.price.cache_read is not None
     return usd(cache_read_tokens * (found.price.input - found.price.cache_read) / MTOK)
 
+
+
+def cache_miss_usd(model: str | None, tokens: int, book: PriceBook, at: datetime | None = None, *,
+                   written: bool, long_ttl: bool) -> float | None:
+    """What `tokens` prompt tokens cost above a cache read when they were billed in full: at the cache-write
+    price (`written`: the call wrote the cache, with the 1-hour TTL if `long_ttl`) or else the input price.
+    Base rates; None when the model has no price."""
+    if not tokens:
+        return 0.0
+    found = book.lookup(model, at)
+    if found is None:
+        return None
+    price = found.price
+    assert price.cache_write_5m is not None and price.cache_write_1h is not None and price.cache_read is not None
+    billed = (price.cache_write_1h if long_ttl else price.cache_write_5m) if written else price.input
+    return usd(tokens * (billed - price.cache_read) / MTOK)

@@ -93,6 +93,17 @@ class RecordError(_Model):
         return cls(type=str(error.get("type") or "api_error"), message=str(error.get("message") or ""))
 
 
+class CacheBreak(_Model):
+    """Why this call did not read the prompt cache the previous call of its conversation left (`cache_break.py`)."""
+
+    previous_id: str
+    at: Literal["tools", "system", "messages", "ttl"]
+    index: int | None = None  # the tool, system block or message where the prompt first differs
+    detail: str
+    uncached_tokens: int  # an estimate of the prompt tokens that could have been read from the cache
+    extra_cost_usd: float | None = None  # what they cost above a cache read (None: the model has no price)
+
+
 class Record(_Model):
     id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
@@ -122,6 +133,8 @@ class Record(_Model):
     response_content: bytes | None = Field(default=None, exclude=True)
     upstream_response: Any = None  # OpenRouter's raw answer when it was not streamed
     error: RecordError | None = None
+    # Set by the store when it writes the record (never by the proxy): see cache_break.py.
+    cache_break: CacheBreak | None = None
 
     @property
     def is_final(self) -> bool:

@@ -56,7 +56,7 @@ from .dialects import DB_NAME, SQLITE_MIGRATIONS, Connection, Dialect, dialect_f
 from .exchange import describe_call
 from .masking import mask_text
 from .pricing import PRICES_FILE, PriceBook, savings_for_tokens
-from .record import Record, RecordError
+from .record import CacheBreak, Record, RecordError
 from .store_rows import METRIC_COLUMNS, RowWriter, prepare
 from .store_writer import WriterProcess, WriterSettings
 from .stream_log import read_record
@@ -168,11 +168,11 @@ class Store:
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.instance_name = f"{socket.gethostname()}:{state_dir.expanduser().resolve()}"
         self._announced = close_orphans and self.dialect.shared  # in `instances`, with heartbeats
-        self.rows = RowWriter(self.dialect)
         self.max_records = max_records
         self.retention_days = retention_days
         self.busy_timeout = busy_timeout  # how long a write waits for another process's lock
         self.prices = PriceBook(state_dir / PRICES_FILE)  # the proxy's too (Runtime.prices), and its writer's
+        self.rows = RowWriter(self.dialect, self.prices)
         self._writer: WriterProcess | None = None  # started by the first put (the proxy's store: at once)
         with self._connect() as db:
             self.dialect.migrate(db)
@@ -315,7 +315,14 @@ class Store:
     # --- reading -------------------------------------------------------------------------------
 
     @staticmethod
-    def _load(db: Connection, data: str, refs: str | None) -> Record:
+    def _load(db: Connection, data: str, refs: str | None, cache_break: str | None = None) -> Record:
+        """A stored row as the record it is, with the cache break the store explained (`cache_break.py`)."""
+        record = Store._assemble(db, data, refs)
+        record.cache_break = CacheBreak.model_validate_json(cache_break) if cache_break else None
+        return record
+
+    @staticmethod
+    def _assemble(db: Connection, data: str, refs: str | None) -> Record:
         if refs is None:  # a v2 row: the whole record
             return Record.model_validate_json(data)
 
@@ -343,7 +350,7 @@ class Store:
                 describe_call(record, request_body)
             return read_record(record, self.prices)
         with self._reader() as db:
-            row = db.execute("SELECT data, refs FROM records WHERE id = ?", (record_id,)).fetchone()
+            row = db.execute("SELECT data, refs, cache_break FROM records WHERE id = ?", (record_id,)).fetchone()
             return self._load(db, *row) if row else None
 
     def query(self, flt: RecordFilter, *, page: int = 1, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
@@ -352,9 +359,10 @@ class Store:
         where, params = flt.where(self.dialect.search)
         with self._reader() as db:
             total = db.execute(f"SELECT count(*) FROM records{where}", params).fetchone()[0]
-            rows = db.execute(f"SELECT summary FROM records{where} ORDER BY ts DESC LIMIT ? OFFSET ?",
+            rows = db.execute(f"SELECT summary, cache_break FROM records{where} ORDER BY ts DESC LIMIT ? OFFSET ?",
                               [*params, limit, (page - 1) * limit]).fetchall()
-        return [json.loads(row[0]) for row in rows], total
+        return [{**json.loads(summary), "cacheBreak": json.loads(found) if found else None}
+                for summary, found in rows], total
 
     def iter_records(self, flt: RecordFilter) -> Iterator[Record]:
         """Every matching record, oldest first, read in batches (exports stream from this)."""
@@ -364,11 +372,11 @@ class Store:
         while True:
             with self._reader() as db:
                 cursor_where = (where + " AND" if where else " WHERE") + " (ts, id) > (?, ?)"
-                rows = db.execute(f"SELECT ts, id, data, refs FROM records{cursor_where} ORDER BY ts, id LIMIT 50",
-                                  [*params, last_ts, last_id]).fetchall()
+                rows = db.execute(f"SELECT ts, id, data, refs, cache_break FROM records{cursor_where} "
+                                  "ORDER BY ts, id LIMIT 50", [*params, last_ts, last_id]).fetchall()
                 if not rows:
                     return
-                loaded = [self._load(db, data, refs) for _, _, data, refs in rows]
+                loaded = [self._load(db, *row[2:]) for row in rows]
             last_ts, last_id = rows[-1][0], rows[-1][1]
             yield from loaded
 
@@ -392,7 +400,8 @@ class Store:
         with self._reader() as db:
             # One pass over the matching rows (a covering index when unfiltered), then every figure
             # from that narrow copy: a text search (`q`) scans the big rows once, not once per figure.
-            self.dialect.select_into_sel(db, "ts, status, provider, model, " + ", ".join(METRIC_COLUMNS)
+            self.dialect.select_into_sel(db, "ts, status, provider, model, cache_break_at, cache_break_usd, "
+                                         + ", ".join(METRIC_COLUMNS)
                                          + f", {self.dialect.utc_day('ts')} AS day", where, params)
             (total, success, errors, pending, cancelled, tin, tout, tcw, tcr, cost, costed, timed, avg_ms,
              first_ts, last_ts) = db.execute(
@@ -430,6 +439,7 @@ class Store:
                 f"SELECT CASE {case} ELSE {len(LATENCY_BUCKETS_MS)} END AS b, count(*) "
                 "FROM sel WHERE duration_ms IS NOT NULL GROUP BY b").fetchall())
             breakdowns = _breakdowns(db, book, sessions)
+            cache_breaks = _cache_breaks(db)
         for row in by_model:  # the breakdown's figures for the same rows, in the chart's order
             row.update({k: v for k, v in breakdowns["_models"][row["model"]].items() if k not in row})
         del breakdowns["_models"]
@@ -448,6 +458,7 @@ class Store:
             "firstTs": first_ts, "lastTs": last_ts,
             "timeline": {"bucketSeconds": bucket, "points": timeline},
             "byModel": by_model, "latencyHistogram": latency,
+            "cacheBreaks": cache_breaks,
             **breakdowns,
         }
 
@@ -514,6 +525,17 @@ def _group_entry(values: tuple[Any, ...]) -> dict[str, Any]:
             "inputTokens": int(tin), "outputTokens": int(tout), "cacheCreationTokens": int(tcw),
             "cacheReadTokens": int(tcr), "costUsd": round(cost, 8), "costedRequests": costed,
             "latencyMs": {"p50": None, "p95": None}, "cacheSavingsUsd": None}
+
+
+def _cache_breaks(db: Connection) -> dict[str, Any]:
+    """Money lost to cache breaks over the `sel` temp table: in all and by where the prompt broke (`at`).
+    `unpriced`: breaks whose model has no price (not in `extraCostUsd`)."""
+    by_at = [{"at": at, "count": n, "extraCostUsd": round(usd, 8), "unpriced": n - priced}
+             for at, n, usd, priced in db.execute(
+                 "SELECT cache_break_at, count(*), total(cache_break_usd), count(cache_break_usd) FROM sel "
+                 "WHERE cache_break_at IS NOT NULL GROUP BY 1 ORDER BY 3 DESC, 2 DESC, 1")]
+    return {"count": sum(e["count"] for e in by_at), "extraCostUsd": round(sum(e["extraCostUsd"] for e in by_at), 8),
+            "unpriced": sum(e["unpriced"] for e in by_at), "byAt": by_at}
 
 
 def _nearest_rank(values: list[float], p: float) -> float | None:
