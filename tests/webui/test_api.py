@@ -139,7 +139,7 @@ def test_analyze_and_config_answer(proxy, populated):
     config = proxy.get("/api/monitor/config").json()
     assert config["mode"] == "anthropic" and config["listenPort"] == proxy.port
     assert config["tokenRequired"] is False
-    assert config["prices"]["asOf"] and config["prices"]["overrideError"] is None
+    assert config["prices"]["library"].startswith("genai-prices ") and config["prices"]["overrideError"] is None
 
 
 # ---- live stream ----------------------------------------------------------------------------------------------
