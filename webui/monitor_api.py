@@ -225,12 +225,12 @@ def _take(items: Iterator[Any], count: int) -> list[Any]:
 @routes.get("/api/monitor/export")
 async def export(request: web.Request) -> web.StreamResponse:
     """Every matching record in full (keys masked), oldest first, streamed from the store in batches.
-    `format=ndjson` (default: one record per line), `json` (one array), `csv` (one row per record, flat
-    columns) or `compact` (lossless; a conversation's repeated history written once; see export.py);
-    `gzip=1` compresses the file as it streams."""
+    `format=json` (default: one array, the original tool's "export as JSON"), `ndjson` (one record per line),
+    `csv` (one row per record, flat columns) or `compact` (lossless; a conversation's repeated history written
+    once; see export.py); `gzip=1` compresses the file as it streams."""
     runtime = request.app[RUNTIME]
     flt = record_filter(request)
-    fmt = request.query.get("format", "ndjson")
+    fmt = request.query.get("format") or "json"
     if fmt not in exporting.FORMATS:
         raise _bad_request(f"format must be one of {', '.join(exporting.FORMATS)} (got {fmt!r})")
     compress = request.query.get("gzip", "") in ("1", "true", "yes")
