@@ -43,7 +43,7 @@ from typing import Any
 
 from . import bodies
 from .dialects import Connection
-from .pricing import COUNT_TOKENS_PATH, PriceBook, cache_miss_usd
+from .pricing import PriceBook, cache_miss_usd, counts_tokens
 
 TTL_SCALE_ENV = "ANTHROPIC_PROXY_CACHE_TTL_SCALE"
 DEFAULT_TTL_SECONDS = 300
@@ -95,7 +95,7 @@ def prompt_facts(path: str, body: Any) -> tuple[str | None, str | None]:
     calls without a session are matched on; None for anything but a Messages call. `breakpoint`: JSON
     `[section, index, ttl seconds]` of the prompt's last `cache_control` (a request-level one marks the last
     message), or None when the call caches nothing."""
-    if not isinstance(body, dict) or path.split("?", 1)[0].rstrip("/").endswith(COUNT_TOKENS_PATH):
+    if not isinstance(body, dict) or counts_tokens(path):
         return None, None
     sections = {"tools": body.get("tools"), "system": _system_blocks(body.get("system")),
                 "messages": body.get("messages")}

@@ -91,6 +91,11 @@ CACHE_READ_FACTOR = Decimal("0.1")
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
 
+def counts_tokens(path: str) -> bool:
+    """The call is a token count (`/v1/messages/count_tokens`, any query): free, and no turn of a conversation."""
+    return path.split("?", 1)[0].rstrip("/").endswith(COUNT_TOKENS_PATH)
+
+
 # ---- the price model ---------------------------------------------------------------------------------------
 class _PriceModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
@@ -411,7 +416,7 @@ def price_record(record: Record, book: PriceBook, *, reported_cost: float | None
     kept of it); `catalog_price`: the upstream model's prices from OpenRouter's model list
     (`ModelCatalog.price_of(record.upstream_model)`).
     """
-    if record.request.path.split("?", 1)[0].rstrip("/").endswith(COUNT_TOKENS_PATH):
+    if counts_tokens(record.request.path):
         return Cost(0.0, source="free")  # token counting is free
     tokens = token_counts(record)
     partial = _PARTIAL_NOTE if record.status != "success" and tokens.billable else None

@@ -475,6 +475,21 @@ class Store:
                 f"SELECT summary FROM records{timed_where} ORDER BY duration_ms DESC LIMIT ?", [*params, top])]
         return {"errorsByType": errors, "slowest": slowest}
 
+    def ratelimit_headers(self, flt: RecordFilter, *, limit: int = 2000) -> list[tuple[float, str, dict[str, Any]]]:
+        """(timestamp, id, response headers) of the newest `limit` matching records, oldest first: what
+        `ratelimits.report` reads (from the summaries, which keep the headers)."""
+        self._settle()
+        where, params = flt.where(self.dialect.search)
+        with self._reader() as db:
+            rows = db.execute(f"SELECT ts, id, summary FROM records{where} ORDER BY ts DESC LIMIT ?",
+                              [*params, limit]).fetchall()
+        found = []
+        for ts, record_id, summary in reversed(rows):
+            response = json.loads(summary).get("response") or {}
+            if headers := response.get("headers"):
+                found.append((ts, record_id, headers))
+        return found
+
     def facets(self) -> dict[str, list[str]]:
         """The distinct models and providers in the store (filter choices), from their indexes."""
         with self._reader() as db:

@@ -15,8 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import analysis
+from .. import analysis, conversation
 from .. import export as exporting
+from .. import ratelimits as rate_limits
 from ..record import FINAL_STATUSES, Record
 from ..runtime import RUNTIME_KEY as RUNTIME
 from ..runtime import Runtime
@@ -322,6 +323,32 @@ async def monitor_config(request: web.Request) -> web.Response:
         "maxRecords": store.max_records, "retentionDays": store.retention_days,
         "tokenRequired": token_required(settings), "inFlight": len(runtime.exchanges), "prices": prices,
     })
+
+
+@routes.get("/api/monitor/ratelimits")
+async def ratelimits(request: web.Request) -> web.Response:
+    """The `anthropic-ratelimit-*` headers of the matching records (the newest `limit`, default 2000): the latest
+    value of each, the limits, the unified windows with a projection, and a time series (see ratelimits.py)."""
+    runtime = request.app[RUNTIME]
+    flt = record_filter(request)
+    limit = _int_param(request, "limit", 2000, 1, 20_000)
+    rows = await asyncio.to_thread(runtime.store.ratelimit_headers, flt, limit=limit)
+    return web.json_response({**rate_limits.report(rows), "filters": filter_view(flt)})
+
+
+@routes.get("/api/monitor/sessions/{session}")
+async def session_turns(request: web.Request) -> web.Response:
+    """One session as a conversation: its calls, oldest first, as turns (see conversation.py); at most `limit`
+    (default 1000), the newest."""
+    runtime = request.app[RUNTIME]
+    session = request.match_info["session"]
+    limit = _int_param(request, "limit", 1000, 1, 10_000)
+
+    def read() -> list[dict[str, Any]]:
+        return conversation.turns(runtime.store.iter_records(RecordFilter(session=session)))[-limit:]
+
+    found = await asyncio.to_thread(read)
+    return web.json_response({"session": session, "turns": found})
 
 
 def install(app: web.Application) -> None:

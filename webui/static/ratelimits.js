@@ -1,0 +1,73 @@
+// The rate-limit panel of the monitor: the latest anthropic-ratelimit-* headers (GET /api/monitor/ratelimits),
+// the limits with what remains and when they reset, and for the unified 5h / 7d windows how full they are and
+// when they fill at the current rate. Headers it does not know are listed as they came.
+"use strict";
+
+function untilText(iso) {
+  if (!iso) return "—";
+  const seconds = (new Date(iso) - Date.now()) / 1000;
+  const when = fmt.time(iso);
+  if (!isFinite(seconds)) return String(iso);
+  if (seconds <= 0) return `${when} (passed)`;
+  const span = seconds < 3600 ? `${Math.ceil(seconds / 60)} min` : seconds < 172800
+    ? `${(seconds / 3600).toFixed(1)} h` : `${(seconds / 86400).toFixed(1)} days`;
+  return `${when} (in ${span})`;
+}
+
+function projectionText(w) {
+  if (w.utilization !== null && w.utilization >= 1) return "full now";
+  if (!w.fillsAt) return w.ratePerHour === null ? "not enough points yet for a projection" : "not filling at the current rate";
+  const rate = `${(w.ratePerHour * 100).toFixed(1)} %/h`;
+  const verdict = w.fillsBeforeReset === false ? "after the window resets" : "before the window resets";
+  return `at ${rate}, full at ${fmt.time(w.fillsAt)}, ${verdict}`;
+}
+
+function renderWindow(w) {
+  const used = w.utilization === null ? null : Math.max(0, Math.min(1, w.utilization));
+  const fill = h("span", { class: used !== null && used >= 0.9 ? "full" : null });
+  fill.style.width = `${((used || 0) * 100).toFixed(1)}%`; // (the CSP allows styles set from script, not attributes)
+  return h("div", { class: "rl-window", "data-testid": "ratelimit-window", dataset: { window: w.window } },
+    h("div", { class: "rl-name" }, `${w.window} window`, w.status ? h("span", { class: "badge" }, w.status) : null),
+    h("div", { class: "rl-bar", title: `${fmt.pct(used)} used` }, fill),
+    h("div", { class: "rl-figures" }, `${fmt.pct(used)} used · resets ${untilText(w.reset)}`),
+    h("div", { class: "rl-projection", "data-testid": "ratelimit-projection" }, projectionText(w)));
+}
+
+function renderLimits(limits) {
+  return h("table", { class: "mini" },
+    h("thead", {}, h("tr", {}, h("th", {}, "Limit"), h("th", { class: "num" }, "Remaining"),
+      h("th", { class: "num" }, "Of"), h("th", {}, "Resets"))),
+    h("tbody", {}, limits.map((l) => h("tr", { "data-testid": "ratelimit-row", dataset: { name: l.name } },
+      h("td", {}, l.name), h("td", { class: "num" }, l.remaining === null ? "—" : fmt.int(Number(l.remaining))),
+      h("td", { class: "num" }, l.limit === null ? "—" : fmt.int(Number(l.limit))), h("td", {}, untilText(l.reset))))));
+}
+
+function renderHeaders(latest) {
+  const names = Object.keys(latest);
+  return h("details", { class: "rl-headers" }, h("summary", {}, `all ${names.length} anthropic-ratelimit-* headers, as last seen`),
+    h("table", { class: "mini", "data-testid": "ratelimit-headers" }, h("tbody", {}, names.map((name) =>
+      h("tr", {}, h("td", { class: "mono" }, name), h("td", { class: "mono" }, latest[name].value),
+        h("td", {}, fmt.time(latest[name].at)))))));
+}
+
+/** Fill the panel from the rate-limit report of the records matching `params` (hidden while there is none). */
+async function loadRateLimits(params) {
+  const panel = document.getElementById("ratelimits");
+  if (!panel) return;
+  let report;
+  try {
+    report = await api("/api/monitor/ratelimits?" + params);
+  } catch (err) {
+    console.warn("rate limits:", err.message);
+    return;
+  }
+  const latest = report.latest || {};
+  panel.hidden = Object.keys(latest).length === 0;
+  if (panel.hidden) return;
+  const newest = Object.values(latest).map((v) => v.at).sort().pop();
+  clear(panel).append(
+    h("h3", {}, "Rate limits and quota", h("span", { class: "sub" }, ` as of ${fmt.time(newest)}`)),
+    report.windows.length ? h("div", { class: "rl-windows" }, report.windows.map(renderWindow)) : null,
+    report.limits.length ? renderLimits(report.limits) : null,
+    renderHeaders(latest));
+}
