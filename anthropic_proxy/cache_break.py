@@ -208,6 +208,9 @@ def _tool_detail(index: int, old: list[Any], new: list[Any]) -> str:
 def _first_difference(previous: _Call, call: _Call, section: str, upto: int | None) -> _Divergence | None:
     """Where `call`'s section first differs from `previous`'s, looking at `previous`'s items up to index `upto`
     (None: the whole section, its length included)."""
+    ref = previous.section_ref(section)
+    if ref is not None and ref == call.section_ref(section):
+        return None  # the same piece: nothing to read
     old, new = previous.items(section), call.items(section)
     for index in range(len(old) if upto is None else min(upto + 1, len(old))):
         if index >= len(new):
