@@ -90,11 +90,11 @@ def test_a_stable_session_has_no_break_and_edits_are_explained(tmp_path: Path):
         store.close()
 
 
-def test_written_out_of_order_and_across_a_writer_restart(tmp_path: Path):
+def test_written_out_of_order_and_across_a_writer_restart(tmp_path: Path, store_url: str):
     """Later calls written first (their previous call still running), the writer killed in between, records
-    written twice: the explanations are the same as in order, once each."""
+    written twice: the explanations are the same as in order, once each (on both databases)."""
     records = _session()
-    store = Store(tmp_path)
+    store = Store(tmp_path, url=store_url)
     try:
         for record in reversed(records[3:]):
             store.put(record)
