@@ -18,6 +18,10 @@ from .record import Record
 
 TEXT_LIMIT = 2000
 INPUT_LIMIT = 300
+# What a call added sits at the end of its messages: reading this many of them (not the whole history, nor the
+# system prompt and tools) is enough for a turn (`Store.iter_records(tail=...)`), and keeps a long live
+# session's view from re-reading every history.
+TAIL_MESSAGES = 12
 
 
 def _cut(text: str, limit: int = TEXT_LIMIT) -> str:

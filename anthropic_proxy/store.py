@@ -139,7 +139,7 @@ _CHAIN = """
     WITH RECURSIVE chain(id, parent, blob, depth) AS (
         SELECT id, parent, blob, 0 FROM nodes WHERE id = ?
         UNION ALL SELECT nodes.id, nodes.parent, nodes.blob, chain.depth + 1
-        FROM nodes JOIN chain ON nodes.id = chain.parent
+        FROM nodes JOIN chain ON nodes.id = chain.parent WHERE chain.depth + 1 < ?
     )
     SELECT chain.parent, blobs.data FROM chain LEFT JOIN blobs ON blobs.id = chain.blob ORDER BY chain.depth DESC
 """
@@ -315,26 +315,32 @@ class Store:
     # --- reading -------------------------------------------------------------------------------
 
     @staticmethod
-    def _load(db: Connection, data: str, refs: str | None, cache_break: str | None = None) -> Record:
-        """A stored row as the record it is, with the cache break the store explained (`cache_break.py`)."""
-        record = Store._assemble(db, data, refs)
+    def _load(db: Connection, data: str, refs: str | None, cache_break: str | None = None, *,
+              tail: int | None = None) -> Record:
+        """A stored row as the record it is, with the cache break the store explained (`cache_break.py`).
+        `tail`: only the last `tail` messages of each message list, and no system prompt or tools (a session's
+        turns: what each call added is at the end; its history is in the calls before it)."""
+        record = Store._assemble(db, data, refs, tail)
         record.cache_break = CacheBreak.model_validate_json(cache_break) if cache_break else None
         return record
 
     @staticmethod
-    def _assemble(db: Connection, data: str, refs: str | None) -> Record:
+    def _assemble(db: Connection, data: str, refs: str | None, tail: int | None = None) -> Record:
         if refs is None:  # a v2 row: the whole record
             return Record.model_validate_json(data)
 
         def blob(ref: str) -> Any:
+            if tail is not None:
+                return None
             row = db.execute("SELECT data FROM blobs WHERE id = ?", (ref,)).fetchone()
             if row is None:
                 raise StoreCorrupt(f"record piece {ref} is missing from {DB_NAME}")
             return json.loads(row[0])
 
         def messages(leaf: str) -> list[Any]:
-            rows = db.execute(_CHAIN, (leaf,)).fetchall()
-            if not rows or rows[0][0] is not None or any(text is None for _, text in rows):
+            rows = db.execute(_CHAIN, (leaf, tail or 2**62)).fetchall()
+            whole = tail is None or len(rows) < tail
+            if not rows or (whole and rows[0][0] is not None) or any(text is None for _, text in rows):
                 raise StoreCorrupt(f"message chain {leaf} is incomplete in {DB_NAME}")
             return [json.loads(text) for _, text in rows]
 
@@ -364,8 +370,8 @@ class Store:
         return [{**json.loads(summary), "cacheBreak": json.loads(found) if found else None}
                 for summary, found in rows], total
 
-    def iter_records(self, flt: RecordFilter) -> Iterator[Record]:
-        """Every matching record, oldest first, read in batches (exports stream from this)."""
+    def iter_records(self, flt: RecordFilter, *, tail: int | None = None) -> Iterator[Record]:
+        """Every matching record, oldest first, read in batches (exports stream from this). `tail`: see `_load`."""
         self._settle()
         where, params = flt.where(self.dialect.search)
         last_ts, last_id = float("-inf"), ""
@@ -376,7 +382,7 @@ class Store:
                                   "ORDER BY ts, id LIMIT 50", [*params, last_ts, last_id]).fetchall()
                 if not rows:
                     return
-                loaded = [self._load(db, *row[2:]) for row in rows]
+                loaded = [self._load(db, *row[2:], tail=tail) for row in rows]
             last_ts, last_id = rows[-1][0], rows[-1][1]
             yield from loaded
 

@@ -345,7 +345,8 @@ async def session_turns(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 1000, 1, 10_000)
 
     def read() -> list[dict[str, Any]]:
-        return conversation.turns(runtime.store.iter_records(RecordFilter(session=session)))[-limit:]
+        records = runtime.store.iter_records(RecordFilter(session=session), tail=conversation.TAIL_MESSAGES)
+        return conversation.turns(records)[-limit:]
 
     found = await asyncio.to_thread(read)
     return web.json_response({"session": session, "turns": found})

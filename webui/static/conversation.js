@@ -4,7 +4,8 @@
 // by a session, so /monitor?session=ID opens it.
 "use strict";
 
-const conversationView = { session: "", count: -1, seq: 0 };
+const conversationView = { session: "", count: -1, seq: 0, fetchedAt: 0, timer: null };
+const CONVERSATION_REFRESH_MS = 3000; // a live session is read again at most this often
 
 function breakText(b) {
   const where = b.at === "ttl" ? "expired" : `at ${b.at}${b.index === null ? "" : "[" + b.index + "]"}`;
@@ -78,12 +79,23 @@ async function showConversation(session, count = null) {
   const panel = document.getElementById("conversation");
   if (!panel) return;
   if (!session) {
+    clearTimeout(conversationView.timer);
     conversationView.session = "";
     panel.hidden = true;
     clear(panel);
     return;
   }
-  if (session === conversationView.session && count !== null && count === conversationView.count) return;
+  if (session === conversationView.session && count !== null) {
+    if (count === conversationView.count) return;
+    const wait = conversationView.fetchedAt + CONVERSATION_REFRESH_MS - Date.now();
+    if (wait > 0) {
+      clearTimeout(conversationView.timer);
+      conversationView.timer = setTimeout(() => showConversation(session, count), wait);
+      return;
+    }
+  }
+  clearTimeout(conversationView.timer);
+  conversationView.fetchedAt = Date.now();
   const seq = ++conversationView.seq;
   let data;
   try {

@@ -50,12 +50,15 @@ function renderHeaders(latest) {
         h("td", {}, fmt.time(latest[name].at)))))));
 }
 
+const RATE_LIMIT_POINTS = 300; // the newest records read: enough for the current windows' rate
+
 /** Fill the panel from the rate-limit report of the records matching `params` (hidden while there is none). */
 async function loadRateLimits(params) {
   const panel = document.getElementById("ratelimits");
   if (!panel) return;
   let report;
   try {
+    params.set("limit", String(RATE_LIMIT_POINTS));
     report = await api("/api/monitor/ratelimits?" + params);
   } catch (err) {
     console.warn("rate limits:", err.message);
