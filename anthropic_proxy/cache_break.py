@@ -13,7 +13,8 @@ call's last breakpoint:
 - otherwise, or without a previous call, or when the previous call cached nothing, there is no break (`None`).
 
 `cache_control` markers themselves are not part of the comparison: clients move the breakpoint to the newest
-message on every turn and still read the cache.
+message on every turn and still read the cache. Nor is the form of a text: a plain string is the text block it
+stands for.
 
 It runs in the store's writer, inside the transaction that writes the record, over the pieces the store keeps
 (`bodies.py`): messages are compared by their blob ids along the two chains, and only the pieces whose ids
@@ -65,6 +66,17 @@ def strip_markers(value: Any) -> Any:
     return value
 
 
+def comparable(item: Any) -> Any:
+    """A tool, system block or message as the cache sees it: without markers, and text given as a plain string
+    the same as the text block it stands for (`"hi"` is `[{"type": "text", "text": "hi"}]`)."""
+    item = strip_markers(item)
+    if isinstance(item, str):
+        return {"type": "text", "text": item}
+    if isinstance(item, dict) and isinstance(item.get("content"), str):
+        return {**item, "content": [{"type": "text", "text": item["content"]}]}
+    return item
+
+
 def _system_blocks(system: Any) -> list[Any]:
     if system is None:
         return []
@@ -101,7 +113,7 @@ def prompt_facts(path: str, body: Any) -> tuple[str | None, str | None]:
                 "messages": body.get("messages")}
     sections = {name: items if isinstance(items, list) else [] for name, items in sections.items()}
     first = next((items[0] for items in sections.values() if items), None)
-    head = bodies.blob_id(bodies.canonical(strip_markers(first), mask=False)) if first is not None else None
+    head = bodies.blob_id(bodies.canonical(comparable(first), mask=False)) if first is not None else None
     point: list[Any] | None = None
     if body.get("cache_control") is not None and sections["messages"]:
         point = ["messages", len(sections["messages"]) - 1, _ttl(body["cache_control"])]
@@ -164,6 +176,7 @@ class _Call:
         return items if isinstance(items, list) else []
 
     def section_ref(self, section: str) -> str | None:
+        """The blob id of the whole tool list or system prompt (None when it is small enough to stay inline)."""
         return self.refs.get(section) if section != "messages" else None
 
     def message(self, blob: str) -> Any:
@@ -176,8 +189,8 @@ def _size(item: Any) -> int:
 
 @dataclass(slots=True)
 class _Divergence:
-    section: str
-    index: int
+    section: str  # a section, or "ttl"
+    index: int | None  # None for "ttl"
     detail: str
 
 
@@ -190,7 +203,7 @@ def _tool_detail(index: int, old: list[Any], new: list[Any]) -> str:
         return f"tool `{_name(old[index])}` removed"
     if index >= len(old):
         return f"tool `{_name(new[index])}` added"
-    before, after = old[index], new[index]
+    before, after = comparable(old[index]), comparable(new[index])
     if _name(before) == _name(after):
         changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k)) \
             if isinstance(before, dict) and isinstance(after, dict) else []
@@ -221,7 +234,7 @@ def _first_difference(previous: _Call, call: _Call, section: str, upto: int | No
             before, after = previous.message(old[index][0]), call.message(new[index][0])
         else:
             before, after = old[index], new[index]
-        if strip_markers(before) != strip_markers(after):
+        if comparable(before) != comparable(after):
             return _Divergence(section, index, _detail(section, index, old, new, after))
     if upto is None and len(new) > len(old):  # added at the end of a section the breakpoint lies beyond
         return _Divergence(section, len(old), _detail(section, len(old), old, new, new[len(old)]))
@@ -279,10 +292,10 @@ def explain(previous: _Call, call: _Call, book: PriceBook) -> dict[str, Any] | N
     if divergence is None:
         if gap <= lifetime:
             return None
-        divergence = _Divergence("ttl", None, f"{_duration(gap)} after the previous call; "  # type: ignore[arg-type]
+        divergence = _Divergence("ttl", None, f"{_duration(gap)} after the previous call; "
                                               f"the cache lives {_duration(lifetime)}")
-    total, lost = _cached_bytes(previous, None if divergence.section == "ttl"
-                                else (divergence.section, divergence.index))
+    start = None if divergence.index is None else (divergence.section, divergence.index)
+    total, lost = _cached_bytes(previous, start)
     cached_tokens = previous.cache_read_tokens + previous.cache_write_tokens or total // _BYTES_PER_TOKEN
     uncached = round(cached_tokens * lost / total) if total else 0
     paid_in_full = call.input_tokens + call.cache_write_tokens

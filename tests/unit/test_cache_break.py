@@ -4,6 +4,7 @@ records are written in, and neither lost nor doubled when the writer process is 
 from __future__ import annotations
 
 import copy
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from anthropic_proxy.pricing import PriceBook, cache_miss_usd
 from anthropic_proxy.record import Record
 from anthropic_proxy.store import RecordFilter, Store
 
+from .test_store import make_record
 from .test_store_faults import wait_until
 
 
@@ -145,3 +147,50 @@ def test_prompt_facts_find_the_last_breakpoint():
     assert prompt_facts("/v1/messages", {"messages": [{"role": "user", "content": "hi"}]})[1] is None
     assert prompt_facts("/v1/messages/count_tokens", body) == (None, None)
     assert strip_markers(body["messages"][0]) == {"role": "user", "content": [{"type": "text", "text": "hi"}]}
+
+
+def _tool(name: str, description: str = "does things") -> dict:
+    return {"name": name, "description": description, "input_schema": {"type": "object"}}
+
+
+def _call(session: str, n: int, *, tools: list, system, messages: list) -> Record:
+    marked = copy.deepcopy(messages)
+    marked[-1]["content"] = [{"type": "text", "text": marked[-1]["content"], "cache_control": {"type": "ephemeral"}}]
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 10, "tools": tools, "system": system, "messages": marked}
+    record = make_record(body=body, status="success", model="claude-sonnet-4-5", session_id=session)
+    record.timestamp = record.timestamp.replace(microsecond=0) + timedelta(seconds=n)
+    return record
+
+
+@pytest.fixture(scope="module")
+def named_store(tmp_path_factory):
+    store = Store(tmp_path_factory.mktemp("named"))
+    yield store
+    store.close()
+
+
+USER = [{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"}, {"role": "user", "content": "3"}]
+READ, BASH, EDIT = _tool("Read"), _tool("Bash"), _tool("Edit")
+
+
+@pytest.mark.parametrize(("second", "expected"), [
+    ({"tools": [BASH, READ, EDIT]}, ("tools", 0, "tools reordered (`Bash` moved to 0)")),
+    ({"tools": [READ, EDIT]}, ("tools", 1, "tool `Bash` removed")),
+    ({"tools": [READ, BASH, EDIT, _tool("Grep")]}, ("tools", 3, "tool `Grep` added")),
+    ({"tools": [READ, _tool("Bash", "new words"), EDIT]}, ("tools", 1, "tool `Bash` description changed")),
+    ({"system": "be terse"}, ("system", 0, "system prompt changed")),
+    ({"messages": USER[:1]}, ("messages", 1, "conversation cut back to 1 message(s)")),
+    ({"messages": [USER[0], {"role": "assistant", "content": "2"}, USER[2]]},
+     ("messages", 1, "message 1 edited (assistant)")),
+    ({"messages": [*USER, {"role": "assistant", "content": "4"}, {"role": "user", "content": "5"}]}, None),
+])
+def test_what_changed_is_named(named_store: Store, second, expected):
+    store = named_store
+    first = {"tools": [READ, BASH, EDIT], "system": "be brief", "messages": USER}
+    session = uuid.uuid4().hex
+    store.put(_call(session, 0, **first))
+    later = _call(session, 1, **{**first, **second})
+    store.put(later)
+    store.flush()
+    found = store.get(later.id).cache_break
+    assert (found and (found.at, found.index, found.detail)) == expected
