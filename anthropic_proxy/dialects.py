@@ -46,6 +46,7 @@ _CACHE_BREAK_COLUMNS = """
     ALTER TABLE records ADD COLUMN cache_break_usd DOUBLE PRECISION;
     CREATE INDEX records_session_model_ts ON records(session, model, ts);
     CREATE INDEX records_cache_head_ts ON records(cache_head, ts);
+    CREATE INDEX records_cache_breaks ON records(ts, cache_break_at, cache_break_usd) WHERE cache_break_at IS NOT NULL;
 """
 
 # Each entry moves the schema one version up; never edit a released one, append a new one.

@@ -406,8 +406,7 @@ class Store:
         with self._reader() as db:
             # One pass over the matching rows (a covering index when unfiltered), then every figure
             # from that narrow copy: a text search (`q`) scans the big rows once, not once per figure.
-            self.dialect.select_into_sel(db, "ts, status, provider, model, cache_break_at, cache_break_usd, "
-                                         + ", ".join(METRIC_COLUMNS)
+            self.dialect.select_into_sel(db, "ts, status, provider, model, " + ", ".join(METRIC_COLUMNS)
                                          + f", {self.dialect.utc_day('ts')} AS day", where, params)
             (total, success, errors, pending, cancelled, tin, tout, tcw, tcr, cost, costed, timed, avg_ms,
              first_ts, last_ts) = db.execute(
@@ -445,7 +444,7 @@ class Store:
                 f"SELECT CASE {case} ELSE {len(LATENCY_BUCKETS_MS)} END AS b, count(*) "
                 "FROM sel WHERE duration_ms IS NOT NULL GROUP BY b").fetchall())
             breakdowns = _breakdowns(db, book, sessions)
-            cache_breaks = _cache_breaks(db)
+            cache_breaks = _cache_breaks(db, where, params)
         for row in by_model:  # the breakdown's figures for the same rows, in the chart's order
             row.update({k: v for k, v in breakdowns["_models"][row["model"]].items() if k not in row})
         del breakdowns["_models"]
@@ -548,13 +547,15 @@ def _group_entry(values: tuple[Any, ...]) -> dict[str, Any]:
             "latencyMs": {"p50": None, "p95": None}, "cacheSavingsUsd": None}
 
 
-def _cache_breaks(db: Connection) -> dict[str, Any]:
-    """Money lost to cache breaks over the `sel` temp table: in all and by where the prompt broke (`at`).
-    `unpriced`: breaks whose model has no price (not in `extraCostUsd`)."""
+def _cache_breaks(db: Connection, where: str, params: list[Any]) -> dict[str, Any]:
+    """Money lost to cache breaks among the records matching `where`: in all and by where the prompt broke (`at`).
+    `unpriced`: breaks whose model has no price (not in `extraCostUsd`). Breaks are few: read from their own
+    partial index, not through `sel` (whose covering index has no room for them)."""
+    broken = (where + " AND" if where else " WHERE") + " cache_break_at IS NOT NULL"
     by_at = [{"at": at, "count": n, "extraCostUsd": round(usd, 8), "unpriced": n - priced}
              for at, n, usd, priced in db.execute(
-                 "SELECT cache_break_at, count(*), total(cache_break_usd), count(cache_break_usd) FROM sel "
-                 "WHERE cache_break_at IS NOT NULL GROUP BY 1 ORDER BY 3 DESC, 2 DESC, 1")]
+                 "SELECT cache_break_at, count(*), total(cache_break_usd), count(cache_break_usd) "
+                 f"FROM records{broken} GROUP BY 1 ORDER BY 3 DESC, 2 DESC, 1", params)]
     return {"count": sum(e["count"] for e in by_at), "extraCostUsd": round(sum(e["extraCostUsd"] for e in by_at), 8),
             "unpriced": sum(e["unpriced"] for e in by_at), "byAt": by_at}
 
