@@ -34,12 +34,12 @@ function renderWindow(w) {
 }
 
 function renderLimits(limits) {
-  return h("table", { class: "mini" },
-    h("thead", {}, h("tr", {}, h("th", {}, "Limit"), h("th", { class: "num" }, "Remaining"),
-      h("th", { class: "num" }, "Of"), h("th", {}, "Resets"))),
-    h("tbody", {}, limits.map((l) => h("tr", { "data-testid": "ratelimit-row", dataset: { name: l.name } },
-      h("td", {}, l.name), h("td", { class: "num" }, l.remaining === null ? "—" : fmt.int(Number(l.remaining))),
-      h("td", { class: "num" }, l.limit === null ? "—" : fmt.int(Number(l.limit))), h("td", {}, untilText(l.reset))))));
+  return h("div", { class: "rl-limits" }, limits.map((l) => h("div", { class: "rl-limit", "data-testid": "ratelimit-row",
+    dataset: { name: l.name }, title: `resets ${untilText(l.reset)}` },
+  h("span", { class: "rl-name" }, l.name), " ",
+  h("span", { class: "mono" }, `${l.remaining === null ? "—" : fmt.int(Number(l.remaining))} / ` +
+    `${l.limit === null ? "—" : fmt.int(Number(l.limit))} left`),
+  h("span", { class: "rl-figures" }, ` · resets ${untilText(l.reset)}`))));
 }
 
 function renderHeaders(latest) {
@@ -68,9 +68,9 @@ async function loadRateLimits(params) {
   panel.hidden = Object.keys(latest).length === 0;
   if (panel.hidden) return;
   const newest = Object.values(latest).map((v) => v.at).sort().pop();
-  clear(panel).append(
+  appendAll(clear(panel), [
     h("h3", {}, "Rate limits and quota", h("span", { class: "sub" }, ` as of ${fmt.time(newest)}`)),
     report.windows.length ? h("div", { class: "rl-windows" }, report.windows.map(renderWindow)) : null,
     report.limits.length ? renderLimits(report.limits) : null,
-    renderHeaders(latest));
+    renderHeaders(latest)]);
 }
