@@ -355,7 +355,9 @@ def explain_around(db: Connection, record_ids: list[str], book: PriceBook,
         for target in targets:
             try:
                 _explain_one(db, target, session, head, book)
-            except Exception as exc:  # a missing piece, an odd body: that record has no explanation
+            except db.dialect.errors:
+                raise  # the database's own trouble: the whole write fails and is retried
+            except Exception as exc:  # an odd body, a bug: that record has no explanation
                 db.execute(_SET, (None, None, None, target[0]))
                 on_error(target[0], exc)
 
