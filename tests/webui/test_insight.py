@@ -52,6 +52,7 @@ def test_rate_limit_headers_reach_the_endpoint_and_the_panel(page, proxy):
     window = panel.locator('[data-window="5h"]')
     expect(window).to_contain_text("40.0% used")
     expect(window.get_by_test_id("ratelimit-projection")).to_contain_text("before the window resets")
+    assert window.locator("svg.rl-spark polyline").count() == 1  # the two points over time
     expect(panel.locator('[data-testid="ratelimit-row"][data-name="requests"]')).to_contain_text("3,999")
     expect(panel.get_by_test_id("ratelimit-headers")).to_contain_text("as-sent")
     assert page.console.errors == []

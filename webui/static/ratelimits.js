@@ -22,7 +22,22 @@ function projectionText(w) {
   return `at ${rate}, full at ${fmt.time(w.fillsAt)}, ${verdict}`;
 }
 
-function renderWindow(w) {
+/** A sparkline of one header's values over time (0 to 1 for a utilisation). */
+function sparkline(points) {
+  const svg = s("svg", { class: "rl-spark", viewBox: "0 0 200 30", preserveAspectRatio: "none", role: "img",
+    "aria-label": "utilisation over time" });
+  if (points.length < 2) return svg;
+  const t0 = points[0].t;
+  const span = Math.max(1, points[points.length - 1].t - t0);
+  const xy = points.map((p) => `${(((p.t - t0) / span) * 200).toFixed(1)},${(29 - Math.min(1, Math.max(0, p.v)) * 28).toFixed(1)}`);
+  svg.append(s("polyline", { points: xy.join(" "), class: "rl-line" }),
+    s("title", {}, `${points.length} points since ${fmt.time(new Date(t0 * 1000).toISOString())}`));
+  return svg;
+}
+
+function renderWindow(w, series) {
+  const key = w.header.replace(/^anthropic-ratelimit-/, "");
+  const points = series.filter((p) => key in p.values).map((p) => ({ t: p.t, v: p.values[key] }));
   const used = w.utilization === null ? null : Math.max(0, Math.min(1, w.utilization));
   const fill = h("span", { class: used !== null && used >= 0.9 ? "full" : null });
   fill.style.width = `${((used || 0) * 100).toFixed(1)}%`; // (the CSP allows styles set from script, not attributes)
@@ -30,6 +45,7 @@ function renderWindow(w) {
     h("div", { class: "rl-name" }, `${w.window} window`, w.status ? h("span", { class: "badge" }, w.status) : null),
     h("div", { class: "rl-bar", title: `${fmt.pct(used)} used` }, fill),
     h("div", { class: "rl-figures" }, `${fmt.pct(used)} used · resets ${untilText(w.reset)}`),
+    sparkline(points),
     h("div", { class: "rl-projection", "data-testid": "ratelimit-projection" }, projectionText(w)));
 }
 
@@ -70,7 +86,7 @@ async function loadRateLimits(params) {
   const newest = Object.values(latest).map((v) => v.at).sort().pop();
   appendAll(clear(panel), [
     h("h3", {}, "Rate limits and quota", h("span", { class: "sub" }, ` as of ${fmt.time(newest)}`)),
-    report.windows.length ? h("div", { class: "rl-windows" }, report.windows.map(renderWindow)) : null,
+    report.windows.length ? h("div", { class: "rl-windows" }, report.windows.map((w) => renderWindow(w, report.series))) : null,
     report.limits.length ? renderLimits(report.limits) : null,
     renderHeaders(latest)]);
 }
