@@ -5,7 +5,9 @@ breakpoint; a later call reads it only if its own prompt starts with exactly tha
 lifetime (5 minutes, or 1 hour with `"ttl": "1h"`, refreshed by every read). So for each successful call this
 compares its prompt with the previous successful call of the same session and model (without a session: the
 previous one with the same model whose prompt starts with the same tool, system block or message), up to that
-call's last breakpoint:
+call's last breakpoint. When another conversation's call came between (a subagent's, in the same session and
+model), the previous call is not the one whose cache this call could read: of the `CANDIDATES` calls before it
+that cached something, the one its prompt follows furthest is compared (the nearest of those on a tie).
 
 - the first tool, system block or message that differs names the break (`at` = `tools` / `system` /
   `messages`, its `index`, and a short `detail`);
@@ -50,6 +52,7 @@ TTL_SCALE_ENV = "ANTHROPIC_PROXY_CACHE_TTL_SCALE"
 DEFAULT_TTL_SECONDS = 300
 LONG_TTL_SECONDS = 3600
 SECTIONS = ("tools", "system", "messages")
+CANDIDATES = 5  # previous calls looked at: the nearest, and a few more when it is not this prompt's own
 _BYTES_PER_TOKEN = 4  # for a previous call that reported no cache tokens
 
 # The columns the comparison reads, in this order (see `_Call`).
@@ -277,16 +280,28 @@ def _cached_bytes(previous: _Call, start: tuple[str, int] | None) -> tuple[int, 
     return total, lost
 
 
-def explain(previous: _Call, call: _Call, book: PriceBook) -> dict[str, Any] | None:
-    """The `cacheBreak` of `call` against the previous call of its conversation (see the module docstring)."""
-    if previous.breakpoint is None:
-        return None  # it cached nothing
-    section_bp, index_bp, ttl = previous.breakpoint
-    divergence: _Divergence | None = None
+def _divergence(previous: _Call, call: _Call) -> _Divergence | None:
+    """Where `call`'s prompt leaves what `previous` cached (None: it follows it to its last breakpoint, which
+    `previous` must have)."""
+    section_bp, index_bp, _ = previous.breakpoint  # type: ignore[misc]
     for section in SECTIONS[:SECTIONS.index(section_bp) + 1]:
-        divergence = _first_difference(previous, call, section, index_bp if section == section_bp else None)
-        if divergence is not None:
-            break
+        found = _first_difference(previous, call, section, index_bp if section == section_bp else None)
+        if found is not None:
+            return found
+    return None
+
+
+def _reach(previous: _Call, divergence: _Divergence | None) -> tuple[int, int]:
+    """How far a prompt follows `previous`'s: (section, items matched in it)."""
+    if divergence is None:
+        return SECTIONS.index(previous.breakpoint[0]), previous.breakpoint[1] + 1  # type: ignore[index]
+    return SECTIONS.index(divergence.section), divergence.index or 0
+
+
+def explain(previous: _Call, call: _Call, divergence: _Divergence | None, book: PriceBook) -> dict[str, Any] | None:
+    """The `cacheBreak` of `call` against `previous`, the call whose cache it should have read (see the module
+    docstring), given where it left that call's prompt."""
+    ttl = previous.breakpoint[2]  # type: ignore[index]
     gap = call.ts - previous.ts
     lifetime = ttl * _ttl_scale()
     if divergence is None:
@@ -326,22 +341,23 @@ def _duration(seconds: float) -> str:
 _SET = "UPDATE records SET cache_break = ?, cache_break_at = ?, cache_break_usd = ? WHERE id = ?"
 
 
-def _neighbour(db: Connection, row: tuple[Any, ...], session: str | None, head: str | None,
-               later: bool) -> tuple[Any, ...] | None:
-    """The previous (or, `later`, the next) successful call of the same conversation as the call in `row`."""
+def _neighbours(db: Connection, row: tuple[Any, ...], session: str | None, head: str | None, *,
+                later: bool) -> list[tuple[Any, ...]]:
+    """The `CANDIDATES` successful calls of the same session and model (without a session: of the same model and
+    first piece) nearest before (or, `later`, after) the call in `row`, nearest first."""
     record_id, ts, model = row[0], row[1], row[2]
     order, compare = ("ASC", ">") if later else ("DESC", "<")
     same = "session = ?" if session is not None else "session IS NULL AND cache_head = ?"
     return db.execute(
         f"SELECT {_CALL_COLUMNS} FROM records WHERE {same} AND model = ? AND status = 'success' "
-        f"AND cache_head IS NOT NULL AND (ts, id) {compare} (?, ?) ORDER BY ts {order}, id {order} LIMIT 1",
-        (session if session is not None else head, model, ts, record_id)).fetchone()
+        f"AND cache_head IS NOT NULL AND (ts, id) {compare} (?, ?) ORDER BY ts {order}, id {order} LIMIT ?",
+        (session if session is not None else head, model, ts, record_id, CANDIDATES)).fetchall()
 
 
 def explain_around(db: Connection, record_ids: list[str], book: PriceBook,
                    on_error: Callable[[str, Exception], None]) -> None:
     """Explain the written records' cache breaks, and again those of the calls that follow them (written earlier
-    perhaps, against another previous call). Inside the caller's transaction; a record that cannot be explained
+    perhaps, against other previous calls). Inside the caller's transaction; a record that cannot be explained
     keeps none (`on_error` hears why) and never stops the write."""
     for record_id in record_ids:
         row = db.execute(f"SELECT {_CALL_COLUMNS}, status, session, cache_head FROM records WHERE id = ?",
@@ -350,8 +366,7 @@ def explain_around(db: Connection, record_ids: list[str], book: PriceBook,
             continue
         *call_row, status, session, head = row
         targets = [tuple(call_row)] if status == "success" else []
-        if (following := _neighbour(db, tuple(call_row), session, head, later=True)) is not None:
-            targets.append(following)
+        targets += _neighbours(db, tuple(call_row), session, head, later=True)  # none when written in order
         for target in targets:
             try:
                 _explain_one(db, target, session, head, book)
@@ -364,7 +379,21 @@ def explain_around(db: Connection, record_ids: list[str], book: PriceBook,
 
 def _explain_one(db: Connection, row: tuple[Any, ...], session: str | None, head: str | None,
                  book: PriceBook) -> None:
-    previous_row = _neighbour(db, row, session, head, later=False)
-    found = explain(_Call(db, previous_row), _Call(db, row), book) if previous_row else None
+    """Against the call whose cache this one should have read: among the few calls before it that cached
+    something, the one its prompt follows furthest, the nearest of those on a tie. Usually the previous call;
+    not when another conversation's call came between (a subagent's, in the same session and model)."""
+    call = _Call(db, row)
+    chosen: tuple[tuple[int, int], _Call, _Divergence | None] | None = None
+    for previous_row in _neighbours(db, row, session, head, later=False):
+        previous = _Call(db, previous_row)
+        if previous.breakpoint is None:
+            continue  # it cached nothing
+        divergence = _divergence(previous, call)
+        reach = _reach(previous, divergence)
+        if chosen is None or reach > chosen[0]:
+            chosen = (reach, previous, divergence)
+        if divergence is None and chosen[1] is previous:
+            break  # the usual case: it continues the nearest call's prompt, whose cache it reads
+    found = explain(chosen[1], call, chosen[2], book) if chosen else None
     db.execute(_SET, (json.dumps(found) if found else None, found["at"] if found else None,
                       found["extraCostUsd"] if found else None, row[0]))

@@ -194,3 +194,24 @@ def test_what_changed_is_named(named_store: Store, second, expected):
     store.flush()
     found = store.get(later.id).cache_break
     assert (found and (found.at, found.index, found.detail)) == expected
+
+
+def test_a_subagent_between_two_calls_is_not_a_break(named_store: Store):
+    """Main conversation, a subagent (same session and model, its own system prompt), main again, subagent
+    again: each continues its own cache. The subagent's first call is compared with the main one's."""
+    store, session = named_store, uuid.uuid4().hex
+    main = {"tools": [READ, BASH, EDIT], "system": "be brief"}
+    sub = {"tools": [READ, BASH, EDIT], "system": "you are a subagent: search"}
+    calls = [_call(session, 0, **main, messages=USER[:1]), _call(session, 1, **main, messages=USER),
+             _call(session, 2, **sub, messages=[{"role": "user", "content": "find it"}]),
+             _call(session, 3, **main, messages=[*USER, {"role": "assistant", "content": "4"},
+                                                 {"role": "user", "content": "5"}]),
+             _call(session, 4, **sub, messages=[{"role": "user", "content": "find it"},
+                                                {"role": "assistant", "content": "found"},
+                                                {"role": "user", "content": "more"}])]
+    for record in reversed(calls):  # any order
+        store.put(record)
+    store.flush()
+    found = [store.get(c.id).cache_break for c in calls]
+    assert [f and (f.previous_id, f.at, f.index) for f in found] == [
+        None, None, (calls[1].id, "system", 0), None, None]
