@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .capture import Capture
 from .errorpages import ErrorPages
 from .mitmweb_view import MitmwebView
 from .recording import Recorder
@@ -11,6 +12,7 @@ from .webapp import WebApp
 
 
 def all_addons() -> list[object]:
-    """The proxy's addons in hook order. The Router runs before the Recorder so that the record sees both
-    the client's call (kept in the Route) and the answer as the client finally gets it."""
-    return [Startup(), ErrorPages(), WebApp(), Router(), Recorder(), MitmwebView()]
+    """The proxy's addons in hook order. Capture marks the flows that are Anthropic API traffic before the
+    Router looks for them; the Router runs before the Recorder so that the record sees both the client's call
+    (kept in the Route) and the answer as the client finally gets it."""
+    return [Startup(), ErrorPages(), WebApp(), Capture(), Router(), Recorder(), MitmwebView()]

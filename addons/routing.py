@@ -28,6 +28,7 @@ from anthropic_proxy.translate.errors import anthropic_error_body
 from anthropic_proxy.translate.reasoning import SIGNATURE_PREFIX, strip_openrouter_reasoning
 from anthropic_proxy.translate.tokens import estimate_input_tokens
 
+from .capture import CAPTURED
 from .webapp import INTERNAL_FLOW
 
 MESSAGES_PATH = "/v1/messages"
@@ -48,13 +49,19 @@ def route_of(flow: http.HTTPFlow) -> Route | None:
 
 
 class Router:
+    """Routes the flows Capture marked as Anthropic API traffic; any other flow (another host's, through a
+    forward proxy or local capture) goes on to its own host untouched."""
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if not flow.metadata.get(CAPTURED):
+            return
         path = flow.request.path.split("?", 1)[0]
         if flow.request.method == "POST" and path in (MESSAGES_PATH, COUNT_TOKENS_PATH):
             flow.metadata[API_CALL] = path
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live or flow.metadata.get(INTERNAL_FLOW):
+        if flow.response or flow.error or not flow.live or flow.metadata.get(INTERNAL_FLOW) \
+                or not flow.metadata.get(CAPTURED):
             return
         runtime = runtime_module.current_runtime()
         if runtime is None:

@@ -151,7 +151,9 @@ class Startup:
         if self.manages_mode:
             return (opts.listen_host or environment.get("HOST", DEFAULT_HOST),
                     opts.listen_port or environment.get_int("PORT", DEFAULT_PORT))
-        mode = mode_specs.ProxyMode.parse(opts.mode[0])
+        modes = [mode_specs.ProxyMode.parse(spec) for spec in opts.mode]
+        # The web app's address: the reverse listener's, when a forward proxy or local capture runs beside it.
+        mode = next((m for m in modes if isinstance(m, mode_specs.ReverseMode)), modes[0])
         return mode.listen_host(opts.listen_host) or "0.0.0.0", mode.listen_port(opts.listen_port) or 8080
 
     def running(self) -> None:
@@ -171,7 +173,8 @@ class Startup:
             logger.info("anthropic-proxy listening on http://%s:%d -> %s", host, port, ctx.options.anthropic_upstream)
 
     def requestheaders(self, flow) -> None:
-        # Until the switch above lands, mitmproxy briefly listens as a forward proxy: never act as one.
+        # Until the switch above lands, mitmproxy briefly listens as a forward proxy: never act as one. (A forward
+        # proxy the user asked for, `--mode regular@8080` beside the reverse one, is not managed: its flows pass.)
         if self.manages_mode and isinstance(flow.client_conn.proxy_mode, mode_specs.RegularMode):
             flow.kill()
 

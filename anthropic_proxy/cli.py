@@ -5,7 +5,10 @@ Two subcommands work on the record store without a running proxy (and beside one
     anthropic-proxy export [--format compact|ndjson|json|csv] [--gzip] [-o FILE] [--state-dir DIR] [filters]
     anthropic-proxy import FILE... [--format compact|ndjson|json] [--state-dir DIR]
 
-Any other arguments start the proxy; the ones it does not know go to mitmdump/mitmweb.
+Any other arguments start the proxy; the ones it does not know go to mitmdump/mitmweb. Beside the reverse proxy,
+`--forward [[HOST:]PORT]` adds a forward-proxy listener (HTTPS_PROXY capture) and `--local [PROCESS]` mitmproxy's
+local redirector; `anthropic-proxy claude [--forward [[HOST:]PORT]] [--] [ARGS...]` runs Claude Code through the
+proxy (started for it, or the one already running), with its arguments and exit code passed through.
 """
 
 from __future__ import annotations
@@ -45,17 +48,59 @@ def _format(value: object) -> str:
     return str(value)
 
 
-def build_command(tool: str, extra_args: list[str]) -> list[str]:
+DEFAULT_FORWARD = ("127.0.0.1", 8080)
+
+
+def forward_address(value: str) -> tuple[str, int]:
+    """`--forward`'s `[HOST:]PORT`; the host defaults to loopback, so the forward proxy is nobody else's."""
+    host, _, port = value.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port or HOST:PORT: {value!r}") from None
+    if not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(f"not a port: {number}")
+    return host.strip("[]") or DEFAULT_FORWARD[0], number
+
+
+def build_command(tool: str, extra_args: list[str], *, forward: tuple[str, int] | None = None,
+                  local: str | None = None) -> list[str]:
     executable = shutil.which(tool, path=str(Path(sys.executable).parent)) or shutil.which(tool)
     if executable is None:
         raise SystemExit(f"anthropic-proxy: {tool} not found; install the project with pip first")
     upstream = environment.get("ANTHROPIC_UPSTREAM_URL", "https://api.anthropic.com")
     # Giving the mode up front means mitmproxy never listens as a forward proxy, not even briefly.
     command = [executable, "--mode", f"reverse:{upstream}", "-s", str(ADDON_SCRIPT)]
+    if forward is not None:  # an explicit address: listen_host/listen_port are the reverse listener's
+        host, port = forward
+        command += ["--mode", f"regular@{host}:{port}"]  # (mitmproxy splits at the last colon: no [] for IPv6)
+    if local is not None:
+        command += ["--mode", f"local:{local}"]
     for name, value in mitm_options().items():
         if value is not None:
             command += ["--set", f"{name}={_format(value)}"]
     return command + extra_args
+
+
+def preflight(command: list[str], *, forward: tuple[str, int] | None = None, local: str | None = None) -> None:
+    """What would make mitmproxy fail at start-up with a traceback, checked first (raises LaunchError)."""
+    from .preflight import (
+        check_ca_writable,
+        check_capture_hosts,
+        check_local_redirector,
+        check_port_free,
+        confdir,
+        option_values,
+    )
+
+    check_capture_hosts(command, environment.get("CAPTURE_HOSTS"))
+    check_ca_writable(confdir(command))
+    host, port = option_values(command, "listen_host")[-1], option_values(command, "listen_port")[-1]
+    check_port_free(host, int(port), "the reverse proxy and web pages", "choose another port with PORT=N")
+    if forward is not None:
+        check_port_free(*forward, "the forward proxy", "choose another with --forward PORT")
+    if local is not None:
+        check_local_redirector(local)
 
 
 SUBCOMMANDS = ("export", "import")
@@ -136,20 +181,38 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in SUBCOMMANDS:
         raise SystemExit(store_command(argv))
+    if argv and argv[0] == "claude":
+        from .claude_run import run_claude
+
+        raise SystemExit(run_claude(argv[1:]))
     parser = argparse.ArgumentParser(
         prog="anthropic-proxy",
         description="Start mitmproxy as an Anthropic API proxy. Unknown arguments go to mitmdump/mitmweb, "
         "e.g. --set proxy_mode=openrouter. `anthropic-proxy export --help` and `anthropic-proxy import --help` "
-        "work on the record store.",
+        "work on the record store. `anthropic-proxy claude [--forward [[HOST:]PORT]] [--] [ARGS...]` runs Claude "
+        "Code through the proxy (the running one, or one started for the session).",
     )
     parser.add_argument("--web", action="store_true", help="start mitmweb (mitmproxy's web UI) instead of mitmdump")
     parser.add_argument("--print-command", action="store_true", help="print the mitmproxy command and exit")
+    parser.add_argument("--forward", nargs="?", const=":".join(map(str, DEFAULT_FORWARD)), type=forward_address,
+                        metavar="[HOST:]PORT",
+                        help="also listen as a forward proxy (default 127.0.0.1:8080): clients with HTTPS_PROXY "
+                        "and mitmproxy's CA are captured with their official base URL (hosts in capture_hosts)")
+    parser.add_argument("--local", nargs="?", const="claude", metavar="PROCESS",
+                        help="also capture the traffic of PROCESS (default claude) with mitmproxy's local redirector "
+                        "(needs sudo; on Linux a kernel with eBPF)")
     parser.add_argument("--version", action="version", version=f"anthropic-proxy {__version__}")
     args, extra = parser.parse_known_args(argv)
     if not ADDON_SCRIPT.is_file() or not MITM_CONFIG.is_file():
         raise SystemExit("anthropic-proxy: run it from an editable install of the repository (pip install -e .)")
-    command = build_command("mitmweb" if args.web else "mitmdump", extra)
+    command = build_command("mitmweb" if args.web else "mitmdump", extra, forward=args.forward, local=args.local)
     if args.print_command:
         print(" ".join(command))
         return
+    from .preflight import LaunchError
+
+    try:
+        preflight(command, forward=args.forward, local=args.local)
+    except LaunchError as exc:
+        raise SystemExit(f"anthropic-proxy: {exc}") from None
     os.execv(command[0], command)

@@ -394,6 +394,16 @@ class Cost:
 
 
 _PARTIAL_NOTE = "estimate: the exchange ended before its final usage arrived"
+SUBSCRIPTION_NOTE = ("API-equivalent: a Claude subscription's call (OAuth token), billed to the subscription, not "
+                     "per token; the cost is what the same usage costs through the API")
+# Claude's OAuth access tokens (Pro/Max logins). A masked header keeps a token's first 10 characters: exactly this.
+_OAUTH_TOKEN_PREFIX = "bearer sk-ant-oat"
+
+
+def is_subscription_call(record: Record) -> bool:
+    """Whether the call was authorised by a Claude subscription's OAuth token rather than an API key."""
+    return any(name.lower() == "authorization" and value.lower().startswith(_OAUTH_TOKEN_PREFIX)
+               for name, value in record.request.headers.items())
 
 
 def recorded_openrouter_cost(record: Record) -> float | None:
@@ -442,6 +452,8 @@ def price_record(record: Record, book: PriceBook, *, reported_cost: float | None
     if found is None:
         where = book.override_path or PRICES_FILE
         return Cost(None, f"no price for model {record.model!r}: add it to {where}")
+    if is_subscription_call(record):
+        partial = f"{SUBSCRIPTION_NOTE}; {partial}" if partial else SUBSCRIPTION_NOTE
     return Cost(usd(anthropic_cost(tokens, found.price)), partial, found.source)
 
 

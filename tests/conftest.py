@@ -19,7 +19,9 @@ Fixtures (see also the helpers on `ProxyProcess`):
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -27,6 +29,10 @@ from typing import Any
 
 import httpx
 import pytest
+
+# No test may read or write the user's own state dir (~/.anthropic-proxy): a test that opens the default one
+# would fail on a store left there by a newer build, and would leave records behind.
+os.environ["ANTHROPIC_PROXY_HOME"] = tempfile.mkdtemp(prefix="anthropic-proxy-tests-")
 
 _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:

@@ -1,7 +1,8 @@
 """The web app's aiohttp application: route tables, safety middlewares, health.
 
-The addon re-targets every non-API flow to this app, which runs on a private loopback port inside
-mitmproxy's own event loop; responses stream back through mitmproxy (so live events work).
+The addon re-targets the flows of the reverse listener whose path is one of this app's routes (`WebRoutes`) to
+it; it runs on a private loopback port inside mitmproxy's own event loop, and its responses stream back through
+mitmproxy (so live events work). Every other path belongs to the upstream.
 
 Routes live in one table per module: `pages` (/, /monitor, /config, /static), `monitor_api`
 (/api/monitor/*), `config_api` (/api/config*) and this module's own (/health).
@@ -10,6 +11,7 @@ Routes live in one table per module: `pages` (/, /monitor, /config, /static), `m
 from __future__ import annotations
 
 import asyncio
+import re
 
 from aiohttp import web
 
@@ -19,7 +21,7 @@ from . import config_api, monitor_api, pages
 from .common import INTERNAL_HEADER, error_response
 from .security import add_security_headers, check_request, only_through_proxy
 
-__all__ = ["INTERNAL_HEADER", "RUNTIME", "create_app", "error_response", "routes"]
+__all__ = ["INTERNAL_HEADER", "RUNTIME", "WebRoutes", "create_app", "error_response", "routes"]
 
 routes = web.RouteTableDef()
 
@@ -45,3 +47,31 @@ def create_app(runtime: Runtime) -> web.Application:
     monitor_api.install(app)
     app.add_routes(config_api.routes)
     return app
+
+
+class WebRoutes:
+    """The paths an app answers, read from its router: plain routes, `{name}` patterns and static prefixes."""
+
+    def __init__(self, app: web.Application) -> None:
+        exact: set[str] = set()
+        patterns: list[re.Pattern[str]] = []
+        prefixes: list[str] = []
+        for resource in app.router.resources():
+            info = resource.get_info()
+            if "path" in info:
+                exact.add(info["path"])
+            elif "pattern" in info:
+                patterns.append(info["pattern"])
+            elif "prefix" in info:
+                prefixes.append(info["prefix"].rstrip("/") + "/")
+            else:
+                raise TypeError(f"the web app has a route of a kind WebRoutes cannot match: {resource!r}")
+        self._exact = frozenset(exact)
+        self._patterns = tuple(patterns)
+        self._prefixes = tuple(prefixes)
+
+    def __contains__(self, path: str) -> bool:
+        """Whether the app has a route for this request path (query string ignored, matched as sent)."""
+        path = path.split("?", 1)[0]
+        return path in self._exact or path.startswith(self._prefixes) or any(
+            pattern.fullmatch(path) for pattern in self._patterns)

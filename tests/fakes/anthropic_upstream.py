@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -114,8 +115,8 @@ class Exchange:
 class FakeAnthropic(FakeServer):
     name = "fake Anthropic upstream"
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        super().__init__(host)
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(host, tls)
         self._flaky: dict[str, int] = {}
 
     def tagged(self, tag: str) -> list[Exchange]:

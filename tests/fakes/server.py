@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -17,8 +18,9 @@ from aiohttp import web
 class FakeServer:
     name = "fake server"  # in thread names and error messages
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
         self.host = host
+        self.tls = tls  # serve HTTPS with this context (tests/fakes/tls.py makes one)
         self.port: int | None = None
         self.exchanges: list[Any] = []
         self._seq = itertools.count(1)
@@ -40,7 +42,7 @@ class FakeServer:
     # ---- lifecycle -----------------------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def start(self, port: int = 0) -> Self:
         started = threading.Event()
@@ -77,7 +79,7 @@ class FakeServer:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.host, port, reuse_address=True, ssl_context=self.tls)
         await site.start()
         self.port = self._runner.addresses[0][1]
 

@@ -22,6 +22,7 @@ from anthropic_proxy.addons.routing import API_CALL
 from anthropic_proxy.addons.startup import Startup
 from anthropic_proxy.stream_log import read_record
 from anthropic_proxy.translate.sse import encode_event
+from anthropic_proxy.webui.app import WebRoutes, create_app
 
 KEY = "sk-ant-api03-" + "K3yM1ddl3" * 6 + "-Tail"
 
@@ -172,7 +173,7 @@ async def test_web_app_paths_are_not_api_calls(proxy):
     _, addons = proxy
     runtime = runtime_module.current_runtime()
     runtime.web_port = 1  # pretend the web app runs
-    addons[2]._ready.set()
+    addons[2]._routes = WebRoutes(create_app(runtime))
     flow = reverse_flow()
     flow.request.path = "/api/monitor/requests"
     await run_request(addons, flow)
