@@ -10,12 +10,16 @@ keeps none, and there every hook here returns at once.
 - The web app's own flows (monitor, config, /health) never enter the view: its filter is wrapped so they
   never match, and once finished they are dropped from the store too (removing a live flow would kill it).
 - `web_max_flows` caps the flows mitmweb keeps in memory: the oldest finished flows go first.
+- `web_mask_keys` (on by default) masks API keys (x-api-key, authorization, cookies) in the flows mitmweb keeps,
+  as the records do: in what its UI is sent from the start, and in the flow itself once the request has gone
+  upstream (the upstream gets the real key), so saved, exported or replayed flows hold no key either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +27,9 @@ from mitmproxy import ctx, exceptions, flowfilter, http
 from mitmproxy.addonmanager import Loader
 
 from anthropic_proxy import runtime as runtime_module
+from anthropic_proxy.call_log import summary_parts
 from anthropic_proxy.environment import environment
+from anthropic_proxy.masking import SECRET_HEADERS, mask_header_value
 from anthropic_proxy.record import Record
 from anthropic_proxy.stream_log import read_record
 
@@ -32,6 +38,8 @@ from .webapp import INTERNAL_FLOW
 logger = logging.getLogger("anthropic_proxy.mitmweb")
 
 MAX_FLOWS_OPTION = "web_max_flows"
+MASK_KEYS_OPTION = "web_mask_keys"
+KEYS_MASKED = "anthropic_proxy.keys_masked"  # flow.metadata: the flow's own request headers are masked
 DEFAULT_MAX_FLOWS = 1000
 MARK_ERROR = ":x:"
 MARK_CANCELLED = ":heavy_multiplication_x:"
@@ -67,39 +75,9 @@ def hide_internal_flows(view: Any) -> None:
     view.set_filter = set_filter
 
 
-def _money(cost: float) -> str:
-    return f"${cost:.4f}" if cost >= 0.01 else f"${cost:.6f}"
-
-
 def describe(record: Record) -> tuple[str, str]:
     """The flow comment and mark for a record: what a person scanning mitmweb's list wants to know."""
-    model = record.model or "?"
-    if record.provider == "openrouter":
-        head = f"{model} → {record.upstream_model or '?'} via OpenRouter"
-    else:
-        head = f"{model} · anthropic"
-    if record.request.path.split("?", 1)[0].endswith("/count_tokens"):
-        head += " · count_tokens"
-    if record.status == "success":
-        outcome = record.stop_reason or "ok"
-    elif record.status == "error" and record.error is not None:
-        outcome = f"error {record.error.type}: {record.error.message[:120]}"
-    elif record.status == "cancelled":
-        outcome = "cancelled (the client left)"
-    else:
-        outcome = record.status
-    usage = record.usage
-    tokens = f"in {usage.input_tokens} / out {usage.output_tokens} tok"
-    if usage.cache_read_input_tokens or usage.cache_creation_input_tokens:
-        tokens += f" (cache read {usage.cache_read_input_tokens}, write {usage.cache_creation_input_tokens})"
-    if record.cost_usd is not None:
-        cost = _money(record.cost_usd)
-    else:
-        note = getattr(record, "cost_note", None)
-        cost = f"cost unknown ({note})" if note else "cost unknown"
-    parts = [head, outcome, tokens, cost]
-    if record.metrics.duration_ms is not None:
-        parts.append(f"{record.metrics.duration_ms / 1000:.2f} s")
+    parts = summary_parts(record)
     comment = " · ".join(parts) + f"\nrecord {record.id}"
     if record.provider == "openrouter":
         comment += ("\ntranslated: the request shown is what went to OpenRouter; the response is the Anthropic "
@@ -113,6 +91,39 @@ def describe(record: Record) -> tuple[str, str]:
     else:
         mark = ""
     return comment, mark
+
+
+def mask_request_keys(flow: http.HTTPFlow) -> None:
+    """Mask the secret headers of a request that has gone upstream (once: masking a masked key again would
+    leave only `***`)."""
+    if flow.metadata.get(KEYS_MASKED):
+        return
+    headers = flow.request.headers
+    for name in SECRET_HEADERS:
+        if values := headers.get_all(name):
+            headers.set_all(name, [mask_header_value(name, value) for value in values])
+    flow.metadata[KEYS_MASKED] = True
+
+
+def mask_keys_in_ui() -> None:
+    """Until a request has gone upstream its flow must keep the real key, but mitmweb sends the UI each flow as
+    soon as it arrives: wrap mitmweb's flow serializer (every flow the UI gets passes through it) so those
+    headers go out masked. Idempotent across script reloads; nothing to do outside mitmweb."""
+    app = sys.modules.get("mitmproxy.tools.web.app")
+    if app is None or getattr(app.flow_to_json, "_anthropic_proxy", False):
+        return
+    original = app.flow_to_json
+
+    def flow_to_json(flow: Any) -> dict[str, Any]:
+        data = original(flow)
+        request = data.get("request")
+        if request is not None and not flow.metadata.get(KEYS_MASKED) and ctx.options.web_mask_keys:
+            request["headers"] = [(name, mask_header_value(name, value) if name.lower() in SECRET_HEADERS else value)
+                                  for name, value in request["headers"]]
+        return data
+
+    flow_to_json._anthropic_proxy = True  # type: ignore[attr-defined]
+    app.flow_to_json = flow_to_json
 
 
 def client_stream_body(record: Record) -> bytes:
@@ -131,6 +142,10 @@ class MitmwebView:
             MAX_FLOWS_OPTION, int, environment.get_int("WEB_MAX_FLOWS", DEFAULT_MAX_FLOWS),
             "mitmweb/mitmproxy console: keep at most this many flows in memory, dropping the oldest finished "
             "ones; 0 keeps all. mitmdump keeps no flows and ignores it (env WEB_MAX_FLOWS).")
+        loader.add_option(
+            MASK_KEYS_OPTION, bool, environment.get("WEB_MASK_KEYS", "true").lower() not in ("0", "false", "no", "off"),
+            "mitmweb/mitmproxy console: mask API keys in the flows kept (the upstream still gets the real key); "
+            "off shows and saves them as sent (env WEB_MASK_KEYS).")
         self.view = loader.master.addons.get("view")
 
     def configure(self, updated: set[str]) -> None:
@@ -144,6 +159,7 @@ class MitmwebView:
         if self.view is None:
             return
         hide_internal_flows(self.view)
+        mask_keys_in_ui()
         # Show the comment column unless the user chose the columns; mitmdump has no such option.
         options = ctx.options
         if "web_columns" in options and not options.has_changed("web_columns") \
@@ -172,12 +188,19 @@ class MitmwebView:
         via = f"→ {record.upstream_model} via OpenRouter" if record.provider == "openrouter" else "· anthropic"
         flow.comment = f"{record.model or '?'} {via} · in progress\nrecord {record.id}"
 
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        # The first hook after the request has gone upstream (error() covers a request that got no answer).
+        if self.view is not None and ctx.options.web_mask_keys and not flow.metadata.get(INTERNAL_FLOW):
+            mask_request_keys(flow)
+
     def response(self, flow: http.HTTPFlow) -> None:
         if self.view is not None:  # after the Recorder's end of the record, which it defers to the loop's next turn
             asyncio.get_running_loop().call_soon(self._finished, flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
         if self.view is not None:
+            if ctx.options.web_mask_keys and not flow.metadata.get(INTERNAL_FLOW):
+                mask_request_keys(flow)
             self._finished(flow)
 
     def done(self) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import gc
 import logging
 import secrets
+import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -15,10 +18,11 @@ from mitmproxy.proxy import mode_specs
 
 from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy import watchdog
+from anthropic_proxy.call_log import quiet_connection_lines
 from anthropic_proxy.dialects import check_store_url, mask_url
 from anthropic_proxy.environment import DEFAULT_STATE_DIR, environment
 from anthropic_proxy.runtime import ProxySettings
-from anthropic_proxy.webui.security import is_loopback
+from anthropic_proxy.webui.security import is_loopback, is_unspecified, public_url, split_host
 
 logger = logging.getLogger("anthropic_proxy")
 
@@ -46,6 +50,35 @@ def _is_own_address(url: str, listen_host: str, listen_port: int) -> bool:
     host = (parts.hostname or "").lower()
     own_hosts = _LOOPBACK_NAMES | {listen_host.lower()}
     return port == listen_port and (host in own_hosts or host.startswith("127."))
+
+
+@functools.cache
+def machine_names() -> tuple[str, ...]:
+    """This machine's address on its default route, host name and other addresses: the names a browser on
+    another machine uses when the proxy listens on all interfaces (loopback ones are allowed anyway)."""
+    names: list[str] = []
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # (UDP: nothing is sent; the kernel only picks the outgoing address)
+        names.append(probe.getsockname()[0])
+    hostname = socket.gethostname()  # (not getfqdn(): a reverse DNS lookup can stall start-up for seconds)
+    names.append(hostname)
+    with contextlib.suppress(OSError):
+        names += [info[4][0] for info in socket.getaddrinfo(hostname, None)]
+    return tuple(dict.fromkeys(name.lower() for name in names if name and not is_loopback(name)))
+
+
+def start_line(runtime: runtime_module.Runtime) -> str:
+    """Where calls really go, and where to watch them: mitmproxy's own "reverse proxy to ..." line names only
+    the default target of its reverse mode, which in openrouter mode no call goes to."""
+    settings = runtime.settings
+    mode = runtime.config.current.mode
+    if mode == "openrouter":
+        target = f"translated to OpenRouter ({settings.openrouter_base_url}/chat/completions)"
+    else:
+        target = f"passed through to {settings.anthropic_upstream}"
+    base = public_url(settings)
+    return (f"anthropic-proxy {runtime.version}: {mode} mode, API calls to {base}/v1/messages are {target}; "
+            f"monitor: {base}/monitor")
 
 
 class Startup:
@@ -80,12 +113,18 @@ class Startup:
         loader.add_option("web_token", str, env.get("WEB_TOKEN"),
                           "Token the web pages and API require (env WEB_TOKEN). Listening beyond loopback without "
                           "one, the proxy makes one up and prints it at start-up.")
+        loader.add_option("web_hosts", str, env.get("WEB_HOSTS"),
+                          "More host names the web pages answer to, comma-separated: name (with the listen port, "
+                          "or none behind a reverse proxy) or name:port. Listening on all interfaces, the "
+                          "machine's own names and addresses are allowed too (env WEB_HOSTS).")
         loader.add_option("max_records", int, env.get_int("MAX_RECORDS", 50_000),
                           "Keep at most this many records; the oldest go first (env MAX_RECORDS).")
         loader.add_option("retention_days", int, env.get_int("RETENTION_DAYS", 30),
                           "Delete records older than this many days (env RETENTION_DAYS).")
+        quiet_connection_lines()
         level = env.get("LOG_LEVEL").lower()
-        if level in _LOG_LEVELS:
+        # (--set values of mitmproxy's own options are in place by now: one given wins over LOG_LEVEL)
+        if level in _LOG_LEVELS and not loader.master.options.has_changed("termlog_verbosity"):
             loader.master.options.update(termlog_verbosity=_LOG_LEVELS[level])
         loader.master.options.update(**_REQUIRED_MITM_OPTIONS)
         # No --mode given: this is a reverse proxy for Anthropic on loopback, not a forward proxy on *:8080.
@@ -108,6 +147,7 @@ class Startup:
         if opts.max_records < 1 or opts.retention_days < 1:
             raise exceptions.OptionsError("max_records and retention_days must be at least 1")
         host, port = self.listen_address()
+        web_hosts = self._web_hosts(host, port)
         if _is_own_address(opts.anthropic_upstream, host, port):
             raise exceptions.OptionsError(
                 f"anthropic_upstream {opts.anthropic_upstream} is this proxy's own address ({host}:{port}): "
@@ -126,23 +166,36 @@ class Startup:
             raise exceptions.OptionsError(f"cannot open the record store {where}: {exc}") from None
         if "proxy_mode" in updated and opts.proxy_mode:
             runtime.config.update({"mode": opts.proxy_mode})
-        runtime.settings = ProxySettings(
+        settings = ProxySettings(
             anthropic_upstream=opts.anthropic_upstream.rstrip("/"),
             openrouter_base_url=opts.openrouter_base_url.rstrip("/"), listen_host=host, listen_port=port,
-            request_timeout=opts.request_timeout, stream_keepalive=opts.stream_keepalive,
-            web_token=self._web_token(host),
+            request_timeout=opts.request_timeout, stream_keepalive=opts.stream_keepalive, web_hosts=web_hosts,
         )
+        runtime.settings = settings.model_copy(update={"web_token": self._web_token(settings)})
 
-    def _web_token(self, host: str) -> str | None:
+    @staticmethod
+    def _web_hosts(host: str, port: int) -> tuple[str, ...]:
+        """web_hosts as given, then (listening on all interfaces) the machine's own names with the port."""
+        given = tuple(entry.strip() for entry in ctx.options.web_hosts.split(",") if entry.strip())
+        for entry in given:
+            try:
+                split_host(entry)
+            except ValueError:
+                raise exceptions.OptionsError(f"web_hosts: {entry!r} is not a host name, address or name:port "
+                                              "(such as proxy.example.com or 192.168.1.5:8082)") from None
+        if not is_unspecified(host):
+            return given
+        return given + tuple(f"[{name}]:{port}" if ":" in name else f"{name}:{port}" for name in machine_names())
+
+    def _web_token(self, settings: ProxySettings) -> str | None:
         if ctx.options.web_token:
             return ctx.options.web_token
-        if is_loopback(host):
+        if is_loopback(settings.listen_host):
             return None
         if self._generated_token is None:
             self._generated_token = secrets.token_urlsafe(24)
-            port = self.listen_address()[1]
             logger.warning("anthropic-proxy listens beyond loopback: the web pages need a token. Open "
-                           "http://%s:%d/monitor?token=%s (or set web_token / WEB_TOKEN)", host, port,
+                           "%s/monitor?token=%s (or set web_token / WEB_TOKEN)", public_url(settings),
                            self._generated_token)
         return self._generated_token
 
@@ -165,12 +218,12 @@ class Startup:
             # process: out of the collector's sight, a full collection stops rescanning it. Measured: GC time
             # under a stream load 1.0 s -> 0.4 s of 6 s CPU.
             gc.freeze()
+            logger.info("%s", start_line(runtime))
         if self.manages_mode and list(ctx.options.mode) == ["regular"]:
             host, port = self.listen_address()
             # proxyserver re-binds when `mode` changes while running.
             ctx.options.update(mode=[f"reverse:{ctx.options.anthropic_upstream}"], listen_host=host,
                                listen_port=port)
-            logger.info("anthropic-proxy listening on http://%s:%d -> %s", host, port, ctx.options.anthropic_upstream)
 
     def requestheaders(self, flow) -> None:
         # Until the switch above lands, mitmproxy briefly listens as a forward proxy: never act as one. (A forward

@@ -1,11 +1,14 @@
 """`anthropic-proxy`: start mitmdump (or mitmweb with --web) with the addon and the documented options.
 
-Two subcommands work on the record store without a running proxy (and beside one: neither ends its records):
+Two subcommands work on the record store without a running proxy (and beside one: neither ends its records),
+and one tells where the addon script is (for `mitmdump -s "$(anthropic-proxy addon-path)"`):
 
     anthropic-proxy export [--format compact|ndjson|json|csv] [--gzip] [-o FILE] [--state-dir DIR] [filters]
     anthropic-proxy import FILE... [--format compact|ndjson|json] [--state-dir DIR]
+    anthropic-proxy addon-path
 
-Any other arguments start the proxy; the ones it does not know go to mitmdump/mitmweb. Beside the reverse proxy,
+Any other arguments start the proxy; the ones it does not know go to mitmdump/mitmweb, and win over
+mitm_config.yaml and the environment. Beside the reverse proxy,
 `--forward [[HOST:]PORT]` adds a forward-proxy listener (HTTPS_PROXY capture) and `--local [PROCESS]` mitmproxy's
 local redirector; `anthropic-proxy claude [--forward [[HOST:]PORT]] [--] [ARGS...]` runs Claude Code through the
 proxy (started for it, or the one already running), with its arguments and exit code passed through.
@@ -15,19 +18,33 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ruamel.yaml import YAML
 
 from . import __version__
+from .dialects import DB_NAME
 from .environment import DEFAULT_STATE_DIR, environment
 
-ADDON_SCRIPT = Path(__file__).resolve().parent.parent / "addons" / "proxy.py"
-MITM_CONFIG = Path(__file__).resolve().parent.parent / "mitm_config.yaml"
+# Both ship inside the package, so a wheel works as well as a checkout (`addons/` is the package
+# `anthropic_proxy.addons`; its location is looked up without importing it, which would import mitmproxy).
+MITM_CONFIG = Path(__file__).resolve().parent / "mitm_config.yaml"
+DEFAULT_UPSTREAM = "https://api.anthropic.com"
+
+
+def addon_script() -> Path:
+    """The script to load into mitmproxy (`-s`): `proxy.py` of the installed `anthropic_proxy.addons`."""
+    spec = importlib.util.find_spec("anthropic_proxy.addons")
+    locations = spec.submodule_search_locations if spec is not None else None
+    if not locations:
+        raise SystemExit("anthropic-proxy: the package anthropic_proxy.addons is missing; reinstall anthropic-proxy")
+    return Path(next(iter(locations))).resolve() / "proxy.py"
 
 
 def mitm_options(config_file: Path = MITM_CONFIG) -> dict[str, object]:
@@ -63,21 +80,38 @@ def forward_address(value: str) -> tuple[str, int]:
     return host.strip("[]") or DEFAULT_FORWARD[0], number
 
 
+def _reverse_target(given: list[str]) -> str:
+    """The configured upstream's origin. It only names the default destination (the Router routes each call, and
+    adds a path prefix), but mitmproxy prints it at start-up and mitmweb shows it. mitmproxy takes no path there;
+    an upstream that is no URL is left to the addon, which says what is wrong with it."""
+    upstream = (given[-1] if given else "") or environment.get("ANTHROPIC_UPSTREAM_URL") or DEFAULT_UPSTREAM
+    parts = urlsplit(upstream)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return DEFAULT_UPSTREAM
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def build_command(tool: str, extra_args: list[str], *, forward: tuple[str, int] | None = None,
                   local: str | None = None) -> list[str]:
+    """The mitmdump/mitmweb command: modes, script, mitm_config.yaml's options, then the user's arguments.
+
+    mitmproxy refuses two `--set` values for one option, so an option the user sets is left out of the
+    yaml's (its own flags, `-p`, `--listen-host`, `-q`, ..., are applied after `--set` and win anyway)."""
+    from .preflight import option_values
+
     executable = shutil.which(tool, path=str(Path(sys.executable).parent)) or shutil.which(tool)
     if executable is None:
         raise SystemExit(f"anthropic-proxy: {tool} not found; install the project with pip first")
-    upstream = environment.get("ANTHROPIC_UPSTREAM_URL", "https://api.anthropic.com")
+    upstream = _reverse_target(option_values(extra_args, "anthropic_upstream"))
     # Giving the mode up front means mitmproxy never listens as a forward proxy, not even briefly.
-    command = [executable, "--mode", f"reverse:{upstream}", "-s", str(ADDON_SCRIPT)]
+    command = [executable, "--mode", f"reverse:{upstream}", "-s", str(addon_script())]
     if forward is not None:  # an explicit address: listen_host/listen_port are the reverse listener's
         host, port = forward
         command += ["--mode", f"regular@{host}:{port}"]  # (mitmproxy splits at the last colon: no [] for IPv6)
     if local is not None:
         command += ["--mode", f"local:{local}"]
     for name, value in mitm_options().items():
-        if value is not None:
+        if value is not None and not option_values(extra_args, name):
             command += ["--set", f"{name}={_format(value)}"]
     return command + extra_args
 
@@ -104,6 +138,7 @@ def preflight(command: list[str], *, forward: tuple[str, int] | None = None, loc
 
 
 SUBCOMMANDS = ("export", "import")
+ADDON_PATH_COMMAND = "addon-path"
 
 
 def _state_dir(value: str | None) -> Path:
@@ -146,7 +181,13 @@ def store_command(argv: list[str]) -> int:
                          help="the proxy's store_url: postgresql://... (default: $STORE_URL; empty: SQLite in the "
                          "state dir)")
     args = parser.parse_args(argv)
-    store = Store(_state_dir(args.state_dir), url=args.store_url, close_orphans=False)
+    state_dir = _state_dir(args.state_dir)
+    if args.command == "export" and not args.store_url and not (state_dir / DB_NAME).is_file():
+        # (opening the store would create an empty one there and export nothing)
+        print(f"anthropic-proxy export: no record store in {state_dir} ({DB_NAME} not found); give the proxy's "
+              "--state-dir, or --store-url for PostgreSQL", file=sys.stderr)
+        return 2
+    store = Store(state_dir, url=args.store_url, close_orphans=False)
     try:
         if args.command == "export":
             since = max(filter(None, (parse_time_range(args.time_range), args.since)), default=None)
@@ -156,8 +197,16 @@ def store_command(argv: list[str]) -> int:
             data = gzipped(chunks) if args.gzip else (chunk.encode() for chunk in chunks)
             with contextlib.ExitStack() as stack:
                 target = sys.stdout.buffer if args.output == "-" else stack.enter_context(open(args.output, "wb"))
-                for piece in data:
-                    target.write(piece)
+                try:
+                    for piece in data:
+                        target.write(piece)
+                    target.flush()
+                except BrokenPipeError:  # `export | head`: the reader has what it wanted
+                    if target is not sys.stdout.buffer:
+                        raise
+                    # Python flushes stdout again at exit: point it at /dev/null so that raises nothing either.
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                    return 1
             return 0
         status = 0
         for name in args.files:
@@ -177,6 +226,24 @@ def store_command(argv: list[str]) -> int:
         store.close()
 
 
+HELP_EPILOG = """\
+other commands:
+  anthropic-proxy export [...]   write the recorded calls (compact, ndjson, json, csv); see export --help
+  anthropic-proxy import FILE    load an export back into the record store; see import --help
+  anthropic-proxy addon-path     print the addon script, for mitmdump -s "$(anthropic-proxy addon-path)"
+  anthropic-proxy claude [--forward [[HOST:]PORT]] [--] [ARGS...]
+                                 run Claude Code through the proxy (the running one, or one started for it)
+
+examples:
+  anthropic-proxy -p 9000                             listen on 127.0.0.1:9000 (or PORT=9000)
+  anthropic-proxy --host 0.0.0.0 --set web_hosts=myhost.lan
+                                                      serve other machines that open it by that name (the
+                                                      pages need a token: web_token, or the printed one)
+  anthropic-proxy --set proxy_mode=openrouter         any mitmproxy option; yours win over mitm_config.yaml
+  anthropic-proxy --web                               mitmweb: mitmproxy's UI on http://127.0.0.1:8081
+"""
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in SUBCOMMANDS:
@@ -185,13 +252,17 @@ def main(argv: list[str] | None = None) -> None:
         from .claude_run import run_claude
 
         raise SystemExit(run_claude(argv[1:]))
+    if argv[:1] == [ADDON_PATH_COMMAND]:
+        print(addon_script())
+        return
     parser = argparse.ArgumentParser(
-        prog="anthropic-proxy",
-        description="Start mitmproxy as an Anthropic API proxy. Unknown arguments go to mitmdump/mitmweb, "
-        "e.g. --set proxy_mode=openrouter. `anthropic-proxy export --help` and `anthropic-proxy import --help` "
-        "work on the record store. `anthropic-proxy claude [--forward [[HOST:]PORT]] [--] [ARGS...]` runs Claude "
-        "Code through the proxy (the running one, or one started for the session).",
+        prog="anthropic-proxy", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=HELP_EPILOG,
+        allow_abbrev=False,  # (an abbreviation of ours must not swallow one of mitmproxy's flags)
+        description="Start mitmproxy as an Anthropic API proxy (http://127.0.0.1:8082 by default).\n"
+        "Arguments it does not know go to mitmdump/mitmweb, e.g. --set NAME=VALUE for any option.",
     )
+    parser.add_argument("-p", "--port", type=int, help="port to listen on (same as --set listen_port=PORT; env PORT)")
+    parser.add_argument("--host", help="address to listen on (same as --set listen_host=HOST; env HOST)")
     parser.add_argument("--web", action="store_true", help="start mitmweb (mitmproxy's web UI) instead of mitmdump")
     parser.add_argument("--print-command", action="store_true", help="print the mitmproxy command and exit")
     parser.add_argument("--forward", nargs="?", const=":".join(map(str, DEFAULT_FORWARD)), type=forward_address,
@@ -203,8 +274,10 @@ def main(argv: list[str] | None = None) -> None:
                         "(needs sudo; on Linux a kernel with eBPF)")
     parser.add_argument("--version", action="version", version=f"anthropic-proxy {__version__}")
     args, extra = parser.parse_known_args(argv)
-    if not ADDON_SCRIPT.is_file() or not MITM_CONFIG.is_file():
-        raise SystemExit("anthropic-proxy: run it from an editable install of the repository (pip install -e .)")
+    if args.host is not None:
+        extra = ["--set", f"listen_host={args.host}", *extra]
+    if args.port is not None:
+        extra = ["--set", f"listen_port={args.port}", *extra]
     command = build_command("mitmweb" if args.web else "mitmdump", extra, forward=args.forward, local=args.local)
     if args.print_command:
         print(" ".join(command))

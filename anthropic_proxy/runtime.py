@@ -42,6 +42,9 @@ class ProxySettings(BaseModel):
     stream_keepalive: float = 10
     # Required by the web pages and API when set; the proxy must set one when it listens beyond loopback.
     web_token: str | None = None
+    # More Host header values the web app answers to (`name` or `name:port`): the web_hosts option's, and the
+    # machine's own addresses and names when it listens on all interfaces (webui/security.py).
+    web_hosts: tuple[str, ...] = ()
 
 
 @dataclass

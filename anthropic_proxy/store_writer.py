@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .bodies import parse_body
+from .call_log import log_call
 from .dialects import Connection, dialect_for
 from .exchange import call_facts
 from .pricing import PRICES_FILE, PriceBook
@@ -472,6 +473,7 @@ class Writer:
                 report.dropped.append((record_id, seq))
                 logger.exception("store: record %s cannot be stored", record_id)
                 continue
+            log_call(record)  # (here every record's outcome, usage and cost are known: see call_log.py)
             self.unsaved.pop(record_id, None)
             self.unsaved[record_id] = (seq, prepared)  # the latest put of a record wins
 

@@ -2,7 +2,8 @@
 
 1. Only requests that came through the proxy (the addon adds a secret header) are served.
 2. DNS rebinding: the Host the browser sent must be the proxy's own address (127.0.0.1, localhost,
-   [::1] or the configured listen host, with the port), for every page and API call.
+   [::1] or the configured listen host, with the port) or one of `web_hosts` (the names the user allowed,
+   and the machine's own names and addresses when it listens on all interfaces), for every page and API call.
 3. Beyond loopback, a token is required (cookie, `x-anthropic-proxy-token`, `Authorization: Bearer`,
    or once as `?token=` on a page, which sets the cookie and redirects to the clean URL).
 4. Cross-site: a state-changing request (not GET/HEAD/OPTIONS) with an `Origin` other than the proxy's
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 from typing import Any
 
@@ -37,6 +39,7 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 _UNSPECIFIED = frozenset({"", "0.0.0.0", "::", "*"})
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?")  # a DNS name or an IPv4 address
 
 
 def _host_name(host: str) -> str:
@@ -44,17 +47,61 @@ def _host_name(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+def is_unspecified(host: str) -> bool:
+    """0.0.0.0, :: and the like: listening on all interfaces."""
+    return host.strip().lower() in _UNSPECIFIED
+
+
+def split_host(entry: str) -> tuple[str, int | None]:
+    """`name`, `name:port`, `[v6]`, `[v6]:port` or a bare IPv6 address -> (Host-header name, port or None).
+    Raises ValueError for anything else (a URL, a path, a wildcard)."""
+    entry = entry.strip().lower()
+    if entry.startswith("["):
+        name, bracket, rest = entry[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"not a host name: {entry!r}")
+        ipaddress.IPv6Address(name)
+        name, port = f"[{name}]", rest[1:]
+    elif entry.count(":") > 1:
+        return f"[{ipaddress.IPv6Address(entry)}]", None
+    else:
+        name, _, port = entry.partition(":")
+        if not _HOST_NAME.fullmatch(name):
+            raise ValueError(f"not a host name: {entry!r}")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"not a port: {entry!r}")
+    return name, int(port) if port else None
+
+
 def own_hosts(settings: ProxySettings) -> frozenset[str]:
-    """Every `Host` header value that names this proxy. An unspecified listen address (0.0.0.0) is
-    no name a browser should use, so it adds nothing: beyond loopback use the listen host itself."""
+    """Every `Host` header value that names this proxy: its loopback names and listen host with the port, and
+    each of `web_hosts`: `name:port` as given, a bare `name` with the listen port or none (behind a reverse
+    proxy on 80/443). An unspecified listen address (0.0.0.0) is no name a browser uses, so it adds nothing."""
     names = {"127.0.0.1", "localhost", "[::1]"}
-    if settings.listen_host.strip().lower() not in _UNSPECIFIED:
+    if not is_unspecified(settings.listen_host):
         names.add(_host_name(settings.listen_host))
     port = settings.listen_port
     hosts = {f"{name}:{port}" for name in names}
     if port == 80:
         hosts |= names
+    for entry in settings.web_hosts:
+        name, entry_port = split_host(entry)
+        hosts.add(f"{name}:{entry_port or port}")
+        if entry_port is None:
+            hosts.add(name)
     return frozenset(hosts)
+
+
+def public_url(settings: ProxySettings) -> str:
+    """The proxy's base URL as a browser should open it: the listen host, or on all interfaces the first of
+    `web_hosts` (the user's, then the machine's address and name); never http://0.0.0.0."""
+    port = settings.listen_port
+    if not is_unspecified(settings.listen_host):
+        return f"http://{_host_name(settings.listen_host)}:{port}"
+    for entry in settings.web_hosts:
+        name, entry_port = split_host(entry)
+        return f"http://{name}:{entry_port or port}"
+    return f"http://127.0.0.1:{port}"
 
 
 def own_origins(settings: ProxySettings) -> frozenset[str]:

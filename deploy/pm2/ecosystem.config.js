@@ -1,14 +1,14 @@
-// PM2 process file for anthropic-proxy installed in /opt/anthropic-proxy (see docs/deploy.md):
+// PM2 process file for anthropic-proxy installed (pip) in the venv /opt/anthropic-proxy (see docs/deploy.md):
 //   pm2 start deploy/pm2/ecosystem.config.js && pm2 save
-// PM2 has no HTTP health check: run deploy/healthcheck.py from cron or your monitoring.
+// PM2 has no HTTP health check: run `python -m anthropic_proxy.healthcheck` from cron or your monitoring.
 module.exports = {
   apps: [
     {
       name: "anthropic-proxy",
-      script: "/opt/anthropic-proxy/.venv/bin/anthropic-proxy",
+      script: "/opt/anthropic-proxy/bin/anthropic-proxy",
       args: ["--set", "confdir=/var/lib/anthropic-proxy/mitmproxy"],
       interpreter: "none", // the launcher is an executable; PM2 must not run it with node
-      cwd: "/opt/anthropic-proxy",
+      cwd: "/var/lib/anthropic-proxy",
       env: {
         ANTHROPIC_PROXY_HOME: "/var/lib/anthropic-proxy",
         HOST: "127.0.0.1",

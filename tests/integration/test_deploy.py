@@ -23,8 +23,9 @@ from fakes.harness import FAKE_API_KEY, REPO_ROOT, child_env, free_port
 from ruamel.yaml import YAML
 
 DEPLOY = REPO_ROOT / "deploy"
-INSTALL_DIR = "/opt/anthropic-proxy"
-LAUNCH = f"{INSTALL_DIR}/.venv/bin/anthropic-proxy --set confdir=/var/lib/anthropic-proxy/mitmproxy"
+INSTALL_DIR = "/opt/anthropic-proxy"  # a venv the package is pip-installed into: no checkout needed there
+LAUNCH = f"{INSTALL_DIR}/bin/anthropic-proxy --set confdir=/var/lib/anthropic-proxy/mitmproxy"
+HEALTHCHECK = ["python", "-m", "anthropic_proxy.healthcheck"]
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -46,25 +47,26 @@ def compose() -> dict:
     return YAML(typ="safe").load((DEPLOY / "docker-compose.yml").read_text())
 
 
-def test_dockerfile_copies_the_project_and_runs_the_launcher():
+def test_dockerfile_installs_the_package_and_runs_the_launcher():
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     copied = [source for instruction, args in dockerfile() if instruction == "COPY" for source in args.split()[:-1]]
     for source in copied:
         assert (REPO_ROOT / source).exists(), source
     package_dirs = set(pyproject["tool"]["setuptools"]["package-dir"].values())
     assert package_dirs <= set(copied), "every folder of the installed package is copied"
-    assert {"mitm_config.yaml", "deploy/healthcheck.py"} <= set(copied)
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
     for source in copied:
         assert f"!{source}" in ignore or f"!{source}/**" in ignore, f"{source} is kept out of the build context"
     instructions = dict(dockerfile())
     assert "anthropic-proxy" in pyproject["project"]["scripts"]
     assert instructions["CMD"].startswith('["anthropic-proxy"')
-    assert any("pip install -e /app" in args for i, args in dockerfile() if i == "RUN")
+    runs = [args for i, args in dockerfile() if i == "RUN"]
+    assert any('pip install "/src[postgres]" && rm -rf /src' in args for args in runs), "a plain install, sources gone"
+    assert not any("-e " in args for args in runs)
     env = docker_env()
     assert env["HOST"] == "0.0.0.0" and env["ANTHROPIC_PROXY_HOME"] == "/data"
     assert instructions["VOLUME"] == '["/data"]' and instructions["EXPOSE"] == env["PORT"]
-    assert "/app/deploy/healthcheck.py" in instructions["HEALTHCHECK"]
+    assert instructions["HEALTHCHECK"].endswith('CMD ["python", "-m", "anthropic_proxy.healthcheck", "--quiet"]')
 
 
 def test_compose_keeps_the_store_on_a_volume_and_checks_health():
@@ -77,7 +79,7 @@ def test_compose_keeps_the_store_on_a_volume_and_checks_health():
     assert host_ip == "127.0.0.1"
     assert host_port == container_port == service["environment"]["PORT"] == env["PORT"], \
         "same port outside and inside: the web app checks the Host header"
-    assert service["healthcheck"]["test"][:3] == ["CMD", "python", "/app/deploy/healthcheck.py"]
+    assert service["healthcheck"]["test"][1:4] == HEALTHCHECK
     assert service["env_file"][0] == {"path": "../.env", "required": False}
     assert service["restart"] == "unless-stopped"
 
@@ -88,14 +90,13 @@ def test_service_managers_run_the_same_command():
     pm2 = (DEPLOY / "pm2" / "ecosystem.config.js").read_text()
     assert f"ExecStart={LAUNCH}\n" in unit
     assert f"command={LAUNCH}\n" in supervisor
-    assert f'script: "{INSTALL_DIR}/.venv/bin/anthropic-proxy"' in pm2
+    assert f'script: "{INSTALL_DIR}/bin/anthropic-proxy"' in pm2
     assert 'args: ["--set", "confdir=/var/lib/anthropic-proxy/mitmproxy"]' in pm2
     for text in (unit, supervisor, pm2):
         assert "ANTHROPIC_PROXY_HOME" in text and "/var/lib/anthropic-proxy" in text
-        for path in re.findall(rf"{INSTALL_DIR}/([\w./-]+)", text):
-            if not path.startswith(".venv/"):  # bin/setup-venv creates the venv
-                assert (REPO_ROOT / path).exists(), path
-    assert "deploy/healthcheck.py --wait" in unit
+        # only the venv's own programs: nothing of a checkout
+        assert set(re.findall(rf"{INSTALL_DIR}/([\w./-]+)", text)) <= {"bin/anthropic-proxy", "bin/python", "bin/pip"}
+    assert f"ExecStartPost={INSTALL_DIR}/bin/python -m anthropic_proxy.healthcheck --wait" in unit
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
@@ -103,7 +104,7 @@ def test_systemd_unit_verifies(tmp_path):
     venv = Path(sys.executable).parent.parent
     text = (DEPLOY / "systemd" / "anthropic-proxy.service").read_text()
     unit = tmp_path / "anthropic-proxy.service"
-    unit.write_text(text.replace(f"{INSTALL_DIR}/.venv", str(venv)).replace(INSTALL_DIR, str(REPO_ROOT)))
+    unit.write_text(text.replace(INSTALL_DIR, str(venv)))
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
 
@@ -117,7 +118,7 @@ def test_pm2_file_loads():
 
 # ---- the container's command and health check, run for real (outside a container) --------------------------------
 def healthcheck(port: int, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(DEPLOY / "healthcheck.py"), *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, *HEALTHCHECK[1:], *args], capture_output=True, text=True,
                           timeout=60, env={**os.environ, "PORT": str(port)})
 
 

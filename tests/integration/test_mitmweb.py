@@ -267,3 +267,30 @@ def test_launcher_web_starts_mitmweb(tmp_path, fake_anthropic):
         log.close()
     assert os.path.exists(tmp_path / "state" / "records.sqlite3")
 
+
+
+# ---- API keys ---------------------------------------------------------------------------------------------------
+def test_keys_are_masked_in_mitmweb_but_reach_the_upstream(mitmweb, fake_anthropic, test_tag):
+    """web_mask_keys (default on): in flight (before the answer, from mitmweb's serializer) and once the request
+    has gone (in the flow itself: saved flows hold no key); the upstream got the real one."""
+    client = client_for(mitmweb, test_tag, **{"x-fake-scenario": "silent", "x-fake-delay-ms": "1500"})
+    worker = threading.Thread(target=lambda: client.messages.create(**BODY))
+    worker.start()
+
+    def key_shown(flow: dict[str, Any]) -> str:  # (the SDK sends the key as a bearer token)
+        return next(v for k, v in flow["request"]["headers"] if k.lower() == "authorization")
+
+    masked = f"Bearer {FAKE_API_KEY[:10]}...{FAKE_API_KEY[-4:]}"
+
+    try:
+        in_flight = tagged(mitmweb.wait_flows(lambda fs: bool(tagged(fs, test_tag))), test_tag)[0]
+        assert in_flight.get("response") is None, "seen before the answer"
+        assert key_shown(in_flight) == masked
+    finally:
+        worker.join(15)
+    assert fake_anthropic.tagged(test_tag)[0].header("authorization") == f"Bearer {FAKE_API_KEY}"
+    done = tagged(mitmweb.wait_flows(lambda fs: any(f.get("response") for f in tagged(fs, test_tag))), test_tag)[0]
+    assert key_shown(done) == masked
+    saved = mitmweb.web("/flows/dump")
+    assert saved.status_code == 200 and test_tag.encode() in saved.content
+    assert b"secretMIDDLE" not in saved.content, "flows saved from mitmweb hold no key"

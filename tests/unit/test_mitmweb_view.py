@@ -115,3 +115,19 @@ def test_without_a_view_nothing_happens():
         addon.request(flow)
         addon.response(flow)
         assert flow.comment == "" and flow.marked == ""
+
+
+def test_keys_are_masked_once_the_request_has_gone_and_only_when_asked():
+    key = "sk-ant-api03-" + "x" * 40 + "-AbCd"
+    view = View()
+    addon = MitmwebView()
+    with taddons.context(view, addon) as tctx:
+        for mask, expected in ((True, f"{key[:10]}...{key[-4:]}"), (False, key)):
+            tctx.configure(addon, web_mask_keys=mask)
+            flow = tflow.tflow(resp=True)
+            flow.request.headers["x-api-key"] = key
+            flow.request.headers["authorization"] = f"Bearer {key}"
+            addon.responseheaders(flow)
+            addon.responseheaders(flow)  # (a second pass must not mask the masked key into ***)
+            assert flow.request.headers["x-api-key"] == expected
+            assert flow.request.headers["authorization"] == f"Bearer {expected}"

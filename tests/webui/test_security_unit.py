@@ -12,7 +12,7 @@ from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy.runtime import ProxySettings, Runtime
 from anthropic_proxy.webui.app import create_app
 from anthropic_proxy.webui.common import INTERNAL_HEADER, ORIGINAL_HOST_HEADER
-from anthropic_proxy.webui.security import own_hosts, token_cookie_name
+from anthropic_proxy.webui.security import own_hosts, public_url, split_host, token_cookie_name
 
 TOKEN = "s3cret-token-value"
 
@@ -88,3 +88,35 @@ def test_own_hosts():
         "127.0.0.1:9000", "localhost:9000", "[::1]:9000"}
     assert "[fd00::1]:80" in own_hosts(ProxySettings(listen_host="fd00::1", listen_port=80))
     assert "proxy.lan" in own_hosts(ProxySettings(listen_host="Proxy.LAN", listen_port=80))
+
+
+def test_web_hosts_add_names_with_and_without_port():
+    hosts = own_hosts(ProxySettings(listen_host="0.0.0.0", listen_port=8082,
+                                    web_hosts=("Proxy.Example.test", "10.1.2.3:9999", "[fd00::2]", "fd00::3")))
+    assert {"proxy.example.test:8082", "proxy.example.test", "10.1.2.3:9999", "[fd00::2]:8082", "[fd00::3]"} <= hosts
+    assert "10.1.2.3:8082" not in hosts and "10.1.2.3" not in hosts, "a port given is the only one allowed"
+    for bad in ("http://proxy.test", "*", "proxy.test/monitor", "proxy.test:http", "[fd00::1", "a b", ""):
+        with pytest.raises(ValueError):
+            split_host(bad)
+
+
+def test_public_url_is_one_a_browser_can_open():
+    assert public_url(ProxySettings(listen_host="127.0.0.1", listen_port=8082)) == "http://127.0.0.1:8082"
+    assert public_url(ProxySettings(listen_host="fd00::1", listen_port=8082)) == "http://[fd00::1]:8082"
+    on_all = ProxySettings(listen_host="0.0.0.0", listen_port=8082, web_hosts=("proxy.test", "192.168.1.5:8082"))
+    assert public_url(on_all) == "http://proxy.test:8082"
+    assert public_url(ProxySettings(listen_host="::", listen_port=8082)) == "http://127.0.0.1:8082"
+
+
+async def test_a_browser_on_another_machine_is_served_by_its_host_name(runtime):
+    settings = ProxySettings(listen_host="0.0.0.0", listen_port=8082, web_token=TOKEN,
+                             web_hosts=("proxy.example.test", "192.168.7.7:8082"))
+    client = await client_for(runtime, settings)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        for host in ("proxy.example.test:8082", "proxy.example.test", "192.168.7.7:8082"):
+            assert (await client.get("/monitor", headers=headers(runtime, host, **auth))).status == 200, host
+        for host in ("evil.test:8082", "192.168.7.8:8082", "0.0.0.0:8082"):
+            assert (await client.get("/monitor", headers=headers(runtime, host, **auth))).status == 403, host
+    finally:
+        await client.close()

@@ -1,12 +1,11 @@
-#!/usr/bin/env python3
 """Health check for anthropic-proxy: exit 0 when GET /health answers {"status": "ok"}, else 1.
 
-Standard library only, so it runs in the slim Docker image (no curl there), from systemd's ExecStartPost,
-from cron or a monitoring agent:
+Standard library only (and importing nothing else of the package), so it runs in the slim Docker image (no
+curl there), from systemd's ExecStartPost, from cron or a monitoring agent, with the installed package's Python:
 
-    python deploy/healthcheck.py                     # http://127.0.0.1:$PORT/health (PORT defaults to 8082)
-    python deploy/healthcheck.py --wait 30           # retry for up to 30 s (start-up)
-    python deploy/healthcheck.py --url http://127.0.0.1:9000/health
+    python -m anthropic_proxy.healthcheck                # http://127.0.0.1:$PORT/health (PORT defaults to 8082)
+    python -m anthropic_proxy.healthcheck --wait 30      # retry for up to 30 s (start-up)
+    python -m anthropic_proxy.healthcheck --url http://127.0.0.1:9000/health
 
 /health needs no token, but like every web-app path it answers only to the proxy's own address (the Host
 header must be 127.0.0.1, localhost or the listen host, with the port): check it from the same host or
@@ -40,7 +39,7 @@ def check(url: str, timeout: float) -> tuple[bool, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m anthropic_proxy.healthcheck", description=__doc__.split("\n\n")[0])
     default_url = f"http://127.0.0.1:{os.environ.get('PORT') or 8082}/health"
     parser.add_argument("--url", default=default_url, help=f"health URL (default {default_url})")
     parser.add_argument("--wait", type=float, default=0, help="keep trying for this many seconds")
