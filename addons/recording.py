@@ -17,6 +17,7 @@ from anthropic_proxy.bodies import parse_body
 from anthropic_proxy.exchange import Exchange
 from anthropic_proxy.hooks import AnthropicRecordCompleteHook
 from anthropic_proxy.masking import mask_headers
+from anthropic_proxy.media import is_event_stream
 from anthropic_proxy.openrouter_route import ClientRequest, Route
 from anthropic_proxy.pricing import apply_cost
 from anthropic_proxy.record import HttpRequestPart, Record
@@ -47,6 +48,22 @@ def _connection_io(flow: http.HTTPFlow, connection: object) -> Any:
     proxyserver = ctx.master.addons.get("proxyserver")
     handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
     return handler.transports.get(connection) if handler else None
+
+
+def body_bytes_received(flow: http.HTTPFlow) -> int | None:
+    """How much of a whole (not streamed) response body mitmproxy has received so far: it gathers the body with no
+    hook until the end, so its HTTP stream's buffer is the only sign that the upstream is still sending (internal
+    API, like `close_upstream`; None when it cannot be reached)."""
+    proxyserver = ctx.master.addons.get("proxyserver")
+    handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
+    layer = handler.layer if handler else None
+    while layer is not None:  # down the connection's layer stack to the HTTP layer that carries this flow
+        for stream in (getattr(layer, "streams", None) or {}).values():
+            if getattr(stream, "flow", None) is flow:
+                buffer = getattr(stream, "response_body_buf", None)
+                return len(buffer) if buffer is not None else None
+        layer = getattr(layer, "layer", None) or getattr(layer, "child_layer", None)  # (NextLayer: .layer)
+    return None
 
 
 def send_chunk_to_client(flow: http.HTTPFlow, data: bytes) -> None:
@@ -99,12 +116,13 @@ class Recorder:
         if exchange is None or flow.response is None:
             return
         response = flow.response
-        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+        if not is_event_stream(response.headers.get("content-type")):
             exchange.response_started(response.status_code, {})  # its headers come with its body (`response`)
+            exchange.body_received = lambda: body_bytes_received(flow)  # the watchdog's sign of a body arriving
         else:
             exchange.response_started(response.status_code, mask_headers(response.headers.items(multi=True)))
             response.stream = exchange.stream_tap
-            if exchange.transform is not None and response.headers.get("transfer-encoding") == "chunked":
+            if exchange.transform is not None and response.headers.get("transfer-encoding", "").lower() == "chunked":
                 exchange.send_to_client = lambda data: send_chunk_to_client(flow, data)
 
     def response(self, flow: http.HTTPFlow) -> None:

@@ -11,6 +11,7 @@ from mitmproxy.net.http import url
 
 from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy.environment import environment
+from anthropic_proxy.media import is_event_stream
 from anthropic_proxy.openrouter_route import (
     MISSING_KEY_MESSAGE,
     ClientRequest,
@@ -118,8 +119,7 @@ class Router:
         response = flow.response
         if route is None or route.translator is None or response is None:
             return
-        if 200 <= response.status_code < 300 and response.headers.get("content-type", "").startswith(
-                "text/event-stream"):
+        if 200 <= response.status_code < 300 and is_event_stream(response.headers.get("content-type")):
             # The Recorder streams it through route.translator; the body changes, so do these headers.
             for name in ("content-length", "content-encoding"):
                 response.headers.pop(name, None)

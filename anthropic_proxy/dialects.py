@@ -173,13 +173,21 @@ class Dialect:
         self.path = state_dir / DB_NAME
         self.busy_timeout = busy_timeout
         self.location = str(self.path)
+        self._opened: tuple[int, int] | None = None  # the file the last `open` opened: (device, inode)
 
     # --- connections ---
     def open(self) -> Any:
         db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        self._opened = _file_identity(self.path)
         return db
+
+    def file_lost(self) -> bool:
+        """The database file is gone from its path, or the file there is not the one the last `open` opened (it
+        was replaced): a connection to the old one would go on writing where nobody reads."""
+        found = _file_identity(self.path)
+        return found is None or (self._opened is not None and found != self._opened)
 
     def connect(self, *, lazy: bool = False) -> Connection:
         return Connection(self, lazy=lazy)
@@ -336,6 +344,9 @@ class PostgresDialect(Dialect):
         return self._psycopg.connect(self.url, autocommit=True, connect_timeout=10,
                                      application_name="anthropic-proxy")
 
+    def file_lost(self) -> bool:
+        return False  # (a server's database: a lost connection is `is_broken`)
+
     @staticmethod
     def sql(text: str) -> str:
         return _postgres_sql(text)
@@ -420,6 +431,14 @@ class PostgresDialect(Dialect):
 def _postgres_sql(text: str) -> str:
     """Placeholders: `?` -> `%s` (a literal % doubled). The store's SQL has no `?` inside string literals."""
     return text.replace("%", "%%").replace("?", "%s")
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def dialect_for(state_dir: Path, url: str = "", *, busy_timeout: float = 30) -> Dialect:

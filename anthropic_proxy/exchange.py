@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from .bodies import parse_body
 from .live import LiveBus
 from .record import HttpResponsePart, Record, RecordError, as_text
-from .stream_log import StreamOutline, stream_outcome, take_response, take_stream
+from .stream_log import StreamReader, client_reader, stream_outcome, take_response, take_stream
 
 logger = logging.getLogger("anthropic_proxy.exchange")
 
@@ -43,7 +43,11 @@ class Exchange:
         # The call's bytes, while what the record says of the call is still to be read from them (see `describe`).
         self._undescribed = request_content
         self.started = time.monotonic()
-        self.last_activity = self.started  # the request, the response headers, or the last chunk
+        self.last_activity = self.started  # the request, the response headers, the last chunk or body bytes
+        # A whole body's bytes received so far (set by the Recorder): it arrives with no call to the stream tap, so
+        # the watchdog asks this whether the upstream is still sending.
+        self.body_received: Callable[[], int | None] | None = None
+        self._body_seen: int | None = None
         self.abort: Callable[[], None] | None = None  # closes the upstream connection (set by the Recorder)
         # writes bytes to the client outside mitmproxy's stream callable (set by the Recorder when it can)
         self.send_to_client: Callable[[bytes], None] | None = None
@@ -54,9 +58,9 @@ class Exchange:
         # Whether someone in the proxy takes the record's end as it happens (the live monitor, a record-complete
         # hook). When nobody does, a passthrough stream's outcome is left to the store's writer (`ended`).
         self._end_watched = end_watched
-        # What the exchange's end needs of the client's stream, read from its log only then (and for live progress);
-        # made on first use: an end left to the store's writer never reads it.
-        self._outline: StreamOutline | None = None
+        # What the exchange's end needs of the client's stream (no chunks), read from its log only then (and for live
+        # progress); made on first use: an end left to the store's writer never reads it.
+        self._reader: StreamReader | None = None
         self._stream_ended = False
         self._ended_at: float | None = None
         self._ending: tuple[int, dict[str, str] | None, bytes | None, bool] | None = None  # for `complete`
@@ -133,16 +137,16 @@ class Exchange:
             except Exception:  # a recording bug must never cost the client a byte
                 logger.exception("live progress failed for record %s", self.record.id)
 
-    def _refresh_from_stream(self, *, finished: bool = False) -> StreamOutline:
-        outline, log = self._outline, self.record.client_stream
-        if outline is None:
-            outline = self._outline = StreamOutline()
+    def _refresh_from_stream(self, *, finished: bool = False) -> StreamReader:
+        reader, log = self._reader, self.record.client_stream
+        if reader is None:
+            reader = self._reader = client_reader(self.record, keep=False)
         if finished:
-            outline.finish(log)
+            reader.finish(log)
         else:
-            outline.read(log)
-        take_stream(self.record, outline, log)
-        return outline
+            reader.read(log)
+        take_stream(self.record, reader, log)
+        return reader
 
     # --- endings --------------------------------------------------------------------------------
 
@@ -165,7 +169,7 @@ class Exchange:
             self._end("ended")
             return
         if streamed:
-            self._end(*stream_outcome(self._refresh_from_stream(finished=True).accumulator))
+            self._end(*stream_outcome(self._refresh_from_stream(finished=True)))
             return
         self._end(*take_response(record, body))
 
@@ -187,6 +191,10 @@ class Exchange:
             self._end("error", RecordError(type=error_type, message=message))
 
     def silent_for(self, now: float) -> float:
+        """Seconds since the upstream last sent anything: a header, a chunk, a byte of a whole body."""
+        if self.body_received is not None and (received := self.body_received()) != self._body_seen:
+            self._body_seen = received
+            self.last_activity = now
         return now - self.last_activity
 
     def keep_alive(self, now: float) -> None:

@@ -126,7 +126,7 @@ class Record(_Model):
     upstream_chunks: list[Chunk] = Field(default_factory=list)
     # The streams as they passed, (ms after the request, bytes) per network chunk: all the proxy keeps of a stream
     # while it flows. `chunks`, `upstream_chunks` and `message` are read from them away from its hot path (see
-    # stream_log.py); until then `message` holds only the outline (usage, stop reason, no content). Never serialised.
+    # stream_log.py); until then `message` is at most what the exchange's end read (no chunks). Never serialised.
     client_stream: list[tuple[float, bytes]] = Field(default_factory=list, exclude=True)
     upstream_stream: list[tuple[float, bytes]] = Field(default_factory=list, exclude=True)
     # A whole (not streamed) response's body as it passed, while its reading is left to the store's writer (`ended`).

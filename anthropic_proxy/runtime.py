@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 from . import __version__
 from .exchange import Exchange
 from .live import LiveBus
+from .metrics import ProxyMetrics, ProxyState
 from .openrouter_api import ModelCatalog
 from .pricing import PriceBook
 from .proxy_config import ConfigStore
@@ -66,6 +67,18 @@ class Runtime:
 
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     watchdog: asyncio.Task[None] | None = None
+    metrics: ProxyMetrics = field(init=False)  # GET /metrics; counts every call's end (metrics.py)
+
+    def __post_init__(self) -> None:
+        self.metrics = ProxyMetrics(self.state, self.version)
+        self.store.call_ends.subscribe(self.metrics.count)
+
+    def state(self) -> ProxyState:
+        """What the proxy holds right now (read at each scrape of /metrics)."""
+        store = self.store
+        return ProxyState(in_flight=len(self.exchanges), store_queue=store.queued, store_unsaved=store.unsaved,
+                          store_write_errors=store.write_errors, store_degraded=store.last_write_error is not None,
+                          store_lost=store.lost, writer_restarts=store.writer_restarts)
 
     @property
     def prices(self) -> PriceBook:

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from . import bodies, store_writer
+from .call_end import CallEnds
 from .dialects import DB_NAME, SQLITE_MIGRATIONS, Connection, Dialect, dialect_for
 from .exchange import describe_call
 from .masking import mask_text
@@ -60,6 +61,7 @@ from .record import CacheBreak, Record, RecordError
 from .store_rows import METRIC_COLUMNS, RowWriter, prepare
 from .store_writer import WriterProcess, WriterSettings
 from .stream_log import read_record
+from .tracing import TraceConfig
 
 logger = logging.getLogger("anthropic_proxy.store")
 
@@ -174,6 +176,8 @@ class Store:
         self.prices = PriceBook(state_dir / PRICES_FILE)  # the proxy's too (Runtime.prices), and its writer's
         self.rows = RowWriter(self.dialect, self.prices)
         self._writer: WriterProcess | None = None  # started by the first put (the proxy's store: at once)
+        self.call_ends = CallEnds()  # each call's final facts, as the writer reads them (call_end.py)
+        self.tracing: TraceConfig | None = None  # the writer makes a span per call (tracing.py)
         with self._connect() as db:
             self.dialect.migrate(db)
             if close_orphans:
@@ -233,6 +237,12 @@ class Store:
         A final record is no longer changed (the record-complete hook gets a copy: `stream_log.read_record`)."""
         self._writer_process().put(record, request_body)
 
+    def configure_tracing(self, config: TraceConfig | None) -> None:
+        """An OpenTelemetry span per call from now on, made by the writer process (None: none)."""
+        self.tracing = config
+        if self._writer is not None:
+            self._writer.configure_tracing(config)
+
     def flush(self, timeout: float = 10) -> None:
         """Wait until the writer has tried to write everything put so far (bounded by `timeout`)."""
         if self._writer is not None:
@@ -254,8 +264,9 @@ class Store:
                 state_dir=self.state_dir, url=self.url, busy_timeout=self.busy_timeout,
                 instance_id=self.instance_id, instance_name=self.instance_name, announced=self._announced,
                 legacy=self._legacy, prune_every=store_writer.PRUNE_EVERY,
-                heartbeat_seconds=store_writer.HEARTBEAT_SECONDS)
-            self._writer = WriterProcess(settings, lambda: (self.max_records, self.retention_days))
+                heartbeat_seconds=store_writer.HEARTBEAT_SECONDS, trace=self.tracing)
+            self._writer = WriterProcess(settings, lambda: (self.max_records, self.retention_days),
+                                         on_ends=self.call_ends.deliver)
         return self._writer
 
     # The writer's counters (0 / None before the first put): /health and `stats` show them.
@@ -278,6 +289,16 @@ class Store:
     def lost(self) -> int:
         """Records dropped: writes failed for too long, or they could not be serialised."""
         return self._writer.lost if self._writer else 0
+
+    @property
+    def queued(self) -> int:
+        """Records put and not yet written."""
+        return len(self._writer.queued) if self._writer else 0
+
+    @property
+    def writer_restarts(self) -> int:
+        """Writer processes that died and were replaced."""
+        return self._writer.restarts if self._writer else 0
 
     def import_records(self, records: Iterable[Record]) -> dict[str, int]:
         """Add records in ONE transaction: all of them or, if `records` raises (bad input), none.
@@ -504,13 +525,21 @@ class Store:
         return {"models": models, "providers": providers}
 
     def stats(self) -> dict[str, Any]:
-        with self._reader() as db:
-            count = db.execute("SELECT count(*) FROM records").fetchone()[0]
-            size = self.dialect.size(db)
+        """The store's figures and state; never raises for a database that cannot be read (`readError` says why)."""
+        writer = self._writer
+        count = size = read_error = None
+        try:
+            with self._reader() as db:
+                count = db.execute("SELECT count(*) FROM records").fetchone()[0]
+                size = self.dialect.size(db)
+        except (*self.dialect.errors, OSError) as exc:
+            read_error = mask_text(self.dialect.scrub(str(exc)))
         return {"path": self.location, "backend": self.dialect.name, "records": count, "bytes": size,
-                "writeErrors": self.write_errors, "lastWriteError": self.last_write_error, "unsaved": self.unsaved,
-                "lost": self.lost, "queued": len(self._writer.queued) if self._writer else 0,
-                "writerRestarts": self._writer.restarts if self._writer else 0}
+                "readError": read_error, "writeErrors": self.write_errors, "lastWriteError": self.last_write_error,
+                "unsaved": self.unsaved, "lost": self.lost, "queued": self.queued,
+                "writerRestarts": self.writer_restarts, "notice": writer.notice if writer else None,
+                "threadRestarts": writer.thread_restarts if writer else 0,
+                "lastThreadError": writer.last_thread_error if writer else None}
 
     def clear(self) -> int:
         self.flush()

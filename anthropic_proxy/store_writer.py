@@ -12,7 +12,9 @@ runs here, on another core.
       sender thread: gathers 50 ms of puts into one message
         ("put", max_records, retention_days, [(id, seq, (json, body))])  ->  decode, prepare, write, retry
         ("flush", token) / ("stop",)                              ->  after the write attempt
-      receiver thread: drops acknowledged puts from `queued`  <-  Report(written, dropped, flushed, counters, logs)
+        ("trace", TraceConfig | None)                             ->  spans from now on (tracing.py)
+      receiver thread: drops acknowledged puts from `queued`  <-  Report(written, dropped, flushed, counters, logs,
+        and hands on each call's final facts (`call_end.py`)          ends: a CallEnd per final record taken)
 
 No record is lost to the hand-over: a put stays in `queued` until the writer reports it written (or dropped:
 unserialisable, or beyond `MAX_UNSAVED` while the disk refuses writes). If the writer process dies, the receiver
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -41,17 +44,27 @@ from multiprocessing.connection import Connection as Channel
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .bodies import parse_body
+from .call_end import CallEnd, call_end
 from .call_log import log_call
 from .dialects import Connection, dialect_for
 from .exchange import call_facts
 from .pricing import PRICES_FILE, PriceBook
 from .record import Record
 from .store_rows import Prepared, RowWriter, prepare
-from .stream_log import StreamLog, StreamReader, settle_ended
+from .stream_log import StreamLog, StreamReader, client_reader, settle_ended
+from .tracing import TraceConfig, Tracer
 from .translate import fastjson
 
 logger = logging.getLogger("anthropic_proxy.store")
+
+
+def _log(level: int, message: str, *args: Any, exc_info: bool = False) -> None:
+    """Log from the store's threads, which must survive their log: mitmproxy's terminal log calls `sys.exit(1)`
+    when it cannot print (a full disk under the log, a closed pipe), which would end the thread, not the proxy."""
+    with contextlib.suppress(BaseException):  # (nowhere left to say it)
+        logger.log(level, message, *args, exc_info=exc_info)
 
 BATCH_SECONDS = 0.05  # how long the sender gathers puts before sending them
 PENDING_DELAY = 0.25  # a pending record is written only if its call is still running this much later
@@ -61,6 +74,7 @@ PRUNE_EVERY = 500  # writes between two retention passes
 HEARTBEAT_SECONDS = 30.0  # how often an instance on a shared database says it is alive
 WRITER_NICENESS = 10  # added to the writer process's nice value (a lower CPU priority than the proxy's)
 _RESTART_PAUSE = 1.0  # between two starts of a writer process that keeps dying
+CHECK_SECONDS = 1.0  # how often an idle writer looks whether its database file is still there
 _STOP = object()
 
 
@@ -77,6 +91,7 @@ class WriterSettings:
     legacy: bool  # v2 rows are waiting to be rewritten in the v3 form
     prune_every: int  # PRUNE_EVERY and HEARTBEAT_SECONDS as they were when the store started (tests lower them)
     heartbeat_seconds: float
+    trace: TraceConfig | None = None  # an OpenTelemetry span per call, made here (tracing.py)
 
 
 @dataclass(slots=True)
@@ -91,7 +106,9 @@ class Report:
     last_write_error: str | None = None
     unsaved: int = 0
     lost: int = 0
+    notice: str | None = None  # something the operator should know that is not a failing write (a re-created file)
     logs: list[tuple[int, str]] = field(default_factory=list)
+    ends: list[CallEnd] = field(default_factory=list)  # the final records taken this round (see call_end.py)
 
 
 # The record's JSON; its request body's own bytes if they go apart; its logged streams (client, upstream) if any;
@@ -132,7 +149,7 @@ def decode(encoded: Encoded, prices: PriceBook | None = None) -> tuple[Record, d
     record = Record.model_validate(data)
     if streams is not None or record.status == "ended":  # (an ended stream may have logged nothing)
         client_log, upstream_log = streams or ([], [])
-        client, upstream = StreamReader(as_json=True), StreamReader(as_json=True)
+        client, upstream = client_reader(record, as_json=True), StreamReader(as_json=True)
         client.finish(client_log)
         upstream.finish(upstream_log)
         data["chunks"], data["upstreamChunks"] = client.chunks, upstream.chunks
@@ -150,11 +167,19 @@ def decode(encoded: Encoded, prices: PriceBook | None = None) -> tuple[Record, d
 _OUTCOME_FIELDS = frozenset({"status", "error", "usage", "stop_reason", "cost_usd", "cost_note", "metrics"})
 
 
+@dataclass(frozen=True, slots=True)
+class _Tracing:
+    """The outbox's item for a change of the tracing configuration."""
+
+    config: TraceConfig | None
+
+
 @dataclass(slots=True)
 class _Put:
     seq: int
     record: Record
     request_body: bytes | None
+    ended: bool = False  # its CallEnd was handed on (a restarted writer reports it again)
 
 
 # --- the proxy's side ------------------------------------------------------------------------------------
@@ -168,15 +193,20 @@ class WriterProcess:
     record is encoded right in `put`, once, and a pending one (a call that has just begun) is encoded only if
     it is still the latest put of its record `PENDING_DELAY` later: a short call writes one row, not two."""
 
-    def __init__(self, settings: WriterSettings, limits: Callable[[], tuple[int, float]]) -> None:
+    def __init__(self, settings: WriterSettings, limits: Callable[[], tuple[int, float]],
+                 on_ends: Callable[[list[CallEnd]], None] | None = None) -> None:
         self.settings = settings
         self._limits = limits  # (max_records, retention_days): options that change while running
+        self._on_ends = on_ends  # gets each call's final facts once, in the receiver thread
         self.queued: dict[str, _Put] = {}  # put, not yet reported written: `get` answers from here
         self.write_errors = 0
         self.last_write_error: str | None = None
         self.unsaved = 0
         self.lost = 0
         self.restarts = 0  # writer processes that died and were replaced
+        self.notice: str | None = None  # the writer's (see Report.notice)
+        self.thread_restarts = 0  # sender or receiver threads that died and were started again
+        self.last_thread_error: str | None = None
         # (record id, seq, JSON or None: encode later), a flush's Event, or _STOP; appended without a lock
         self._outbox: collections.deque[Any] = collections.deque()
         self._wake = threading.Event()  # the outbox has something
@@ -189,11 +219,8 @@ class WriterProcess:
         self._process: subprocess.Popen[bytes] | None = None
         self._channel: Channel | None = None
         self._start()
-        self._sender = threading.Thread(target=self._send_loop, name="anthropic-proxy-store-sender", daemon=True)
-        self._receiver = threading.Thread(target=self._receive_loop, name="anthropic-proxy-store-receiver",
-                                          daemon=True)
-        self._sender.start()
-        self._receiver.start()
+        self._sender = self._thread(self._send_loop, "sender")
+        self._receiver = self._thread(self._receive_loop, "receiver")
 
     def put(self, record: Record, request_body: bytes | None = None) -> None:
         seq = next(self._seq)
@@ -212,12 +239,17 @@ class WriterProcess:
             self.queued.pop(next(iter(self.queued)))
             self.lost += 1
             if self.lost == 1 or self.lost % 1000 == 0:
-                logger.error("store: %d record(s) lost: the writer process is not taking them", self.lost)
+                _log(logging.ERROR, "store: %d record(s) lost: the writer process is not taking them", self.lost)
 
     def pending(self, record_id: str) -> tuple[Record, bytes | None] | None:
         """A record put and not yet written, and its request body's bytes (if they go apart)."""
         item = self.queued.get(record_id)
         return (item.record, item.request_body) if item else None
+
+    def configure_tracing(self, config: TraceConfig | None) -> None:
+        """Spans from now on (None: none), also from a writer process started after this one dies."""
+        self.settings = dataclasses.replace(self.settings, trace=config)
+        self._send(_Tracing(config))
 
     def flush(self, timeout: float) -> None:
         done = threading.Event()
@@ -235,7 +267,7 @@ class WriterProcess:
             except subprocess.TimeoutExpired:
                 self._process.kill()
         if self.queued:
-            logger.error("store: %d record(s) could not be written before shutdown", len(self.queued))
+            _log(logging.ERROR, "store: %d record(s) could not be written before shutdown", len(self.queued))
 
     def _send(self, item: Any, *, urgent: bool = False) -> None:
         self._outbox.append(item)
@@ -246,9 +278,33 @@ class WriterProcess:
 
     def _lose(self, record_id: str) -> None:
         self.lost += 1
-        logger.exception("store: record %s cannot be stored", record_id)
+        _log(logging.ERROR, "store: record %s cannot be stored", record_id, exc_info=True)
 
     # --- threads -----------------------------------------------------------------------------------
+
+    def _thread(self, loop: Callable[[], None], name: str) -> threading.Thread:
+        thread = threading.Thread(target=self._supervised, args=(loop, name), name=f"anthropic-proxy-store-{name}",
+                                  daemon=True)
+        thread.start()
+        return thread
+
+    def _supervised(self, loop: Callable[[], None], name: str) -> None:
+        """Run a thread's loop, and run it again if it fails: whatever ends it (a bug, a `SystemExit` that a log
+        handler raised) must not leave records in memory for good. /health says it happened."""
+        while True:
+            try:
+                loop()
+                return
+            except BaseException as exc:
+                if self._closing:
+                    return
+                self._thread_failed(name, repr(exc))
+                time.sleep(0.1)  # (a loop that fails at once must not spin)
+
+    def _thread_failed(self, name: str, why: str) -> None:
+        self.thread_restarts += 1
+        self.last_thread_error = f"the store's {name} thread failed ({why}) and was started again"
+        _log(logging.ERROR, "store: %s", self.last_thread_error)
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair()
@@ -269,7 +325,7 @@ class WriterProcess:
         self.restarts += 1
         # /health says degraded until the new process reports (its first report sets the writer's own state)
         self.last_write_error = f"the store's writer process stopped (exit code {code})"
-        logger.error("store: %s; starting another", self.last_write_error)
+        _log(logging.ERROR, "store: %s; starting another", self.last_write_error)
         if self._channel is not None:
             self._channel.close()
         time.sleep(max(0.0, self._started_at + _RESTART_PAUSE - time.monotonic()))
@@ -289,6 +345,7 @@ class WriterProcess:
             self._urgent.clear()
             ready: dict[str, tuple[int, Encoded]] = {}
             flushes: list[threading.Event] = []
+            tracing: list[TraceConfig | None] = []
             stop = False
             while self._outbox:
                 item = self._outbox.popleft()
@@ -301,6 +358,8 @@ class WriterProcess:
                         ready[record_id] = (seq, data)
                 elif item is _STOP:
                     stop = True
+                elif isinstance(item, _Tracing):
+                    tracing.append(item.config)
                 else:
                     flushes.append(item)
             now = time.monotonic()
@@ -308,7 +367,7 @@ class WriterProcess:
                 if due <= now or flushes or stop:
                     del deferred[record_id]
                     self._encode_later(record_id, seq, ready)
-            messages: list[tuple[Any, ...]] = []
+            messages: list[tuple[Any, ...]] = [("trace", config) for config in tracing[-1:]]
             if ready:
                 messages.append(("put", *self._limits(), [(rid, seq, data) for rid, (seq, data) in ready.items()]))
             for done in flushes:
@@ -351,15 +410,29 @@ class WriterProcess:
             self._apply(report)
 
     def _apply(self, report: Report) -> None:
-        for level, message in report.logs:
-            logger.log(level, message)
+        if report.ends and self._on_ends is not None:
+            self._on_ends(self._first_reports(report.ends))
         for record_id, seq in (*report.written, *report.dropped):
             self._forget(record_id, seq)
         self.write_errors, self.last_write_error = report.write_errors, report.last_write_error
+        self.notice = report.notice
         self.unsaved, self.lost = report.unsaved, self.lost + report.lost
         for token in report.flushed:
             if (done := self._flushes.pop(token, None)) is not None:
                 done.set()
+        for level, message in report.logs:  # last: the report has taken effect whatever logging does
+            _log(level, message)
+
+    def _first_reports(self, ends: list[CallEnd]) -> list[CallEnd]:
+        """The ends not handed on before: a put stays queued until written, and a writer started after another died
+        takes (and reports) it again."""
+        fresh = []
+        for end in ends:
+            item = self.queued.get(end.record_id)
+            if item is not None and not item.ended:
+                item.ended = True
+                fresh.append(end)
+        return fresh
 
     def _forget(self, record_id: str, seq: int) -> None:
         """Drop a put from `queued` unless a newer put of the record came since."""
@@ -402,8 +475,11 @@ class Writer:
         self.last_write_error: str | None = None
         self.lost = 0  # since the last report
         self.unsaved: dict[str, tuple[int, Prepared]] = {}  # write failed (disk full, locked): retried
+        self.notice: str | None = None
         self._writes = 0
         self._parent_gone = False
+        self.tracer: Tracer | None = None
+        self._use_tracing(settings.trace)
 
     def run(self) -> None:
         settings = self.settings
@@ -412,10 +488,12 @@ class Writer:
         while not stopping:
             idle_work = self.legacy and not self.unsaved
             # Old rows are rewritten a few at a time with pauses between, whenever nothing else waits.
-            timeout = RETRY_SECONDS if self.unsaved else 0.2 if idle_work else None
+            timeout = RETRY_SECONDS if self.unsaved else 0.2 if idle_work else \
+                CHECK_SECONDS if self.dialect.path is not None else None
             if settings.announced:
                 timeout = max(0.0, min(timeout or settings.heartbeat_seconds, next_beat - time.monotonic()))
             messages = self._receive(timeout)
+            self._check_file()
             if settings.announced and time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + settings.heartbeat_seconds
                 self._beat()
@@ -429,6 +507,8 @@ class Writer:
                     self._take(items, report)
                 elif message[0] == "flush":
                     report.flushed.append(message[1])
+                elif message[0] == "trace":
+                    self._use_tracing(message[1])
                 else:
                     stopping = True
             if self.unsaved and self._write():
@@ -443,12 +523,35 @@ class Writer:
         if self.unsaved:
             logger.error("store: %d record(s) could not be written to %s before shutdown",
                          len(self.unsaved), self.dialect.location)
+        self._use_tracing(None)  # (its last spans go, for a bounded while)
         if settings.announced:
             with contextlib.suppress(*self.dialect.errors):
                 self.db.reopen_if_broken()
                 self.db.execute("DELETE FROM instances WHERE id = ?", (settings.instance_id,))
         self.db.close()
         self._report(Report())
+
+    def _check_file(self) -> None:
+        """SQLite: a database file deleted or replaced under the writer (its state dir removed, say) would take
+        every later write where nobody reads it. Open a new one at the path instead (the directory too), and say
+        so: the records written before then are not in it."""
+        if not self.dialect.file_lost():
+            return
+        location = self.dialect.location
+        try:
+            self.db.close()
+            self.dialect.path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+            self.db = self.dialect.connect()
+            self.dialect.migrate(self.db)
+        except (*self.dialect.errors, OSError) as exc:  # the next write fails too, and says why (lastWriteError)
+            self.db = self.dialect.connect(lazy=True)
+            logger.error("store: %s was deleted or replaced, and a new one cannot be created there (%s)",
+                         location, exc)
+            return
+        self.notice = (f"{location} was deleted or replaced under the running proxy (noticed at "
+                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}): a new database was created there; the records "
+                       "written before then are not in it")
+        logger.warning("store: %s", self.notice)
 
     def _receive(self, timeout: float | None) -> list[tuple[Any, ...]]:
         """What the proxy sent, waiting up to `timeout` for the first message; the proxy gone is a stop."""
@@ -467,6 +570,8 @@ class Writer:
         for record_id, seq, encoded in items:
             try:
                 record, data = decode(encoded, self.prices)
+                if (end := self._end_of(record)) is not None:
+                    self._trace(end, record)  # (before `prepare`, which cuts the bodies the record shares)
                 prepared = prepare(record, self.settings.instance_id, data)
             except Exception:  # one record that cannot be stored must not stop the writer
                 self.lost += 1
@@ -476,6 +581,39 @@ class Writer:
             log_call(record)  # (here every record's outcome, usage and cost are known: see call_log.py)
             self.unsaved.pop(record_id, None)
             self.unsaved[record_id] = (seq, prepared)  # the latest put of a record wins
+            if end is not None:
+                report.ends.append(end)
+
+    def _use_tracing(self, config: TraceConfig | None) -> None:
+        if self.tracer is not None:
+            if self.tracer.config == config:
+                return
+            self.tracer.shutdown(wait=config is None)
+        self.tracer = None
+        if config is not None:
+            try:
+                self.tracer = Tracer(config, version=__version__)
+            except Exception:  # (the proxy checked the extra is there: a bad setting, say) calls go on, untraced
+                logger.exception("store: OpenTelemetry spans cannot be made")
+
+    def _trace(self, end: CallEnd, record: Record) -> None:
+        """The call's span: made here, in this process, so that the SDK's CPU is not taken from the proxy's."""
+        if self.tracer is not None:
+            try:
+                self.tracer.on_end(end, record)
+            except Exception:
+                logger.exception("store: the span of record %s could not be made", record.id)
+
+    @staticmethod
+    def _end_of(record: Record) -> CallEnd | None:
+        """A final record's CallEnd (every final put is a call that has just ended in the proxy)."""
+        if not record.is_final:
+            return None
+        try:
+            return call_end(record)
+        except Exception:  # its facts are a bonus: the record is still stored
+            logger.exception("store: the final facts of record %s could not be read", record.id)
+            return None
 
     def _write(self) -> bool:
         """One transaction for everything unsaved; False when the database refused it (then it is retried)."""
@@ -521,7 +659,7 @@ class Writer:
 
     def _report(self, report: Report) -> None:
         report.write_errors, report.last_write_error = self.write_errors, self.last_write_error
-        report.unsaved, report.lost = len(self.unsaved), self.lost
+        report.unsaved, report.lost, report.notice = len(self.unsaved), self.lost, self.notice
         report.logs, self.logs.lines = self.logs.lines, []
         if self._parent_gone:
             return

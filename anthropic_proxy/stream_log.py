@@ -5,8 +5,8 @@ parsing and keeping every event there took about a third of the proxy's CPU per 
 the log where someone needs them:
 
 - the end of an exchange that someone in the proxy takes as it happens (the live monitor, a record-complete hook;
-  and every translated one) reads its *outline* (`StreamOutline`): the message's own events, all its final state
-  needs (usage, stop reason, an error event, whether `message_stop` came);
+  and every translated one) reads it there, keeping no chunks: its final state needs the message's usage, stop
+  reason, an error event, whether `message_stop` came;
 - otherwise the proxy does not read the stream at all: the record is `ended`, and its outcome is read with the
   rest of the stream (`settle_ended`); so is a whole passthrough answer's, from its body (`take_response`, which
   the exchange also uses when someone takes the end as it happens);
@@ -14,17 +14,21 @@ the log where someone needs them:
   cost) before writing the record;
 - in the proxy, what shows a record to someone (`Store.get` of a record not yet written, the record-complete hook,
   mitmweb's view) reads it with `read_record`.
+
+Every one of them reads with a `StreamReader`: one decoding (content coding, any SSE line end, a byte order mark;
+events told apart by their data's `type`, as Anthropic's SDKs do, not by `event:` lines, which are optional), so a
+record is the same whoever reads it and whether anyone watches.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
 from .bodies import parse_body
+from .codings import ContentDecoder, DecodingError, codings_of
 from .pricing import PriceBook, apply_cost
 from .record import Chunk, Record, RecordError, Status, Usage, as_text
 from .translate import fastjson
@@ -32,11 +36,6 @@ from .translate.accumulate import MessageAccumulator
 from .translate.sse import SSEDecoder, SSEEvent, plain_events
 
 StreamLog = list[tuple[float, bytes]]  # (ms after the request, bytes) per network chunk, in order
-
-# The events an exchange's outcome depends on (its usage, stop reason, error, end); the others make the content.
-_MESSAGE_EVENTS = frozenset({"message_start", "message_delta", "message_stop", "error"})
-_MESSAGE_EVENT_LINE = re.compile(rb"event: ?(?:message_start|message_delta|message_stop|error)\n")
-_PLAIN_DELTA = b"event: content_block_delta\n"  # nearly every event of a stream
 
 
 def event_data(data: str) -> Any:
@@ -57,31 +56,65 @@ def events_data(texts: list[str]) -> list[Any]:
 
 class StreamReader:
     """Reads a stream's events from its log, incrementally: `read` takes the entries added since the last call.
-    Each event is counted, kept as a chunk (timed by the network chunk that completed it) and added to the message.
+    Each event is counted, kept as a chunk (timed by the network chunk that completed it; unless `keep` is False)
+    and added to the message. The one reading of a stream, whoever asks: the exchange's end, the live monitor, the
+    record-complete hook, the store's writer.
+
+    `codings`: the response's content codings (`codings.codings_of`): the log holds the bytes as they passed, and
+    they are decoded here. Bytes that are not in the declared coding end the reading (`undecodable` says why).
     """
 
-    __slots__ = ("_as_json", "_decoder", "_done", "accumulator", "chunks", "count")
-    _outline = False  # StreamOutline: only the message's own events, none kept
+    __slots__ = ("_as_json", "_content", "_decoder", "_done", "_keep_chunks", "accumulator", "chunks", "count",
+                 "undecodable")
 
-    def __init__(self, *, as_json: bool = False) -> None:
+    def __init__(self, *, as_json: bool = False, keep: bool = True, codings: list[str] | None = None) -> None:
         self._as_json = as_json  # keep each event as a Chunk, or (for the store's writer) as a Chunk's JSON form
+        self._keep_chunks = keep  # the exchange's own reading needs the message and the count, not the chunks
         self._decoder = SSEDecoder()
         self._done = 0  # log entries read
         self.accumulator = MessageAccumulator()
         self.chunks: list[Any] = []
         self.count = 0
+        self.undecodable: str | None = None
+        self._content: ContentDecoder | None = None
+        if codings:
+            try:
+                self._content = ContentDecoder(codings)
+            except DecodingError as exc:
+                self.undecodable = str(exc)
 
     def read(self, log: StreamLog) -> None:
-        for t_ms, data in log[self._done:]:
+        new, self._done = self._decoded(log[self._done:]), len(log)
+        for t_ms, data in new:
             self._take(t_ms, self._decoder.feed(data))
-        self._done = len(log)
 
     def finish(self, log: StreamLog) -> None:
         """The stream ended: read the rest, then a last event left without its blank line."""
-        if not (self._done == 0 and self._read_plain(log)):
-            self.read(log)
+        fresh, new = self._done == 0, self._decoded(log[self._done:], end=log[-1][0] if log else None)
+        self._done = len(log)
+        if not (fresh and self._read_plain(new)):
+            for t_ms, data in new:
+                self._take(t_ms, self._decoder.feed(data))
             self._take(log[-1][0] if log else 0.0, self._decoder.flush())
         self.accumulator.finish()
+
+    def _decoded(self, entries: StreamLog, *, end: float | None = None) -> StreamLog:
+        """The entries with their content coding undone; at the stream's `end` (the time of its last entry), with
+        what the decoder still held."""
+        if self.undecodable is not None:
+            return []
+        content = self._content
+        if content is None:
+            return entries
+        decoded: StreamLog = []
+        try:
+            for t_ms, data in entries:
+                decoded.append((t_ms, content.feed(data)))
+            if end is not None:
+                decoded.append((end, content.flush()))
+        except DecodingError as exc:
+            self.undecodable = str(exc)
+        return decoded
 
     def _read_plain(self, log: StreamLog) -> bool:
         """A whole log read at once, when it is nothing but plain named events (nearly always): what `read` would
@@ -90,27 +123,26 @@ class StreamReader:
         pairs = plain_events(data)
         if pairs is None:
             return False
-        # Each event ends at its blank line, the only b"\n\n" in a plain event, and is timed by the entry it ends in.
-        times: list[float] = []
-        searched = end = 0
-        for t_ms, entry in log:
-            end += len(entry)
-            if ended := data.count(b"\n\n", searched, end):
-                times += [t_ms] * ended
-                searched = data.rfind(b"\n\n", searched, end) + 2
         values = events_data([value for _, value in pairs])
-        self._keep(zip(times, (name for name, _ in pairs), values, strict=True))
-        self.count, self._done = len(pairs), len(log)
+        if self._keep_chunks:
+            # Each event ends at its blank line, the only b"\n\n" in a plain event, and is timed by the entry it
+            # ends in.
+            times: list[float] = []
+            searched = end = 0
+            for t_ms, entry in log:
+                end += len(entry)
+                if ended := data.count(b"\n\n", searched, end):
+                    times += [t_ms] * ended
+                    searched = data.rfind(b"\n\n", searched, end) + 2
+            self._keep(zip(times, (name for name, _ in pairs), values, strict=True))
+        self.count = len(pairs)
         self.accumulator.add_all(values)
         return True
 
-    def _take(self, t_ms: float, events: list[SSEEvent], *, counted: bool = False) -> None:
-        if not counted:
-            self.count += len(events)
-        if self._outline:
-            events = [event for event in events if event.event in _MESSAGE_EVENTS]
+    def _take(self, t_ms: float, events: list[SSEEvent]) -> None:
+        self.count += len(events)
         values = events_data([event.data for event in events])
-        if not self._outline:
+        if self._keep_chunks:
             self._keep((t_ms, event.event, value) for event, value in zip(events, values, strict=True))
         self.accumulator.add_all(values)
 
@@ -122,57 +154,9 @@ class StreamReader:
             self.chunks += [Chunk(t_ms, name, value) for t_ms, name, value in events]
 
 
-class StreamOutline(StreamReader):
-    """What an exchange's end needs of its stream, read cheaply: every event is counted and none is kept; only the
-    message's own events (`message_start`, `message_delta`, `message_stop`, `error`) are parsed, so the message has
-    its usage and stop reason but no content.
-
-    Most events are not even decoded. After a "\n\n" a decoder is always between events, so the stream is cut into
-    blocks there. When every block begins with an `event:` line (Anthropic's streams, the translator's), the blocks
-    are counted and a C-speed scan for the message's event names finds the few to decode; otherwise each block that
-    is not a plain content delta goes through the decoder.
-    """
-
-    __slots__ = ("_rest",)
-    _outline = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._rest = b""  # the bytes after the last "\n\n" read
-
-    def read(self, log: StreamLog) -> None:
-        new, self._done = log[self._done:], len(log)
-        if not new:
-            return
-        buffer = self._rest + b"".join(data for _, data in new)
-        cut = buffer.rfind(b"\n\n") + 2
-        if cut < 2:
-            self._rest = buffer
-            return
-        self._rest = buffer[cut:]
-        blocks, t_ms, decode = buffer[:cut], new[-1][0], self._decoder.feed
-        count = blocks.count(b"\n\n")
-        if b"\r" not in blocks and blocks.count(b"\n\nevent:") + blocks.startswith(b"event:") == count:
-            self.count += count  # every block is an event (it has an event line)
-            decoded = -1
-            for match in _MESSAGE_EVENT_LINE.finditer(blocks):  # (a superset: one inside a data line matches too)
-                previous = blocks.rfind(b"\n\n", 0, match.start())
-                start = previous + 2 if previous >= 0 else 0
-                if start > decoded:
-                    decoded = start
-                    self._take(t_ms, decode(blocks[start:blocks.index(b"\n\n", match.start()) + 2]), counted=True)
-            return
-        for block in blocks[:-2].split(b"\n\n"):
-            if block.startswith(_PLAIN_DELTA) and block.count(b"\n") == 1:
-                self.count += 1
-            else:
-                self._take(t_ms, decode(block + b"\n\n"))
-
-    def finish(self, log: StreamLog) -> None:
-        self.read(log)
-        rest, self._rest = self._rest, b""
-        self._take(log[-1][0] if log else 0.0, [*self._decoder.feed(rest), *self._decoder.flush()])
-        self.accumulator.finish()
+def client_reader(record: Record, *, as_json: bool = False, keep: bool = True) -> StreamReader:
+    """A reader for the stream the client got, which passed with the record's response's content coding."""
+    return StreamReader(as_json=as_json, keep=keep, codings=codings_of(record.response and record.response.headers))
 
 
 def take_stream(record: Record, reader: StreamReader, log: StreamLog) -> None:
@@ -186,10 +170,15 @@ def take_stream(record: Record, reader: StreamReader, log: StreamLog) -> None:
         record.stop_reason = as_text(message.get("stop_reason"))
 
 
-def stream_outcome(accumulator: MessageAccumulator) -> tuple[Status, RecordError | None]:
-    """How a stream that has ended went: as its error event says, cut short (no `message_stop`), or well."""
+def stream_outcome(reader: StreamReader) -> tuple[Status, RecordError | None]:
+    """How a stream that has ended went: as its error event says, cut short (no `message_stop`), unreadable (its
+    bytes are not in the content coding it declared), or well."""
+    accumulator = reader.accumulator
     if accumulator.error:
         return "error", RecordError.from_anthropic(accumulator.error)
+    if not accumulator.stopped and reader.undecodable is not None:
+        return "error", RecordError(type="undecodable_stream",
+                                    message=f"the stream cannot be read: {reader.undecodable}")
     if not accumulator.stopped:
         return "error", RecordError(type="incomplete_stream", message="the stream ended before message_stop")
     return "success", None
@@ -225,7 +214,7 @@ def settle_ended(record: Record, client: StreamReader, log: StreamLog, prices: P
         record.status, record.error = take_response(record, content)
     else:
         take_stream(record, client, log)
-        record.status, record.error = stream_outcome(client.accumulator)
+        record.status, record.error = stream_outcome(client)
     if prices is not None:
         apply_cost(record, prices)
 
@@ -237,7 +226,7 @@ def read_record(record: Record, prices: PriceBook | None = None) -> Record:
     the store, where they have been read already) keeps its own."""
     if not record.client_stream and not record.upstream_stream and record.status != "ended":
         return record.model_copy()
-    client, upstream = StreamReader(), StreamReader()
+    client, upstream = client_reader(record), StreamReader()
     client_log = list(record.client_stream)  # (a snapshot: a live stream's log is still growing)
     if record.is_final:
         client.finish(client_log)

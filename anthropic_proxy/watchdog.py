@@ -4,6 +4,8 @@ A translated (openrouter) stream whose upstream says nothing for `stream_keepali
 (`ping`, or an SSE comment before message_start) written to the client, so neither the client nor anything in
 between drops an idle connection; the upstream's silence still counts towards `request_timeout`.
 
+Silence is no byte from the upstream: not its headers, a stream's chunk, nor a byte of a whole body still
+arriving (`Exchange.silent_for`).
 
 mitmproxy has no upstream read timeout of its own, and `flow.kill()` cannot stop a flow in transit,
 so the watchdog ends the record with the reason and closes the upstream connection (the exchange's

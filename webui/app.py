@@ -5,7 +5,7 @@ it; it runs on a private loopback port inside mitmproxy's own event loop, and it
 mitmproxy (so live events work). Every other path belongs to the upstream.
 
 Routes live in one table per module: `pages` (/, /monitor, /config, /static), `monitor_api`
-(/api/monitor/*), `config_api` (/api/config*) and this module's own (/health).
+(/api/monitor/*), `config_api` (/api/config*), `metrics_api` (/metrics) and this module's own (/health).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from aiohttp import web
 
 from ..runtime import RUNTIME_KEY as RUNTIME
 from ..runtime import Runtime
-from . import config_api, monitor_api, pages
+from . import config_api, metrics_api, monitor_api, pages
 from .common import INTERNAL_HEADER, error_response
+from .outgoing import masked_answers
 from .security import add_security_headers, check_request, only_through_proxy
 
 __all__ = ["INTERNAL_HEADER", "RUNTIME", "WebRoutes", "create_app", "error_response", "routes"]
@@ -33,19 +34,23 @@ async def health(request: web.Request) -> web.Response:
     settings = runtime.settings
     mode = runtime.config.current.mode
     upstream = settings.openrouter_base_url if mode == "openrouter" else settings.anthropic_upstream
-    status = "degraded" if store["lastWriteError"] else "ok"  # the store refuses writes (disk full, locked)
-    return web.json_response({"status": status, "mode": mode, "upstream": upstream,
-                              "version": runtime.version, "inFlight": len(runtime.exchanges), "store": store})
+    # Degraded: the store refuses writes (disk full, locked) or reads, its file was re-created under the proxy, or
+    # one of its threads had died.
+    reason = store["lastWriteError"] or store["readError"] or store["notice"] or store["lastThreadError"]
+    return web.json_response({"status": "degraded" if reason else "ok", "reason": reason, "mode": mode,
+                              "upstream": upstream, "version": runtime.version, "inFlight": len(runtime.exchanges),
+                              "store": store})
 
 
 def create_app(runtime: Runtime) -> web.Application:
-    app = web.Application(middlewares=[only_through_proxy, check_request])
+    app = web.Application(middlewares=[only_through_proxy, check_request, masked_answers])
     app[RUNTIME] = runtime
     app.on_response_prepare.append(add_security_headers)
     app.add_routes(routes)
     app.add_routes(pages.routes)
     monitor_api.install(app)
     app.add_routes(config_api.routes)
+    app.add_routes(metrics_api.routes)
     return app
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from aiohttp import web
 from .. import analysis, conversation
 from .. import export as exporting
 from .. import ratelimits as rate_limits
+from ..masking import mask_text
 from ..record import FINAL_STATUSES, Record
 from ..runtime import RUNTIME_KEY as RUNTIME
 from ..runtime import Runtime
@@ -27,6 +29,7 @@ from ..stream_log import read_record
 from .common import error_response
 from .security import token_required
 
+logger = logging.getLogger("anthropic_proxy.webui")
 routes = web.RouteTableDef()
 
 STATUSES = frozenset({"pending", *FINAL_STATUSES})
@@ -157,7 +160,8 @@ async def clear(request: web.Request) -> web.Response:
 
 # ---- live events ----------------------------------------------------------------------------------------------
 def _sse(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    """One live event, keys masked (a summary holds the client's path and the start of its text)."""
+    return f"event: {event}\ndata: {mask_text(json.dumps(data, separators=(',', ':')))}\n\n".encode()
 
 
 @routes.get("/api/monitor/stream")
@@ -236,18 +240,37 @@ async def export(request: web.Request) -> web.StreamResponse:
         raise _bad_request(f"format must be one of {', '.join(exporting.FORMATS)} (got {fmt!r})")
     compress = request.query.get("gzip", "") in ("1", "true", "yes")
     name = exporting.file_name(fmt, gzip=compress)
+    chunks: Iterator[Any] = exporting.export_chunks(runtime.store.iter_records(flt), fmt)
+    if compress:
+        chunks = exporting.gzipped(chunks)
+    # The first batch is read before the answer starts: a store that cannot be read (a corrupted page, a missing
+    # file) gets an error status with the reason, not a 200 with an empty file.
+    try:
+        batch = await asyncio.to_thread(_take, chunks, EXPORT_BATCH)
+    except Exception as exc:
+        return error_response(500, f"the export failed: {_reason(exc)}", "api_error")
     response = web.StreamResponse(headers={
         "Content-Type": "application/gzip" if compress else exporting.CONTENT_TYPES[fmt],
         "Content-Disposition": f'attachment; filename="{name}"',
     })
     await response.prepare(request)
-    chunks: Iterator[Any] = exporting.export_chunks(runtime.store.iter_records(flt), fmt)
-    if compress:
-        chunks = exporting.gzipped(chunks)
-    while batch := await asyncio.to_thread(_take, chunks, EXPORT_BATCH):
+    while batch:
         await response.write(b"".join(batch) if compress else "".join(batch).encode())
+        try:
+            batch = await asyncio.to_thread(_take, chunks, EXPORT_BATCH)
+        except Exception as exc:
+            # Too late for a status: end the answer without its last chunk, so the download fails instead of
+            # passing for a whole file, and say why in the log.
+            logger.error("export of %s failed after it began: %s", name, _reason(exc))
+            if request.transport is not None:
+                request.transport.close()
+            return response
     await response.write_eof()
     return response
+
+
+def _reason(exc: Exception) -> str:
+    return mask_text(str(exc)) or type(exc).__name__
 
 
 @routes.post("/api/monitor/import")

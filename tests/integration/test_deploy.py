@@ -61,7 +61,7 @@ def test_dockerfile_installs_the_package_and_runs_the_launcher():
     assert "anthropic-proxy" in pyproject["project"]["scripts"]
     assert instructions["CMD"].startswith('["anthropic-proxy"')
     runs = [args for i, args in dockerfile() if i == "RUN"]
-    assert any('pip install "/src[postgres]" && rm -rf /src' in args for args in runs), "a plain install, sources gone"
+    assert any('pip install "/src[postgres,otel]" && rm -rf /src' in args for args in runs), "plain install"
     assert not any("-e " in args for args in runs)
     env = docker_env()
     assert env["HOST"] == "0.0.0.0" and env["ANTHROPIC_PROXY_HOME"] == "/data"

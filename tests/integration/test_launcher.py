@@ -112,7 +112,8 @@ def test_export_into_a_closed_pipe_and_from_no_store(tmp_path):
 
 def test_help_lists_the_commands_and_the_port():
     text = run_cli("--help").stdout
-    for words in ("export", "import", "addon-path", "-p, --port PORT", "--set NAME=VALUE"):
+    # (argparse writes "-p PORT, --port PORT" on 3.12 and "-p, --port PORT" on 3.13)
+    for words in ("export", "import", "addon-path", "-p", "--port PORT", "--set NAME=VALUE"):
         assert words in text, words
 
 
@@ -192,4 +193,6 @@ def test_a_wheel_installed_outside_the_checkout_records_a_call(tmp_path, fake_an
     finally:
         proxy.stop()
     assert f"Loading script {Path(site) / 'anthropic_proxy' / 'addons' / 'proxy.py'}" in proxy.logs()
-    assert str(REPO_ROOT) not in proxy.logs()
+    # No code of the checkout ran (the test venv's own packages may live inside the checkout, so look at its folders).
+    for folder in ("anthropic_proxy", "addons", "translate", "webui"):
+        assert f"{REPO_ROOT / folder}/" not in proxy.logs(), folder

@@ -141,3 +141,49 @@ def test_a_call_still_running_gets_its_pending_row_without_anyone_asking(tmp_pat
         wait_until(lambda: rows() == [(record.id, "pending")], timeout=5)
     finally:
         store.close()
+
+
+def test_a_store_thread_that_fails_is_started_again_and_says_so(tmp_path: Path):
+    """Whatever ends a loop of the store's threads (here a SystemExit out of the receiver, as a log handler that
+    cannot print raises) must not leave later records in memory for good, and stats (so /health) say it."""
+    store = Store(tmp_path)
+    try:
+        writer = store._writer
+        apply, failures = writer._apply, []
+
+        def failing_once(report):
+            if not failures:
+                failures.append(report)
+                raise SystemExit(1)
+            apply(report)
+
+        writer._apply = failing_once
+        store.put(make_record(status="success"))
+        wait_until(lambda: failures)
+        later = [make_record(status="success") for _ in range(3)]
+        for record in later:
+            store.put(record)
+        wait_until(lambda: all(r.id not in writer.queued for r in later))
+        stats = store.stats()
+        assert stats["threadRestarts"] == 1 and "receiver thread failed (SystemExit(1))" in stats["lastThreadError"]
+        assert writer._receiver.is_alive() and writer._sender.is_alive()
+        assert {r.id for r in later} <= {r["id"] for r in store.query(RecordFilter())[0]}
+    finally:
+        store.close()
+
+
+def test_a_deleted_database_file_is_re_created_with_its_schema(tmp_path: Path):
+    store = Store(tmp_path / "state")
+    try:
+        store.put(make_record(status="success"))
+        store.flush()
+        subprocess.run(["rm", "-rf", str(tmp_path / "state")], check=True)
+        assert store.stats()["readError"] is not None and store.stats()["records"] is None  # no raise
+        wait_until(lambda: store.stats()["notice"] is not None)
+        later = make_record(status="success")
+        store.put(later)
+        store.flush()
+        assert [r["id"] for r in store.query(RecordFilter())[0]] == [later.id]
+        assert "deleted or replaced" in store.stats()["notice"] and store.stats()["readError"] is None
+    finally:
+        store.close()

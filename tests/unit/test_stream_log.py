@@ -1,5 +1,5 @@
-"""Reading a logged stream: the exchange's cheap outline must agree with the whole read on everything it reports,
-however the network cut the stream and whatever its line ends."""
+"""Reading a logged stream: the exchange's own reading (no chunks kept, read as the stream flows) must agree with the
+whole read, however the network cut the stream and whatever its line ends."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from anthropic_proxy.live import LiveBus
 from anthropic_proxy.pricing import PriceBook, apply_cost
 from anthropic_proxy.record import HttpRequestPart, Record
 from anthropic_proxy.store_writer import decode, encode
-from anthropic_proxy.stream_log import StreamLog, StreamOutline, StreamReader, read_record
+from anthropic_proxy.stream_log import StreamLog, StreamReader, read_record
 from anthropic_proxy.translate.sse import encode_event
 
 FIXTURES = Path(__file__).parent.parent / "data" / "anthropic_sse" / "anthropic"
@@ -33,13 +33,13 @@ def cut(stream: bytes, rng: random.Random, pieces: int) -> StreamLog:
     return [(float(i), stream[a:b]) for i, (a, b) in enumerate(zip([0, *points], [*points, len(stream)], strict=True))]
 
 
-def outline_of(log: StreamLog, *, step: int = 1) -> StreamOutline:
-    """The outline as an exchange reads it: some entries at a time while the stream flows, then the end."""
-    outline = StreamOutline()
+def as_exchange_reads(log: StreamLog, *, step: int = 1) -> StreamReader:
+    """The stream as an exchange reads it: some entries at a time while the stream flows, then the end."""
+    reader = StreamReader(keep=False)
     for end in range(step, len(log), step):
-        outline.read(log[:end])
-    outline.finish(log)
-    return outline
+        reader.read(log[:end])
+    reader.finish(log)
+    return reader
 
 
 def whole(log: StreamLog) -> StreamReader:
@@ -50,23 +50,21 @@ def whole(log: StreamLog) -> StreamReader:
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("line_end", [b"\n", b"\r\n"])
-def test_the_outline_agrees_with_the_whole_read(name: str, line_end: bytes) -> None:
+def test_the_exchanges_reading_agrees_with_the_whole_read(name: str, line_end: bytes) -> None:
     stream = sse(name).replace(b"\n", line_end)
     rng = random.Random(name)
     reference = whole([(0.0, stream)])
     assert reference.count > 3 and reference.accumulator.stopped
     for log in ([(0.0, stream)], cut(stream, rng, 7), cut(stream, rng, 40), [(0.0, stream[i:i + 1]) for i in
                                                                           range(len(stream))]):
-        outline, full = outline_of(log, step=3), whole(log)
-        assert full.count == outline.count == reference.count
-        assert full.accumulator.message == reference.accumulator.message
-        assert outline.chunks == []
-        assert (outline.accumulator.stopped, outline.accumulator.error) == (True, None)
-        got, want = outline.accumulator.message, reference.accumulator.message
-        assert got["content"] == [] and {**got, "content": None} == {**want, "content": None}
+        exchanges, full = as_exchange_reads(log, step=3), whole(log)
+        assert full.count == exchanges.count == reference.count
+        assert full.accumulator.message == exchanges.accumulator.message == reference.accumulator.message
+        assert exchanges.chunks == []
+        assert (exchanges.accumulator.stopped, exchanges.accumulator.error) == (True, None)
 
 
-def test_the_outline_reads_the_message_events_of_any_stream() -> None:
+def test_the_exchanges_reading_reads_the_message_events_of_any_stream() -> None:
     delta = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,' \
             b'"delta":{"type":"text_delta","text":"x"}}\n\n'
     stream = (b'event: message_start\ndata: {"type":"message_start","message":{"content":[],"usage":'
@@ -83,14 +81,14 @@ def test_the_outline_reads_the_message_events_of_any_stream() -> None:
               + b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
               b'"usage":{"output_tokens":9}}')  # the last event has no blank line: the end delivers it
     for log in ([(0.0, stream)], [(float(i), stream[i:i + 1]) for i in range(len(stream))]):
-        outline, full = outline_of(log, step=5), whole(log)
-        assert outline.count == full.count == 10
-        assert outline.accumulator.error == full.accumulator.error == {"type": "overloaded_error",
-                                                                        "message": "busy"}
-        assert outline.accumulator.message["usage"] == {"input_tokens": 3, "output_tokens": 9}
-        assert outline.accumulator.message["stop_reason"] == "end_turn"
+        exchanges, full = as_exchange_reads(log, step=5), whole(log)
+        assert exchanges.count == full.count == 10
+        assert exchanges.accumulator.error == full.accumulator.error == {"type": "overloaded_error",
+                                                                          "message": "busy"}
+        assert exchanges.accumulator.message["usage"] == {"input_tokens": 3, "output_tokens": 9}
+        assert exchanges.accumulator.message["stop_reason"] == "end_turn"
+        assert full.accumulator.message == exchanges.accumulator.message
         assert full.accumulator.message["content"] == [{"type": "text", "text": "xxx"}]
-        assert outline.accumulator.message["content"] == []
 
 
 def test_the_writer_reads_what_read_record_reads() -> None:
@@ -108,27 +106,27 @@ def test_the_writer_reads_what_read_record_reads() -> None:
     assert Record.model_validate(data).chunks == read.chunks
 
 
-def test_the_outline_finds_message_events_however_they_are_named_in_a_block() -> None:
-    """Every block begins with an event line (the scan's case): a block renamed by a second event line, and the
-    name written inside a data line, are read as a decoder reads them."""
+def test_events_are_read_by_their_data_however_they_are_named() -> None:
+    """A block renamed by a second event line, and an event name written inside a data line, are read as a decoder
+    reads them: by the data's type."""
     stream = (b'event: message_start\ndata: {"type":"message_start","message":{"content":[],"usage":{}}}\n\n'
               b'event: ping\ndata: event: message_stop\n\n'  # not the end: a ping whose data is that text
               b'event: content_block_delta\nevent: message_delta\ndata: {"type":"message_delta","delta":'
               b'{"stop_reason":"tool_use"},"usage":{"output_tokens":2}}\n\n'
               b'event:message_stop\ndata: {"type":"message_stop"}\n\n')
     for log in ([(0.0, stream)], cut(stream, random.Random(2), 5)):
-        outline, full = outline_of(log, step=2), whole(log)
-        assert outline.count == full.count == 4
-        assert outline.accumulator.stopped and full.accumulator.stopped
-        assert outline.accumulator.message == {**full.accumulator.message, "content": []}
-        assert outline.accumulator.message["stop_reason"] == "tool_use"
+        exchanges, full = as_exchange_reads(log, step=2), whole(log)
+        assert exchanges.count == full.count == 4
+        assert exchanges.accumulator.stopped and full.accumulator.stopped
+        assert exchanges.accumulator.message == full.accumulator.message
+        assert exchanges.accumulator.message["stop_reason"] == "tool_use"
     truncated = stream[:stream.index(b"event:message_stop")]
-    assert not outline_of([(0.0, truncated)]).accumulator.stopped, "the ping's data is not the end"
+    assert not as_exchange_reads([(0.0, truncated)]).accumulator.stopped, "the ping's data is not the end"
 
 
 def ended_and_watched(log: StreamLog) -> tuple[Record, Record]:
     """One stream ended twice: with nobody in the proxy taking its end (left `ended`) and with someone taking it
-    (the outline decides it; the Recorder prices it)."""
+    (the exchange reads it; the Recorder prices it)."""
     records = []
     for watched in (False, True):
         record = Record(request=HttpRequestPart(method="POST", path="/v1/messages"), stream=True,

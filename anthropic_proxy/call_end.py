@@ -1,0 +1,149 @@
+"""A call's final facts (`CallEnd`) and how they reach the proxy: metrics, traces and anything else that needs the
+outcome, tokens and cost of every call as it ends.
+
+Where they come from. A passthrough exchange that nobody in the proxy watches ends `ended`: its outcome, usage and
+cost are read by the store's writer process, which parses every stream and body anyway (see stream_log.py). So the
+writer is where every call's final state is known, watched or not, and it is known there without the proxy's event
+loop parsing a byte more. The writer makes a `CallEnd` of each final record it takes (`call_end`, 5-17 µs of its
+CPU) and sends it back in its next report (the span, when tracing is on, it makes itself: tracing.py); the store's
+receiver thread hands it to `CallEnds.deliver`, which calls every listener (the Prometheus counters). Taking it
+costs the proxy 4-6 µs per call. Settling each call in the proxy instead would have meant describing the call
+(parsing Claude Code's request body, 0.5-0.8 ms of the event loop per call) and reading the stream's outline
+(50-150 µs) for every call, not only watched ones (bench/bench_observability.py measures all of these).
+
+Contract for listeners (`CallEnds.subscribe`):
+- one `CallEnd` per call that ended in this proxy, once (a writer restart sends a record again: the store drops
+  the second report, see `store_writer.WriterProcess`), typically 50-100 ms after the call's end; whether or not
+  the database accepted the write (facts come from the record, not from the disk);
+- called in the store's receiver thread, not the event loop: be quick (the receiver acknowledges writes after
+  it), thread-safe, and never block; an exception is logged and the other listeners still run;
+- records imported from a file and those closed at start-up (a crash's orphans) are not calls of this proxy and
+  bring no `CallEnd`.
+
+A record the proxy could not hand over at all (unserialisable: `store.lost`) brings none either.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+from .record import Record
+
+logger = logging.getLogger("anthropic_proxy.call_end")
+
+
+class CallEnd(NamedTuple):
+    """What a finished call was, as the store will keep it. A named tuple: it comes back from the writer process
+    pickled in its reports, and a tuple unpickles about ten times faster than a frozen dataclass (1.5 µs, not 21)."""
+
+    record_id: str
+    started: float  # seconds since the epoch: when the request's first byte arrived
+    operation: str  # "chat" (/v1/messages) or "count_tokens" (/v1/messages/count_tokens)
+    provider: str  # "anthropic" or "openrouter"
+    model: str | None  # as the client asked
+    upstream_model: str | None  # what it was sent upstream as (openrouter mode), else None
+    response_model: str | None  # as the answer says (message.model)
+    response_id: str | None
+    stream: bool
+    status: str  # success | error | cancelled
+    error_type: str | None
+    stop_reason: str | None
+    session_id: str | None
+    max_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    input_tokens: int  # Anthropic's meaning: not counting the cache reads and writes below
+    output_tokens: int
+    cache_read_tokens: int
+    cache_creation_tokens: int
+    cost_usd: float | None
+    duration_ms: float | None
+    ttfb_ms: float | None
+    traceparent: str | None  # the client's W3C trace context, if it sent one
+    tracestate: str | None
+
+    @property
+    def served_model(self) -> str | None:
+        """The model that answered: the upstream's in openrouter mode, else the one asked for."""
+        return self.upstream_model or self.model
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _whole(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def call_end(record: Record) -> CallEnd:
+    """The facts of a final record (its body parsed, its outcome, usage and cost read)."""
+    body = record.request.body if isinstance(record.request.body, dict) else {}
+    message = record.message or {}
+    headers = record.request.headers
+    usage = record.usage
+    error = record.error
+    return CallEnd(
+        record_id=record.id,
+        started=record.timestamp.timestamp(),
+        operation="count_tokens" if "/count_tokens" in record.request.path else "chat",
+        provider=record.provider,
+        model=record.model,
+        upstream_model=record.upstream_model,
+        response_model=_text(message.get("model")),
+        response_id=_text(message.get("id")),
+        stream=record.stream,
+        status=record.status,
+        error_type=error.type if error is not None else None,
+        stop_reason=record.stop_reason,
+        session_id=record.session_id,
+        max_tokens=_whole(body.get("max_tokens")),
+        temperature=_number(body.get("temperature")),
+        top_p=_number(body.get("top_p")),
+        top_k=_whole(body.get("top_k")),
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_input_tokens,
+        cache_creation_tokens=usage.cache_creation_input_tokens,
+        cost_usd=record.cost_usd,
+        duration_ms=record.metrics.duration_ms,
+        ttfb_ms=record.metrics.ttfb_ms,
+        traceparent=_header(headers, "traceparent"),
+        tracestate=_header(headers, "tracestate"),
+    )
+
+
+def _header(headers: dict[str, str], name: str) -> str | None:
+    return next((value for key, value in headers.items() if key.lower() == name), None)
+
+
+Listener = Callable[[CallEnd], None]
+
+
+class CallEnds:
+    """Hands each call's `CallEnd` to the listeners (see the module's contract)."""
+
+    def __init__(self) -> None:
+        self._listeners: tuple[Listener, ...] = ()  # replaced, never changed in place: delivery runs in a thread
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners = (*self._listeners, listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        self._listeners = tuple(known for known in self._listeners if known != listener)
+
+    def deliver(self, ends: Iterable[CallEnd]) -> None:
+        listeners = self._listeners
+        for end in ends:
+            for listener in listeners:
+                try:
+                    listener(end)
+                except Exception:  # one listener's bug must not cost the others (nor the store's receiver)
+                    logger.exception("a call-end listener failed for record %s", end.record_id)
