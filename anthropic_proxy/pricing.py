@@ -390,7 +390,7 @@ def usd(value: Decimal) -> float:
 class Cost:
     usd: float | None
     note: str | None = None  # why there is no cost, or why it is an estimate
-    source: str | None = None  # anthropic-prices | prices.json | openrouter-usage | openrouter-models | free
+    source: str | None = None  # genai-prices | prices.json | openrouter-usage | openrouter-models | free
 
 
 _PARTIAL_NOTE = "estimate: the exchange ended before its final usage arrived"
