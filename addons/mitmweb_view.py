@@ -27,7 +27,7 @@ from mitmproxy import ctx, exceptions, flowfilter, http
 from mitmproxy.addonmanager import Loader
 
 from anthropic_proxy import runtime as runtime_module
-from anthropic_proxy.call_log import summary_parts
+from anthropic_proxy.call_log import provider_name, summary_parts, via
 from anthropic_proxy.environment import environment
 from anthropic_proxy.masking import SECRET_HEADERS, mask_header_value
 from anthropic_proxy.record import Record
@@ -79,14 +79,14 @@ def describe(record: Record) -> tuple[str, str]:
     """The flow comment and mark for a record: what a person scanning mitmweb's list wants to know."""
     parts = summary_parts(record)
     comment = " · ".join(parts) + f"\nrecord {record.id}"
-    if record.provider == "openrouter":
-        comment += ("\ntranslated: the request shown is what went to OpenRouter; the response is the Anthropic "
-                    "answer the client received. Both sides are in the record (/monitor).")
+    if record.upstream_request is not None:
+        comment += (f"\ntranslated: the request shown is what went to {provider_name(record.provider)}; the response "
+                    "is the Anthropic answer the client received. Both sides are in the record (/monitor).")
     if record.status == "error":
         mark = MARK_ERROR
     elif record.status == "cancelled":
         mark = MARK_CANCELLED
-    elif record.provider == "openrouter":
+    elif record.upstream_request is not None:
         mark = MARK_TRANSLATED
     else:
         mark = ""
@@ -185,8 +185,7 @@ class MitmwebView:
             return
         record = exchange.describe()  # (shown in mitmweb at once: its model, and later its outcome)
         _live_records[flow.id] = record
-        via = f"→ {record.upstream_model} via OpenRouter" if record.provider == "openrouter" else "· anthropic"
-        flow.comment = f"{record.model or '?'} {via} · in progress\nrecord {record.id}"
+        flow.comment = f"{record.model or '?'} {via(record)} · in progress\nrecord {record.id}"
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # The first hook after the request has gone upstream (error() covers a request that got no answer).

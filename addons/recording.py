@@ -20,7 +20,7 @@ from anthropic_proxy.masking import mask_headers
 from anthropic_proxy.media import is_event_stream
 from anthropic_proxy.openrouter_route import ClientRequest, Route
 from anthropic_proxy.pricing import apply_cost
-from anthropic_proxy.record import HttpRequestPart, Record
+from anthropic_proxy.record import Attempt, HttpRequestPart, Record
 from anthropic_proxy.stream_log import read_record
 
 from .routing import API_CALL
@@ -93,10 +93,9 @@ class Recorder:
         record = Record(
             timestamp=datetime.fromtimestamp(flow.request.timestamp_start, UTC),
             request=HttpRequestPart(method=client.method, path=client.path, headers=mask_headers(client.headers)),
-            provider="openrouter" if route else "anthropic",
-            upstream_model=route.upstream_model if route else None,
-            upstream_request=route.upstream_body if route else None,
         )
+        if route is not None:
+            _take_target(record, route)
         record.metrics.request_bytes = len(client.content)
         # The body's bytes go to the store with the record: its writer parses them (and describes the call from them,
         # unless someone here needed that sooner: Exchange.describe), rather than this event loop parsing and encoding
@@ -116,6 +115,10 @@ class Recorder:
         if exchange is None or flow.response is None:
             return
         response = flow.response
+        route = runtime_module.current_runtime().routes.get(flow.id)
+        if route is not None and route.targets:  # the relay chose the target that answers
+            _take_target(exchange.record, route)
+            exchange.transform = route.translator
         if not is_event_stream(response.headers.get("content-type")):
             exchange.response_started(response.status_code, {})  # its headers come with its body (`response`)
             exchange.body_received = lambda: body_bytes_received(flow)  # the watchdog's sign of a body arriving
@@ -158,6 +161,8 @@ class Recorder:
             return
         runtime.exchanges.pop(flow_id, None)
         route = runtime.routes.pop(flow_id, None)
+        record.route = route.match if route is not None else None
+        record.attempts = route.attempts if route is not None and route.attempts else [_only_attempt(record)]
         if record.status == "ended":  # nobody here takes its end: the store's writer reads its outcome, and prices it
             runtime.store.put(record, request_body=request_body)
             return
@@ -167,6 +172,22 @@ class Recorder:
             runtime.bus.publish("ended", record.summary())
         if _has_handlers(AnthropicRecordCompleteHook.name):
             runtime.spawn(ctx.master.addons.trigger_event(AnthropicRecordCompleteHook(read_record(record))))
+
+
+def _take_target(record: Record, route: Route) -> None:
+    """What the record says of the target the call went to (the one that answered, once one has)."""
+    record.provider, record.upstream_model, record.upstream_request = (route.provider, route.upstream_model,
+                                                                       route.upstream_body)
+
+
+def _only_attempt(record: Record) -> Attempt:
+    """The one try of a call that had no fallbacks to try."""
+    response, error = record.response, record.error
+    return Attempt(provider=record.provider, model=record.upstream_model or record.model,
+                   status=response.status if response else None,
+                   error=error.message if error is not None and (response is None or response.status is None
+                                                                 or response.status >= 400) else None,
+                   duration_ms=record.metrics.ttfb_ms if response and response.status else record.metrics.duration_ms)
 
 
 def _end_watched() -> bool:

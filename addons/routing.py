@@ -1,4 +1,6 @@
-"""Sends each Anthropic API call to its upstream: Anthropic unchanged, or OpenRouter translated."""
+"""Sends each Anthropic API call to its target: the route that matches it (config.json `routes`), else the mode's
+provider; Anthropic-type providers get the body as it is, OpenAI-type ones a translation. A call with fallbacks
+goes through the failover relay (anthropic_proxy/failover.py), which tries its targets in order."""
 
 from __future__ import annotations
 
@@ -11,23 +13,22 @@ from mitmproxy.net.http import url
 
 from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy.environment import environment
+from anthropic_proxy.failover import RELAY_HEADER, Relay
 from anthropic_proxy.media import is_event_stream
 from anthropic_proxy.openrouter_route import (
-    MISSING_KEY_MESSAGE,
     ClientRequest,
     LocalAnswer,
     Route,
     parse_messages_request,
-    plan_messages_call,
     translate_full_response,
-    upstream_headers,
 )
+from anthropic_proxy.providers import Target
 from anthropic_proxy.proxy_config import ProxyConfig
 from anthropic_proxy.runtime import Runtime
-from anthropic_proxy.translate import fastjson
-from anthropic_proxy.translate.errors import anthropic_error_body
+from anthropic_proxy.targets import CallFacts, Dispatch, UpstreamCall, select_targets
 from anthropic_proxy.translate.reasoning import SIGNATURE_PREFIX, strip_openrouter_reasoning
 from anthropic_proxy.translate.tokens import estimate_input_tokens
+from anthropic_proxy.webui.common import INTERNAL_HEADER
 
 from .capture import CAPTURED
 from .webapp import INTERNAL_FLOW
@@ -53,6 +54,12 @@ class Router:
     """Routes the flows Capture marked as Anthropic API traffic; any other flow (another host's, through a
     forward proxy or local capture) goes on to its own host untouched."""
 
+    def running(self) -> None:
+        runtime = runtime_module.current_runtime()
+        if runtime is not None and runtime.relay is None:  # one per process, across script reloads
+            runtime.relay = Relay(runtime)
+            runtime.spawn(runtime.relay.start())
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if not flow.metadata.get(CAPTURED):
             return
@@ -69,9 +76,9 @@ class Router:
             return
         config = runtime.config.current  # this call keeps this snapshot, whatever changes meanwhile
         api_call = flow.metadata.get(API_CALL)
-        if config.mode == "openrouter" and api_call:
-            self._to_openrouter(flow, runtime, config, api_call)
-        else:
+        if api_call and (config.mode != "anthropic" or config.routes or config.fallbacks):
+            self._route(flow, runtime, config, api_call)
+        else:  # the common case stays byte-exact and parses nothing
             self._to_anthropic(flow, runtime)
 
     @staticmethod
@@ -88,34 +95,69 @@ class Router:
         if flow.metadata.get(API_CALL) == MESSAGES_PATH and _OPENROUTER_SIGNATURE in (request.content or b""):
             _strip_openrouter_reasoning(request)
 
-    @staticmethod
-    def _to_openrouter(flow: http.HTTPFlow, runtime: Runtime, config: ProxyConfig, path: str) -> None:
+    def _route(self, flow: http.HTTPFlow, runtime: Runtime, config: ProxyConfig, path: str) -> None:
+        """Choose the call's targets once (the route, its fallbacks), then send it to the first, or to the relay."""
         request = flow.request
-        route = Route(client=ClientRequest(request.method, request.path, request.headers.items(multi=True),
+        # (a list: routes and the record both read the headers)
+        route = Route(client=ClientRequest(request.method, request.path, list(request.headers.items(multi=True)),
                                            request.content or b""))
         runtime.routes[flow.id] = route
+        settings = runtime.settings
+        dispatch = Dispatch(config, settings.anthropic_upstream, settings.openrouter_base_url, environment.get)
         try:
-            body = parse_messages_request(route.client.content)
+            body = route.body = parse_messages_request(route.client.content)
+            route.requested_model = body["model"]
+            selection = select_targets(config, CallFacts(body, route.client.headers),
+                                       cooling=runtime.cooldowns.cooling,
+                                       resolve_model=lambda target: dispatch.model_for(target, body["model"]))
+            route.match = selection.match
+            first = selection.targets[0]
+            route.provider = first.provider
             if path == COUNT_TOKENS_PATH:
-                # OpenRouter has no token counting endpoint: answer from the local estimate.
-                raise LocalAnswer(200, {"input_tokens": estimate_input_tokens(body)})
-            api_key = environment.get("OPENROUTER_API_KEY")
-            if not api_key:
-                raise LocalAnswer(401, anthropic_error_body("authentication_error", MISSING_KEY_MESSAGE))
-            plan_messages_call(route, body, config)
+                if dispatch.provider(first.provider).type == "openai":
+                    # OpenAI-style APIs have no token counting endpoint: answer from the local estimate.
+                    raise LocalAnswer(200, {"input_tokens": estimate_input_tokens(body)})
+                self._to_first(flow, runtime, route, dispatch, first, body)
+            elif len(selection.targets) > 1 and runtime.relay is not None and runtime.relay.port is not None:
+                route.dispatch, route.targets = dispatch, selection.targets
+                self._to_relay(flow, runtime, runtime.relay.port)
+            else:
+                self._to_first(flow, runtime, route, dispatch, first, body)
         except LocalAnswer as answer:
             flow.response = json_response(answer.status, answer.body, answer.headers)
-            return
-        assert route.translated is not None
-        target = f"{runtime.settings.openrouter_base_url}/chat/completions"
+
+    def _to_first(self, flow: http.HTTPFlow, runtime: Runtime, route: Route, dispatch: Dispatch, target: Target,
+                  body: dict) -> None:
+        """The call has one target to try: mitmproxy sends it there itself."""
+        if target.provider == "anthropic" and target.model == body["model"]:
+            route.upstream_model = target.model
+            self._to_anthropic(flow, runtime)  # byte-exact, with the client's own headers
+        else:
+            self._send(flow, dispatch.prepare(route, target, body))
+
+    @staticmethod
+    def _send(flow: http.HTTPFlow, call: UpstreamCall) -> None:
+        request = flow.request
         request.headers.clear()
-        request.headers.update(upstream_headers(config, api_key, route.translated.stream))
-        request.host_header = urlsplit(target).netloc
-        request.url = target
-        request.content = fastjson.dumps(route.translated.body)
+        for name, value in call.headers:
+            request.headers.add(name, value)
+        # Setting scheme/host/port also fixes SNI and, for an absolute URL in forward mode, the target.
+        request.scheme, request.host, request.port, prefix, request.host_header = _upstream_parts(call.base_url)
+        request.path = prefix + call.path
+        request.content = call.content
+
+    @staticmethod
+    def _to_relay(flow: http.HTTPFlow, runtime: Runtime, port: int) -> None:
+        request = flow.request
+        request.headers.clear()  # the relay sends each target its own (route.client keeps the client's)
+        request.headers[INTERNAL_HEADER] = runtime.internal_token
+        request.headers[RELAY_HEADER] = flow.id
+        request.scheme, request.host, request.port = "http", "127.0.0.1", port
+        request.host_header = f"127.0.0.1:{port}"
+        request.content = b""
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        route = route_of(flow)
+        route = route_of(flow)  # (a relayed call's: filled for the target that answers)
         response = flow.response
         if route is None or route.translator is None or response is None:
             return
@@ -142,9 +184,10 @@ class Router:
         flow.response = json_response(status, body, {**_passed_headers(response), **headers})
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)
 def _upstream_parts(upstream: str) -> tuple[str, str, int, str, str]:
-    """`anthropic_upstream` as (scheme, host, port, path prefix, Host header): parsed once per value, not per call."""
+    """An upstream's base URL (`anthropic_upstream`, a provider's) as (scheme, host, port, path prefix, Host
+    header): parsed once per value, not per call."""
     parts = urlsplit(upstream)
     scheme, host = parts.scheme, parts.hostname or ""
     port = parts.port or (443 if scheme == "https" else 80)

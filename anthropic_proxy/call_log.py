@@ -18,13 +18,20 @@ def money(cost: float) -> str:
     return f"${cost:.4f}" if cost >= 0.01 else f"${cost:.6f}"
 
 
+def provider_name(provider: str) -> str:
+    return "OpenRouter" if provider == "openrouter" else provider
+
+
+def via(record: Record) -> str:
+    """Where the call went: `· anthropic` for a plain passthrough, else `→ model via provider`."""
+    if record.provider == "anthropic" and record.upstream_model in (None, record.model):
+        return "· anthropic"
+    return f"→ {record.upstream_model or '?'} via {provider_name(record.provider)}"
+
+
 def summary_parts(record: Record) -> list[str]:
     """What a person scanning calls wants to know: model (and where it went), outcome, tokens, cost, duration."""
-    model = record.model or "?"
-    if record.provider == "openrouter":
-        head = f"{model} → {record.upstream_model or '?'} via OpenRouter"
-    else:
-        head = f"{model} · anthropic"
+    head = f"{record.model or '?'} {via(record)}"
     if record.request.path.split("?", 1)[0].endswith("/count_tokens"):
         head += " · count_tokens"
     if record.status == "success":
@@ -47,6 +54,9 @@ def summary_parts(record: Record) -> list[str]:
     parts = [head, outcome, tokens, cost]
     if record.metrics.duration_ms is not None:
         parts.append(f"{record.metrics.duration_ms / 1000:.2f} s")
+    if len(record.attempts) > 1:
+        parts.append(f"after {len(record.attempts)} attempts: " + ", ".join(
+            f"{a.provider} {a.status or 'no answer'}" for a in record.attempts))
     return parts
 
 

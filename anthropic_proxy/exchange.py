@@ -15,7 +15,8 @@ from typing import Any, Protocol
 from .bodies import parse_body
 from .live import LiveBus
 from .record import HttpResponsePart, Record, RecordError, as_text
-from .stream_log import StreamReader, client_reader, stream_outcome, take_response, take_stream
+from .stream_log import StreamReader, client_reader, log_size, stream_outcome, take_response, take_stream
+from .translate.accumulate import MessageAccumulator
 
 logger = logging.getLogger("anthropic_proxy.exchange")
 
@@ -24,7 +25,12 @@ SESSION_HEADER = "x-claude-code-session-id"
 
 
 class StreamTransform(Protocol):
-    """Turns upstream stream bytes into the client's Anthropic stream (the OpenRouter translator)."""
+    """Turns upstream stream bytes into the client's Anthropic stream (the OpenAI-style translator). It keeps the
+    outline of what it wrote (`outline`: the message's own events; `events`: how many), so the exchange's end does
+    not read the client's stream again."""
+
+    outline: MessageAccumulator
+    events: int
 
     def feed(self, chunk: bytes) -> bytes: ...
     def finish(self) -> bytes: ...
@@ -63,6 +69,7 @@ class Exchange:
         self._reader: StreamReader | None = None
         self._stream_ended = False
         self._ended_at: float | None = None
+        self._client_bytes = 0  # the size of the client's stream so far
         self._ending: tuple[int, dict[str, str] | None, bytes | None, bool] | None = None  # for `complete`
         self._last_progress = 0.0
 
@@ -129,6 +136,7 @@ class Exchange:
         if not out:
             return
         self.record.client_stream.append((t_ms, out))
+        self._client_bytes += len(out)
         if self._bus.has_subscribers and self.last_activity - self._last_progress > _PROGRESS_INTERVAL:
             self._last_progress = self.last_activity
             try:
@@ -145,7 +153,7 @@ class Exchange:
             reader.finish(log)
         else:
             reader.read(log)
-        take_stream(self.record, reader, log)
+        take_stream(self.record, reader.accumulator, reader.count, log_size(log))
         return reader
 
     # --- endings --------------------------------------------------------------------------------
@@ -168,8 +176,14 @@ class Exchange:
                 record.response_content = body or b""
             self._end("ended")
             return
+        if streamed and (transform := self.transform) is not None:
+            # Its translator wrote every event the client got, and kept their outline as it went: nothing to reread.
+            take_stream(record, transform.outline, transform.events, self._client_bytes)
+            self._end(*stream_outcome(transform.outline))
+            return
         if streamed:
-            self._end(*stream_outcome(self._refresh_from_stream(finished=True)))
+            reader = self._refresh_from_stream(finished=True)
+            self._end(*stream_outcome(reader.accumulator, reader.undecodable))
             return
         self._end(*take_response(record, body))
 

@@ -448,10 +448,11 @@ def price_record(record: Record, book: PriceBook, *, reported_cost: float | None
         return Cost(usd(anthropic_cost(tokens, found.price)), partial, found.source)
     if not tokens.billable:
         return Cost(0.0, source="free")  # nothing was processed (refused, rate limited, cut before any usage)
-    found = book.lookup(record.model, record.timestamp)
+    model = record.upstream_model or record.model  # what really answered (a route or fallback may change it)
+    found = book.lookup(model, record.timestamp)
     if found is None:
         where = book.override_path or PRICES_FILE
-        return Cost(None, f"no price for model {record.model!r}: add it to {where}")
+        return Cost(None, f"no price for model {model!r}: add it to {where}")
     if is_subscription_call(record):
         partial = f"{SUBSCRIPTION_NOTE}; {partial}" if partial else SUBSCRIPTION_NOTE
     return Cost(usd(anthropic_cost(tokens, found.price)), partial, found.source)

@@ -1,4 +1,5 @@
-"""The user's proxy configuration: mode, model mapping, extra OpenRouter headers, kept in config.json.
+"""The user's proxy configuration: mode, model mapping, extra OpenRouter headers, providers, routes and
+fallbacks (see providers.py), kept in config.json.
 
 Never a secret: the OpenRouter key stays in the environment. Each `ProxyConfig` is immutable, so a
 request keeps the snapshot it started with however the configuration changes meanwhile.
@@ -13,8 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
+from .providers import RoutingConfig, check_headers
 from .translate.models import ModelMapping
 
 logger = logging.getLogger("anthropic_proxy.config")
@@ -39,8 +41,8 @@ def _default_headers() -> dict[str, str]:
     return {"HTTP-Referer": "https://github.com/anthropic-proxy/anthropic-proxy", "X-Title": "anthropic-proxy"}
 
 
-class ProxyConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class ProxyConfig(RoutingConfig):
+    """`mode` and `models` are the shorthand for the common case: what a call goes to when no route matches."""
 
     mode: ProxyMode = "anthropic"
     models: ModelMap = Field(default_factory=ModelMap)
@@ -49,19 +51,14 @@ class ProxyConfig(BaseModel):
     @field_validator("headers")
     @classmethod
     def _safe_headers(cls, headers: dict[str, str]) -> dict[str, str]:
-        for name, value in headers.items():
-            if not name or any(c in name for c in " :\r\n") or "\r" in value or "\n" in value:
-                raise ValueError(f"invalid header {name!r}: names have no spaces or colons, values no line breaks")
-            if name.lower() in ("authorization", "x-api-key", "host", "content-length"):
-                raise ValueError(f"header {name!r} is set by the proxy itself")
-        return headers
+        return check_headers(headers)
 
 
 class ConfigError(ValueError):
     """An update that does not validate; the message says why, field by field."""
 
 
-def _describe(error: ValidationError) -> str:
+def describe_error(error: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors())
 
 
@@ -80,10 +77,11 @@ class ConfigStore:
             return ProxyConfig()
 
     def update(self, patch: Any) -> ProxyConfig:
-        """Apply a partial update (`{"models": {"haiku": ...}}` changes only haiku) and save it."""
+        """Apply a partial update (`{"models": {"haiku": ...}}` changes only haiku; `providers`, `routes` and
+        `fallbacks` are replaced whole) and save it. Nothing changes unless the whole result is valid."""
         if not isinstance(patch, dict):
             raise ConfigError("the body must be a JSON object such as {\"mode\": \"openrouter\"}")
-        merged = self.current.model_dump()
+        merged = self.current.model_dump(by_alias=True)
         for key, value in patch.items():
             if isinstance(value, dict) and isinstance(merged.get(key), dict) and key == "models":
                 merged[key] = {**merged[key], **value}
@@ -92,7 +90,7 @@ class ConfigStore:
         try:
             config = ProxyConfig.model_validate(merged)
         except ValidationError as exc:
-            raise ConfigError(_describe(exc)) from None
+            raise ConfigError(describe_error(exc)) from None
         self._save(config)
         return config
 
@@ -108,6 +106,9 @@ class ConfigStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".config-", suffix=".json")
         with os.fdopen(fd, "w", encoding="utf-8") as file:
-            json.dump(config.model_dump(), file, indent=2)
+            data = config.model_dump(by_alias=True, exclude_none=True)
+            for unused in [k for k in ("providers", "routes", "fallbacks") if not data[k]]:
+                del data[unused]  # a file without them reads the same, and stays as older versions wrote it
+            json.dump(data, file, indent=2)
         os.replace(tmp, self.path)
         self.current = config

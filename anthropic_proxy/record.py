@@ -18,7 +18,7 @@ from pydantic.alias_generators import to_camel
 # stream's log or the whole answer's body). The store's writer reads them before writing, and `stream_log.read_record`
 # for whoever is shown the record sooner; nothing stores or shows an "ended" record.
 Status = Literal["pending", "ended", "success", "error", "cancelled"]
-Provider = Literal["anthropic", "openrouter"]
+Provider = str  # `anthropic`, `openrouter` or a provider named in config.json
 FINAL_STATUSES: frozenset[str] = frozenset({"success", "error", "cancelled"})  # the outcomes stored
 
 
@@ -104,6 +104,16 @@ class CacheBreak(_Model):
     extra_cost_usd: float | None = None  # what they cost above a cache read (None: the model has no price)
 
 
+class Attempt(_Model):
+    """One try at one target: which, what it answered (status None: no answer), why it failed, how long."""
+
+    provider: str
+    model: str | None = None
+    status: int | None = None
+    error: str | None = None
+    duration_ms: float | None = None
+
+
 class Record(_Model):
     id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
@@ -133,6 +143,8 @@ class Record(_Model):
     response_content: bytes | None = Field(default=None, exclude=True)
     upstream_response: Any = None  # OpenRouter's raw answer when it was not streamed
     error: RecordError | None = None
+    route: dict[str, Any] | None = None  # the route in config.json that matched: {"index", "when"}
+    attempts: list[Attempt] = Field(default_factory=list)  # one per target tried, in order
     # Set by the store when it writes the record (never by the proxy): see cache_break.py.
     cache_break: CacheBreak | None = None
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 from . import __version__
 from .exchange import Exchange
+from .failover import CoolDowns, Relay
 from .live import LiveBus
 from .metrics import ProxyMetrics, ProxyState
 from .openrouter_api import ModelCatalog
@@ -57,7 +58,9 @@ class Runtime:
     settings: ProxySettings = field(default_factory=ProxySettings)
     bus: LiveBus = field(default_factory=LiveBus)
     exchanges: dict[str, Exchange] = field(default_factory=dict)  # by mitmproxy flow id
-    routes: dict[str, Route] = field(default_factory=dict)  # by mitmproxy flow id, calls sent to OpenRouter
+    routes: dict[str, Route] = field(default_factory=dict)  # by mitmproxy flow id, calls routed by config
+    cooldowns: CoolDowns = field(default_factory=CoolDowns)  # targets skipped for now (429/529 retry-after)
+    relay: Relay | None = None  # tries the targets of calls that have fallbacks (started by the Router)
     # Proves to the internal web server that a request came through the proxy's own checks.
     internal_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     web_port: int | None = None

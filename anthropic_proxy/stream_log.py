@@ -159,26 +159,29 @@ def client_reader(record: Record, *, as_json: bool = False, keep: bool = True) -
     return StreamReader(as_json=as_json, keep=keep, codings=codings_of(record.response and record.response.headers))
 
 
-def take_stream(record: Record, reader: StreamReader, log: StreamLog) -> None:
-    """What the client's stream, read so far from `log`, tells of its record: its events and bytes, and the
-    message's usage and stop reason."""
+def take_stream(record: Record, accumulator: MessageAccumulator, events: int, size: int) -> None:
+    """What the client's stream tells of its record (its message so far in `accumulator`, its number of `events`
+    and its `size` in bytes): those counts, and the message's usage and stop reason."""
     metrics = record.metrics
-    metrics.chunk_count, metrics.response_bytes = reader.count, sum(len(data) for _, data in log)
-    if (message := reader.accumulator.message) is not None:
+    metrics.chunk_count, metrics.response_bytes = events, size
+    if (message := accumulator.message) is not None:
         record.message = message
         record.usage = Usage.from_anthropic(message.get("usage"))
         record.stop_reason = as_text(message.get("stop_reason"))
 
 
-def stream_outcome(reader: StreamReader) -> tuple[Status, RecordError | None]:
+def log_size(log: StreamLog) -> int:
+    return sum(len(data) for _, data in log)
+
+
+def stream_outcome(accumulator: MessageAccumulator,
+                   undecodable: str | None = None) -> tuple[Status, RecordError | None]:
     """How a stream that has ended went: as its error event says, cut short (no `message_stop`), unreadable (its
-    bytes are not in the content coding it declared), or well."""
-    accumulator = reader.accumulator
+    bytes are not in the content coding it declared: `undecodable` says why), or well."""
     if accumulator.error:
         return "error", RecordError.from_anthropic(accumulator.error)
-    if not accumulator.stopped and reader.undecodable is not None:
-        return "error", RecordError(type="undecodable_stream",
-                                    message=f"the stream cannot be read: {reader.undecodable}")
+    if not accumulator.stopped and undecodable is not None:
+        return "error", RecordError(type="undecodable_stream", message=f"the stream cannot be read: {undecodable}")
     if not accumulator.stopped:
         return "error", RecordError(type="incomplete_stream", message="the stream ended before message_stop")
     return "success", None
@@ -213,8 +216,8 @@ def settle_ended(record: Record, client: StreamReader, log: StreamLog, prices: P
         content, record.response_content = record.response_content, None
         record.status, record.error = take_response(record, content)
     else:
-        take_stream(record, client, log)
-        record.status, record.error = stream_outcome(client)
+        take_stream(record, client.accumulator, client.count, log_size(log))
+        record.status, record.error = stream_outcome(client.accumulator, client.undecodable)
     if prices is not None:
         apply_cost(record, prices)
 
@@ -240,5 +243,5 @@ def read_record(record: Record, prices: PriceBook | None = None) -> Record:
     if record.status == "ended":
         settle_ended(read, client, client_log, prices)
     elif client_log:
-        take_stream(read, client, client_log)
+        take_stream(read, client.accumulator, client.count, log_size(client_log))
     return read

@@ -27,6 +27,16 @@ ANTHROPIC_FORMAT = "anthropic-claude-v1"
 _RAW_SIGNATURE_KEYS = frozenset(("type", "text", "signature", "format", "index"))
 
 
+def plain_reasoning(message: dict[str, Any]) -> str:
+    """Reasoning sent as plain text in a message or delta: OpenRouter's `reasoning`, or `reasoning_content` as
+    DeepSeek, vLLM, llama.cpp and other OpenAI-compatible servers spell it ("" when there is none)."""
+    for key in ("reasoning", "reasoning_content"):
+        value = message.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
 def detail_text(detail: dict[str, Any]) -> str:
     """The human-readable part of a detail (`reasoning.text` text or `reasoning.summary` summary)."""
     text = detail.get("text") if detail.get("type") == "reasoning.text" else detail.get("summary")

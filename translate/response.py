@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from .finish import anthropic_usage, stop_reason
-from .reasoning import reasoning_blocks
+from .reasoning import plain_reasoning, reasoning_blocks
 from .tool_ids import anthropic_tool_id
 from .tool_names import original_tool_name
 
@@ -55,8 +55,8 @@ def translate_response(
     details = message.get("reasoning_details")
     if isinstance(details, list) and details:
         content.extend(reasoning_blocks([d for d in details if isinstance(d, dict)]))
-    elif isinstance(message.get("reasoning"), str) and message["reasoning"]:
-        content.append({"type": "thinking", "thinking": message["reasoning"], "signature": ""})
+    elif reasoning := plain_reasoning(message):
+        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     text = _text(message.get("content")) or _text(message.get("refusal"))
     if text:
         content.append({"type": "text", "text": text})

@@ -26,14 +26,18 @@ from enum import Enum, auto
 from typing import Any
 
 from . import fastjson
+from .accumulate import MessageAccumulator
 from .errors import anthropic_error_body, error_type_for_code, upstream_error_message
 from .finish import anthropic_usage, stop_reason
-from .reasoning import detail_text, encode_details, is_text_detail, merge_detail, thinking_signature
+from .reasoning import detail_text, encode_details, is_text_detail, merge_detail, plain_reasoning, thinking_signature
 from .sse import SSEDecoder, encode_event
 from .tool_ids import anthropic_tool_id
 from .tool_names import original_tool_name
 
 logger = logging.getLogger("anthropic_proxy.translate")
+
+
+_OUTLINE_EVENTS = frozenset({"message_start", "message_delta", "message_stop"})
 
 
 class _State(Enum):
@@ -80,6 +84,10 @@ class StreamTranslator:
         self._finish_reason: str | None = None
         self._native_finish_reason: str | None = None
         self.upstream_usage: dict[str, Any] | None = None
+        # What the client's stream says of the message (usage, stop reason, an error, message_stop) and how many
+        # events it has: written here as they go out, so the exchange's end need not read the stream again.
+        self.outline = MessageAccumulator()
+        self.events = 0
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -131,7 +139,11 @@ class StreamTranslator:
         return out
 
     def _emit(self, event: str, payload: dict[str, Any]) -> None:
-        self._out.append(encode_event(event, {"type": event, **payload}))
+        data = {"type": event, **payload}
+        self._out.append(encode_event(event, data))
+        self.events += 1
+        if event in _OUTLINE_EVENTS:
+            self.outline.add(data)
 
     def _on_data(self, data: str) -> None:
         if data == "[DONE]":
@@ -172,8 +184,8 @@ class StreamTranslator:
             for detail in details:
                 if isinstance(detail, dict):
                     self._reasoning_detail(detail)
-        elif isinstance(delta.get("reasoning"), str) and delta["reasoning"]:
-            self._thinking(delta["reasoning"], None)
+        elif reasoning := plain_reasoning(delta):
+            self._thinking(reasoning, None)
         for key in ("content", "refusal"):
             text = delta.get(key)
             if isinstance(text, str) and text:
@@ -334,5 +346,8 @@ class StreamTranslator:
 
     def _error(self, error_type: str, message: str) -> None:
         # Anthropic ends a failed stream with the error event alone; Claude Code then retries the request.
-        self._out.append(encode_event("error", anthropic_error_body(error_type, message)))
+        body = anthropic_error_body(error_type, message)
+        self._out.append(encode_event("error", body))
+        self.events += 1
+        self.outline.add(body)
         self._state = _State.FINISHED

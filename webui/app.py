@@ -39,7 +39,7 @@ async def health(request: web.Request) -> web.Response:
     reason = store["lastWriteError"] or store["readError"] or store["notice"] or store["lastThreadError"]
     return web.json_response({"status": "degraded" if reason else "ok", "reason": reason, "mode": mode,
                               "upstream": upstream, "version": runtime.version, "inFlight": len(runtime.exchanges),
-                              "store": store})
+                              "store": store, "coolDowns": runtime.cooldowns.view()})
 
 
 def create_app(runtime: Runtime) -> web.Application:

@@ -2,29 +2,41 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from ..environment import environment
 from ..openrouter_api import check_key
-from ..proxy_config import ConfigError
+from ..provider_check import try_provider
+from ..providers import BUILTIN_PROVIDERS, ProviderEntry, resolve_provider
+from ..proxy_config import ConfigError, describe_error
 from ..runtime import RUNTIME_KEY as RUNTIME
 from ..runtime import Runtime
 
 routes = web.RouteTableDef()
+UNSAVED = " unsaved"  # no provider can have this name (a space)
 
 
 def config_view(runtime: Runtime) -> dict[str, object]:
     """The configuration as the API shows it: whether a key is set, never the key."""
     config = runtime.config.current
+    routing = config.model_dump(by_alias=True, exclude_none=True, include={"providers", "routes", "fallbacks"})
     return {
         "mode": config.mode,
         "models": config.models.model_dump(),
         "headers": config.headers,
+        **routing,
         "openrouterKeySet": bool(environment.get("OPENROUTER_API_KEY")),
         "openrouterBaseUrl": runtime.settings.openrouter_base_url,
         "anthropicUpstream": runtime.settings.anthropic_upstream,
+        "builtinProviders": list(BUILTIN_PROVIDERS),
+        # per provider with a key variable: whether it is set (never the key)
+        "providerKeys": {name: bool(environment.get(entry.api_key_env))
+                         for name, entry in config.providers.items() if entry.api_key_env},
+        "coolDowns": runtime.cooldowns.view(),
     }
 
 
@@ -80,3 +92,38 @@ async def test_openrouter(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     return web.json_response(await check_key(runtime.settings.openrouter_base_url,
                                              environment.get("OPENROUTER_API_KEY")))
+
+
+@routes.post("/api/config/test-provider")
+async def test_provider_call(request: web.Request) -> web.Response:
+    """One real tiny call: `{"provider": name, "model": id}`, or `{"entry": {...}, "model": id}` (and the name
+    the page shows as `provider`) for an entry not saved yet."""
+    runtime = request.app[RUNTIME]
+    try:
+        body = json.loads(await request.read() or b"null")
+    except ValueError:
+        return _bad_request("the body is not valid JSON")
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"].strip():
+        return _bad_request("give the provider (or an entry) and a model to ask, e.g. "
+                            "{\"provider\": \"local\", \"model\": \"qwen3\"}")
+    config, settings = runtime.config.current, runtime.settings
+    if isinstance(body.get("entry"), dict):
+        try:
+            entry = ProviderEntry.model_validate(body["entry"])
+        except ValidationError as exc:
+            return _bad_request(describe_error(exc))
+        config = config.model_copy(update={"providers": {**config.providers, UNSAVED: entry}})
+        name = UNSAVED
+    else:
+        name = body.get("provider")
+        if name not in BUILTIN_PROVIDERS and name not in config.providers:
+            return _bad_request(f"unknown provider {name!r}")
+        if name == "anthropic":
+            return _bad_request("the anthropic provider uses each client's own key: there is no key here to test")
+    provider = resolve_provider(str(name), config, anthropic_upstream=settings.anthropic_upstream,
+                                openrouter_base_url=settings.openrouter_base_url,
+                                openrouter_headers=dict(config.headers))
+    if name == UNSAVED:  # named as the page shows it
+        provider = dataclasses.replace(provider, name=str(body.get("provider") or "the provider"))
+    key = environment.get(provider.api_key_env) if provider.api_key_env else ""
+    return web.json_response(await try_provider(provider, body["model"].strip(), key))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,6 +46,11 @@ def mitmdump_path() -> Path:
         if (bindir / name).exists():
             return bindir / name
     raise RuntimeError(f"mitmdump not found next to {sys.executable}")
+
+
+def claude_executable() -> str | None:
+    """The Claude Code CLI for the tests that run it: $ANTHROPIC_PROXY_TEST_CLAUDE, else `claude` on PATH."""
+    return os.environ.get("ANTHROPIC_PROXY_TEST_CLAUDE") or shutil.which("claude")
 
 
 def free_port() -> int:

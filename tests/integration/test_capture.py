@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import ssl
 import subprocess
 import sys
@@ -24,7 +23,15 @@ import anthropic
 import httpx
 import pytest
 from fakes.anthropic_upstream import FINAL_TEXT, TOOL_INPUT, FakeAnthropic
-from fakes.harness import FAKE_API_KEY, ProxyProcess, by_tag, free_port, headers_get, mitmdump_path
+from fakes.harness import (
+    FAKE_API_KEY,
+    ProxyProcess,
+    by_tag,
+    claude_executable,
+    free_port,
+    headers_get,
+    mitmdump_path,
+)
 from fakes.tls import SelfSigned, make_self_signed
 
 OAUTH_TOKEN = "sk-ant-oat01-" + "FAKEoauthSECRETmiddle0123456789" * 2 + "-AbCd"
@@ -230,10 +237,6 @@ def test_a_bad_capture_host_stops_mitmdump(tmp_path, fake_anthropic):
     finally:
         proxy.close()
     assert "capture_hosts takes bare host names such as api.anthropic.com: 'api.anthropic.com:443'" in proxy.logs()
-
-
-def claude_executable() -> str | None:
-    return os.environ.get("ANTHROPIC_PROXY_TEST_CLAUDE") or shutil.which("claude")
 
 
 @pytest.mark.skipif(claude_executable() is None, reason="Claude Code is not installed (npm i -g "

@@ -21,7 +21,7 @@ from anthropic_proxy.addons.mitmweb_view import (
     hide_internal_flows,
 )
 from anthropic_proxy.addons.webapp import INTERNAL_FLOW
-from anthropic_proxy.record import HttpRequestPart, Metrics, Record, RecordError, Usage
+from anthropic_proxy.record import Attempt, HttpRequestPart, Metrics, Record, RecordError, Usage
 
 
 def make_record(**kwargs) -> Record:
@@ -41,10 +41,15 @@ def test_describe_success():
 
 def test_describe_openrouter_error_cancel_and_unknown_cost():
     translated, mark = describe(make_record(provider="openrouter", upstream_model="anthropic/claude-sonnet-4.5",
-                                            cost_usd=0.25))
+                                            upstream_request={"model": "anthropic/claude-sonnet-4.5"}, cost_usd=0.25,
+                                            attempts=[Attempt(provider="anthropic", model="claude-sonnet-4-5",
+                                                              status=529),
+                                                      Attempt(provider="openrouter", status=200)]))
     assert translated.startswith("claude-sonnet-4-5 → anthropic/claude-sonnet-4.5 via OpenRouter · end_turn")
     assert "$0.2500" in translated and "translated: the request shown is what went to OpenRouter" in translated
-    assert mark == MARK_TRANSLATED
+    assert "after 2 attempts: anthropic 529, openrouter 200" in translated and mark == MARK_TRANSLATED
+    third_party, mark = describe(make_record(provider="deepseek", upstream_model="deepseek-chat"))
+    assert third_party.startswith("claude-sonnet-4-5 → deepseek-chat via deepseek · end_turn") and mark == ""
     error, mark = describe(make_record(status="error", error=RecordError(type="overloaded_error", message="busy"),
                                        cost_usd=None))
     assert "error overloaded_error: busy" in error and "cost unknown" in error and mark == MARK_ERROR

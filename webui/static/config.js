@@ -109,12 +109,15 @@ async function reset() {
     return;
   }
   const config = await run("Reset", () => api("/api/config/reset", { method: "POST" }));
-  if (config) { render(config); toast("Configuration reset to the defaults"); }
+  if (config) { render(config); renderRouting(config); toast("Configuration reset to the defaults"); }
 }
 
 async function reload() {
   const config = await run("Reload", () => api("/api/config/reload", { method: "POST" }));
-  if (config) { render(config); loadPrices(); toast("Configuration reloaded from config.json and the environment"); }
+  if (config) {
+    render(config); renderRouting(config); loadPrices();
+    toast("Configuration reloaded from config.json and the environment");
+  }
 }
 
 async function testKey() {

@@ -59,7 +59,8 @@ async function loadStats() {
   $("stat-savings").textContent = fmt.cost(stats.cacheSavingsUsd);
   $("stat-savings-sub").textContent = `${fmt.compact(t.cacheRead)} cache-read tokens` +
     (stats.cacheSavingsUnpricedTokens ? ` · ${fmt.compact(stats.cacheSavingsUnpricedTokens)} without a price` : "");
-  updateModelOptions(stats.facets.models);
+  updateOptions("model", stats.facets.models);
+  updateOptions("provider", [...new Set(["anthropic", "openrouter", ...stats.facets.providers])]);  // built in, then any other
   drawCharts(stats);
   renderSessions(stats);
   renderCacheBreaks(stats.cacheBreaks);
@@ -110,15 +111,16 @@ function renderSessions(stats) {
   }
 }
 
-function updateModelOptions(models) {
-  const select = $("filter-model");
-  const current = state.filters.model;
-  const wanted = ["", ...models];
+/** A filter's choices (models, providers) as the store has them, keeping the one chosen. */
+function updateOptions(key, values) {
+  const select = $(`filter-${key}`);
+  const current = state.filters[key];
+  const wanted = ["", ...values];
   if (current && !wanted.includes(current)) wanted.push(current);
   const have = Array.from(select.options, (o) => o.value);
   if (have.join("\n") === wanted.join("\n")) return;
   clear(select);
-  for (const model of wanted) select.append(h("option", { value: model }, model || "all"));
+  for (const value of wanted) select.append(h("option", { value }, value || "all"));
   select.value = current;
 }
 
@@ -378,6 +380,7 @@ function renderDetail(r) {
     ["HTTP", r.response && r.response.status], ["Bytes in / out", `${fmt.bytes(m.requestBytes)} / ${fmt.bytes(m.responseBytes)}`],
     ["Session", r.sessionId], ["Record id", r.id],
   ]));
+  if (r.route || (r.attempts && r.attempts.length > 1)) frag.append(...section("Route and attempts", renderAttempts(r)));
   if (r.error) {
     frag.append(...section("Error", h("div", { class: "block error" },
       h("div", { class: "kind" }, r.error.type), h("pre", {}, r.error.message))));
@@ -391,7 +394,7 @@ function renderDetail(r) {
   frag.append(...section("Request", renderRequest(r.request)));
   if (r.upstreamRequest) {
     frag.append(...section(["Upstream request (translated) ", copyButton(() => JSON.stringify(r.upstreamRequest, null, 2))],
-      h("details", {}, h("summary", {}, "the body sent to OpenRouter"), h("pre", {}, prettyJSON(r.upstreamRequest)))));
+      h("details", {}, h("summary", {}, `the body sent to ${r.provider}`), h("pre", {}, prettyJSON(r.upstreamRequest)))));
   }
   if (r.response) {
     frag.append(...section("Response headers", headersTable(r.response.headers)));
@@ -409,6 +412,21 @@ function renderDetail(r) {
       renderTimeline(r.upstreamChunks)));
   }
   return frag;
+}
+
+/** The route in config.json that matched, and each target tried, in order (failover). */
+function renderAttempts(r) {
+  const wrap = h("div", { "data-testid": "attempts" });
+  wrap.append(h("div", { class: "hint" }, r.route
+    ? `route #${r.route.index} matched: ${JSON.stringify(r.route.when)}` : "no route matched: the mode's provider"));
+  const rows = (r.attempts || []).map((a, i) => h("tr", { class: a.status && a.status < 400 ? "" : "failed" },
+    h("td", {}, String(i + 1)), h("td", {}, a.provider), h("td", { class: "mono" }, a.model || "—"),
+    h("td", {}, a.status === null || a.status === undefined ? "no answer" : String(a.status)),
+    h("td", {}, fmt.ms(a.durationMs)), h("td", {}, a.error || "")));
+  wrap.append(h("table", { class: "mini attempts" },
+    h("thead", {}, h("tr", {}, ...["#", "provider", "model", "status", "time", "error"].map((t) => h("th", {}, t)))),
+    h("tbody", {}, ...rows)));
+  return wrap;
 }
 
 function answerText(message) {
@@ -563,7 +581,8 @@ function readFiltersFromUrl() {
   $("filter-provider").value = state.filters.provider;
   $("filter-time").value = state.filters.timeRange;
   $("search").value = state.filters.q;
-  if (state.filters.model) updateModelOptions([state.filters.model]);
+  if (state.filters.model) updateOptions("model", [state.filters.model]);
+  if (state.filters.provider) updateOptions("provider", [state.filters.provider]);
   showSessionFilter();
   $("export").href = "/api/monitor/export?" + filterParams();
 }
