@@ -62,7 +62,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from .pricing import COUNT_TOKENS_PATH, USD_QUANTUM, PriceBook, cache_savings_usd, cache_write_premium_usd
+from .pricing import USD_QUANTUM, PriceBook, cache_savings_usd, cache_write_premium_usd, counts_tokens
 from .record import Record, text_preview
 
 # What the report page may load: its inline stylesheet (and style attributes), nothing else. The page says it in
@@ -138,7 +138,7 @@ def latest_user_text(record: Record, limit: int = 4000) -> str:
 
 
 def _is_count_tokens(record: Record) -> bool:
-    return record.request.path.split("?", 1)[0].rstrip("/").endswith(COUNT_TOKENS_PATH)
+    return counts_tokens(record.request.path)
 
 
 def is_user_turn(record: Record) -> bool:

@@ -36,6 +36,19 @@ def check_store_url(url: str) -> None:
                          f"(got {mask_url(url)!r})")
 
 
+# v5 (PostgreSQL v2): what explains a call's cache break (`cache_break.py`): the first piece of its prompt and
+# its last breakpoint (written with the record), and the explanation with the two figures the statistics sum.
+_CACHE_BREAK_COLUMNS = """
+    ALTER TABLE records ADD COLUMN cache_head TEXT;
+    ALTER TABLE records ADD COLUMN cache_bp TEXT;
+    ALTER TABLE records ADD COLUMN cache_break TEXT;
+    ALTER TABLE records ADD COLUMN cache_break_at TEXT;
+    ALTER TABLE records ADD COLUMN cache_break_usd DOUBLE PRECISION;
+    CREATE INDEX records_session_model_ts ON records(session, model, ts);
+    CREATE INDEX records_cache_head_ts ON records(cache_head, ts);
+    CREATE INDEX records_cache_breaks ON records(ts, cache_break_at, cache_break_usd) WHERE cache_break_at IS NOT NULL;
+"""
+
 # Each entry moves the schema one version up; never edit a released one, append a new one.
 SQLITE_MIGRATIONS: list[str] = [
     """
@@ -92,6 +105,7 @@ SQLITE_MIGRATIONS: list[str] = [
     ALTER TABLE records ADD COLUMN owner TEXT;
     CREATE TABLE instances (id TEXT PRIMARY KEY, name TEXT NOT NULL, seen REAL NOT NULL);
     """,
+    _CACHE_BREAK_COLUMNS.replace("DOUBLE PRECISION", "REAL"),
 ]
 
 
@@ -302,6 +316,7 @@ POSTGRES_MIGRATIONS: list[str] = [
     CREATE AGGREGATE json_group_array(text) (SFUNC = array_append, STYPE = text[], INITCOND = '{}',
                                              FINALFUNC = anthropic_proxy_json_array);
     """,
+    _CACHE_BREAK_COLUMNS,
 ]
 
 

@@ -4,11 +4,10 @@ Pure (no mitmproxy, no network): the Recorder calls `apply_cost` once when a rec
 web app can call `price_record`, `cache_savings_usd` and `savings_for_tokens` on stored records.
 
 Anthropic
-    Built-in table `BUILTIN_PRICES` (USD per million tokens, "MTok"), compiled on `PRICES_AS_OF` from
-    Anthropic's public pricing page `PRICES_SOURCE` ("Model pricing", "Long context pricing", prompt-caching
-    multipliers) and the per-model overview pages. Cache writes cost 1.25x the input price (5-minute TTL) or
-    2x (1-hour TTL), cache reads 0.1x, unless a row says otherwise. Rows are dated: an entry with `since`
-    applies to records from that UTC day on, so old records keep the price they were made at.
+    Prices come from `genai-prices` (Pydantic's maintained price database, `GENAI_PRICES_URL`): every model it
+    knows for the provider, with its dated price changes (a record is priced at the prices of its own day), its
+    5-minute and 1-hour cache writes and its long-context tier. Its prices are read into this module's `ModelPrice`
+    (the shape `prices.json` uses too), so one formula below prices every record.
 
     Long context: some models bill a whole request at higher rates when its prompt (input + cache writes +
     cache reads) exceeds a threshold (Sonnet 4 / 4.5: 200,000 tokens -> input $6, output $22.50, cache
@@ -24,7 +23,9 @@ Anthropic
     Bedrock's `[us.]anthropic.`), Claude Code's `[1m]`, Vertex's `@date`, Bedrock's `-v1:0`, a trailing
     `-YYYYMMDD` date or `-latest` removed; dots become dashes. So `claude-sonnet-4-5-20250929`,
     `claude-sonnet-4-5`, `anthropic/claude-sonnet-4.5` and `claude-sonnet-4-5@20250929` are one model.
-    Matching is exact on that key (never by prefix): `claude-opus-4` is not `claude-opus-4-8`.
+    genai-prices matches names by its own rules, some by prefix; a match is taken only when the model it found
+    has the same key (or the key plus `-0`, Anthropic's alias of a first release: `claude-opus-4` is
+    `claude-opus-4-0`), so `claude-opus-4-9` or `claude-sonnet-4-5-extra` is never priced as another model.
 
     An unknown model costs `None` with a note on the record (`costNote`), never a guessed number.
 
@@ -42,18 +43,20 @@ Override file `<state_dir>/prices.json` (`PRICES_FILE`), re-read whenever it cha
 
     Keys are model ids (normalised like the requests' models); prices are USD per million tokens;
     `cacheWrite5m` / `cacheWrite1h` / `cacheRead` default to 1.25x / 2x / 0.1x `input`; `longContext` is
-    optional and has the same fields plus `threshold` (prompt tokens). An override entry wins over the
-    built-in rows for every date. A file that is not valid JSON or does not match this shape is reported
-    (`PriceBook.error`, and a warning in the log) and ignored as a whole: the built-in table applies.
+    optional and has the same fields plus `threshold` (prompt tokens). An override entry wins over
+    genai-prices for every date. A file that is not valid JSON or does not match this shape is reported
+    (`PriceBook.error`, and a warning in the log) and ignored as a whole: genai-prices applies.
 
 OpenRouter
     The cost OpenRouter reports in its usage (`usage.cost`), else the model's per-token prices from the cached
-    OpenRouter model list (`ModelCatalog.price_of`) applied to the usage, else `None` with a note.
+    OpenRouter model list (`ModelCatalog.price_of`) applied to the usage, else genai-prices' price for the
+    upstream model at OpenRouter, else `None` with a note.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import logging
 import os
 import re
@@ -64,6 +67,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import genai_prices
+import genai_prices.data_snapshot
+from genai_prices import types as genai_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -72,8 +78,8 @@ from .record import Record
 logger = logging.getLogger("anthropic_proxy.pricing")
 
 PRICES_FILE = "prices.json"
-PRICES_AS_OF = "2026-10-24"
-PRICES_SOURCE = "https://platform.claude.com/docs/en/about-claude/pricing"
+GENAI_PRICES_URL = "https://github.com/pydantic/genai-prices"
+GENAI_PRICES = "genai-prices"  # a cost's source
 
 MTOK = Decimal(1_000_000)
 USD_QUANTUM = Decimal("1e-8")  # costs are stored rounded to a hundred-millionth of a dollar
@@ -83,6 +89,11 @@ CACHE_WRITE_1H_FACTOR = Decimal(2)
 CACHE_READ_FACTOR = Decimal("0.1")
 
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+
+
+def counts_tokens(path: str) -> bool:
+    """The call is a token count (`/v1/messages/count_tokens`, any query): free, and no turn of a conversation."""
+    return path.split("?", 1)[0].rstrip("/").endswith(COUNT_TOKENS_PATH)
 
 
 # ---- the price model ---------------------------------------------------------------------------------------
@@ -128,69 +139,6 @@ class PriceFile(_PriceModel):
     models: dict[str, ModelPrice]
 
 
-@dataclass(frozen=True)
-class PriceRow:
-    """One dated row of the built-in table."""
-
-    name: str
-    price: ModelPrice
-    since: date | None = None  # applies to records from this UTC day on (None: always)
-
-
-def _row(name: str, input: str, output: str, *, w5: str | None = None, w1: str | None = None,
-         read: str | None = None, since: str | None = None, long_context: dict[str, Any] | None = None) -> PriceRow:
-    price = ModelPrice(input=Decimal(input), output=Decimal(output),
-                       cache_write_5m=Decimal(w5) if w5 else None, cache_write_1h=Decimal(w1) if w1 else None,
-                       cache_read=Decimal(read) if read else None,
-                       long_context=LongContextRates(**long_context) if long_context else None)
-    return PriceRow(name, price, date.fromisoformat(since) if since else None)
-
-
-# Long-context tier of Sonnet 4 / 4.5 (and of Sonnet 4.6 / Opus 4.6 until it was dropped on 2026-03-13).
-_SONNET_LONG = {"threshold": 200_000, "input": Decimal(6), "output": Decimal("22.50")}
-_OPUS_46_LONG = {"threshold": 200_000, "input": Decimal(10), "output": Decimal("37.50")}
-_ONE_M_GA = "2026-03-13"  # https://claude.com/blog/1m-context-ga: no long-context surcharge on 4.6 models
-
-# model key -> its rows, oldest first. USD per MTok: input, output, then cache prices where they are not
-# 1.25x / 2x / 0.1x input. Source: PRICES_SOURCE, model overview pages, as of PRICES_AS_OF.
-BUILTIN_PRICES: dict[str, tuple[PriceRow, ...]] = {}
-
-
-def _add(keys: tuple[str, ...], *rows: PriceRow) -> None:
-    for key in keys:
-        BUILTIN_PRICES[key] = rows
-
-
-_add(("claude-3-haiku",), _row("Claude Haiku 3", "0.25", "1.25", w5="0.30", w1="0.50", read="0.03"))
-_add(("claude-3-5-haiku", "claude-haiku-3-5"), _row("Claude Haiku 3.5", "0.80", "4"))
-_add(("claude-3-opus", "claude-opus-3"), _row("Claude Opus 3", "15", "75"))
-_add(("claude-3-5-sonnet", "claude-sonnet-3-5"), _row("Claude Sonnet 3.5", "3", "15"))
-_add(("claude-3-7-sonnet", "claude-sonnet-3-7"), _row("Claude Sonnet 3.7", "3", "15"))
-_add(("claude-opus-4", "claude-opus-4-0"), _row("Claude Opus 4", "15", "75"))
-_add(("claude-opus-4-1",), _row("Claude Opus 4.1", "15", "75"))
-_add(("claude-opus-4-5",), _row("Claude Opus 4.5", "5", "25"))
-_add(("claude-opus-4-6",), _row("Claude Opus 4.6", "5", "25", long_context=_OPUS_46_LONG),
-     _row("Claude Opus 4.6", "5", "25", since=_ONE_M_GA))
-_add(("claude-opus-4-7",), _row("Claude Opus 4.7", "5", "25"))
-_add(("claude-opus-4-8",), _row("Claude Opus 4.8", "5", "25"))
-_add(("claude-opus-5",), _row("Claude Opus 5", "5", "25"))
-_add(("claude-opus-5-5",), _row("Claude Opus 5.5", "4", "20", read="0.20"))  # cache hits 0.05x input
-_add(("claude-sonnet-4", "claude-sonnet-4-0"), _row("Claude Sonnet 4", "3", "15", long_context=_SONNET_LONG))
-_add(("claude-sonnet-4-5",), _row("Claude Sonnet 4.5", "3", "15", long_context=_SONNET_LONG))
-_add(("claude-sonnet-4-6",), _row("Claude Sonnet 4.6", "3", "15", long_context=_SONNET_LONG),
-     _row("Claude Sonnet 4.6", "3", "15", since=_ONE_M_GA))
-_add(("claude-sonnet-5",), _row("Claude Sonnet 5", "2", "10"))
-# Sonnet 5.5: cache hits cut from $0.20 to $0.10 (0.05x input) on 2026-10-07.
-_add(("claude-sonnet-5-5",), _row("Claude Sonnet 5.5", "2", "10"),
-     _row("Claude Sonnet 5.5", "2", "10", read="0.10", since="2026-10-07"))
-_add(("claude-haiku-4-5",), _row("Claude Haiku 4.5", "1", "5"))
-# Haiku 5.5: a prompt over 100,000 tokens bills every token of the request at 5x.
-_add(("claude-haiku-5-5",), _row("Claude Haiku 5.5", "0.10", "0.50", read="0.01", long_context={
-    "threshold": 100_000, "input": Decimal("0.50"), "output": Decimal("2.50"), "cache_read": Decimal("0.05")}))
-_add(("claude-fable-5", "claude-mythos-5"), _row("Claude Fable 5 / Mythos 5", "10", "50", read="1"))
-_add(("claude-fable-5-1", "claude-mythos-5-1"), _row("Claude Fable 5.1 / Mythos 5.1", "10", "50", read="0.25"))
-
-
 # ---- model names -------------------------------------------------------------------------------------------
 _BEDROCK_PREFIX = re.compile(r"^(?:[a-z]{2,6}\.)?anthropic\.")
 _SUFFIXES = re.compile(r"(?:-v\d+:\d+)$")
@@ -210,50 +158,103 @@ def model_key(model: str) -> str:
     return _DATE_OR_LATEST.sub("", key)
 
 
+# ---- genai-prices ------------------------------------------------------------------------------------------
+def _genai_rate(value: Any, at_tier: int | None) -> Decimal | None:
+    """A genai-prices price (a Decimal or tiered prices) at its base (`at_tier` None) or at the tier starting at
+    `at_tier` (the base when that field has no such tier)."""
+    if isinstance(value, genai_types.TieredPrices):
+        tier = next((t.price for t in value.tiers if t.start == at_tier), None)
+        return tier if tier is not None else value.base
+    return value if isinstance(value, Decimal) else None
+
+
+def _from_genai(prices: genai_types.ModelPrice) -> ModelPrice | None:
+    """genai-prices' price of a model as this module's: its base rates and, when it has tiers, the first tier as
+    the long-context rates (Anthropic's structure: one threshold for every field). None without token prices."""
+    fields = {"input": prices.input_mtok, "output": prices.output_mtok, "cache_write_5m": prices.cache_write_mtok,
+              "cache_write_1h": prices.cache_write_1h_mtok, "cache_read": prices.cache_read_mtok}
+    starts = sorted({t.start for v in fields.values() if isinstance(v, genai_types.TieredPrices) for t in v.tiers})
+
+    def rates(at_tier: int | None) -> dict[str, Decimal]:
+        values = {name: _genai_rate(value, at_tier) for name, value in fields.items()}
+        # Missing cache prices: what the tokens cost without a cache (not Anthropic's multipliers, which a
+        # price database that knows the model would have listed).
+        values["cache_write_5m"] = values["cache_write_5m"] if values["cache_write_5m"] is not None \
+            else values["input"]
+        for name in ("cache_write_1h", "cache_read"):
+            if values[name] is None:
+                values[name] = values["cache_write_5m"] if name == "cache_write_1h" else values["input"]
+        return values  # type: ignore[return-value]
+
+    base = rates(None)
+    if base["input"] is None or base["output"] is None:
+        return None
+    long_context = LongContextRates(threshold=starts[0], **rates(starts[0])) if starts else None
+    return ModelPrice(**base, long_context=long_context)
+
+
+@functools.lru_cache(maxsize=1024)
+def genai_price(ref: str, provider: str, day: date) -> tuple[str, ModelPrice] | None:
+    """genai-prices' (model name, price) for model `ref` at `provider` on `day`, or None when it does not know
+    the model (or found another one: see the module docstring)."""
+    when = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+    try:
+        found = genai_prices.calc_price(genai_prices.Usage(), model_ref=ref, provider_id=provider,
+                                        genai_request_timestamp=when)
+    except LookupError:
+        return None
+    key = model_key(ref)
+    if model_key(found.model.id) not in (key, f"{key}-0"):
+        return None
+    price = _from_genai(found.model_price)
+    return (found.model.name or found.model.id, price) if price is not None else None
+
+
+def genai_models(provider: str = "anthropic") -> list[str]:
+    """The model ids genai-prices knows for `provider`."""
+    snapshot = genai_prices.data_snapshot.get_snapshot()
+    found = genai_prices.data_snapshot.find_provider_by_id(snapshot.providers, provider)
+    return sorted(model.id for model in found.models) if found is not None else []
+
+
 # ---- the price book ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FoundPrice:
     key: str
     name: str
     price: ModelPrice
-    source: str  # "anthropic-prices" (built-in table) or "prices.json"
+    source: str  # "genai-prices" or "prices.json"
 
 
 class PriceBook:
-    """The built-in table plus the optional override file, which is re-read when its mtime or size changes."""
+    """genai-prices plus the optional override file, which is re-read when its mtime or size changes."""
 
-    def __init__(self, override_path: Path | None = None,
-                 builtin: Mapping[str, tuple[PriceRow, ...]] = BUILTIN_PRICES) -> None:
+    def __init__(self, override_path: Path | None = None) -> None:
         self.override_path = override_path
-        self._builtin = builtin
         self._override: dict[str, ModelPrice] = {}
         self._override_stamp: tuple[int, int] | None = None
         self.error: str | None = None  # why the override file is being ignored, if it is
 
-    def lookup(self, model: str | None, at: datetime | None = None) -> FoundPrice | None:
+    def lookup(self, model: str | None, at: datetime | None = None, provider: str = "anthropic"
+               ) -> FoundPrice | None:
+        """The price of `model` (as a client names it) at `provider` on the day of `at` (default: today)."""
         if not model:
             return None
         key = model_key(model)
         self._refresh()
         if key in self._override:
             return FoundPrice(key, key, self._override[key], PRICES_FILE)
-        rows = self._builtin.get(key)
-        if not rows:
-            return None
-        day = (at or datetime.now(UTC)).astimezone(UTC).date()
-        current = rows[0]
-        for row in rows:
-            if row.since is None or row.since <= day:
-                current = row
-        return FoundPrice(key, current.name, current.price, "anthropic-prices")
+        found = genai_price(key if provider == "anthropic" else model.strip().lower(), provider,
+                            (at or datetime.now(UTC)).astimezone(UTC).date())
+        return FoundPrice(key, found[0], found[1], GENAI_PRICES) if found else None
 
     def describe(self) -> dict[str, Any]:
         """For a web page: where prices come from and whether the override file is in use."""
         self._refresh()
-        return {"asOf": PRICES_AS_OF, "source": PRICES_SOURCE,
+        return {"library": f"{GENAI_PRICES} {importlib.metadata.version(GENAI_PRICES)}", "source": GENAI_PRICES_URL,
                 "overrideFile": str(self.override_path) if self.override_path else None,
                 "overrideModels": sorted(self._override), "overrideError": self.error,
-                "builtinModels": sorted(self._builtin)}
+                "builtinModels": genai_models()}
 
     def _refresh(self) -> None:
         path = self.override_path
@@ -389,7 +390,7 @@ def usd(value: Decimal) -> float:
 class Cost:
     usd: float | None
     note: str | None = None  # why there is no cost, or why it is an estimate
-    source: str | None = None  # anthropic-prices | prices.json | openrouter-usage | openrouter-models | free
+    source: str | None = None  # genai-prices | prices.json | openrouter-usage | openrouter-models | free
 
 
 _PARTIAL_NOTE = "estimate: the exchange ended before its final usage arrived"
@@ -425,7 +426,7 @@ def price_record(record: Record, book: PriceBook, *, reported_cost: float | None
     kept of it); `catalog_price`: the upstream model's prices from OpenRouter's model list
     (`ModelCatalog.price_of(record.upstream_model)`).
     """
-    if record.request.path.split("?", 1)[0].rstrip("/").endswith(COUNT_TOKENS_PATH):
+    if counts_tokens(record.request.path):
         return Cost(0.0, source="free")  # token counting is free
     tokens = token_counts(record)
     partial = _PARTIAL_NOTE if record.status != "success" and tokens.billable else None
@@ -438,10 +439,13 @@ def price_record(record: Record, book: PriceBook, *, reported_cost: float | None
             return Cost(0.0, source="free")
         model = record.upstream_model or record.model
         cost = catalog_cost(tokens, catalog_price) if catalog_price else None
-        if cost is None:
+        if cost is not None:
+            return Cost(usd(cost), partial, "openrouter-models")
+        found = book.lookup(model, record.timestamp, provider="openrouter")
+        if found is None:
             return Cost(None, f"OpenRouter reported no cost and has no usable price for {model!r} in its cached "
-                              "model list (open /config to refresh it)")
-        return Cost(usd(cost), partial, "openrouter-models")
+                              "model list (open /config to refresh it), nor does genai-prices")
+        return Cost(usd(anthropic_cost(tokens, found.price)), partial, found.source)
     if not tokens.billable:
         return Cost(0.0, source="free")  # nothing was processed (refused, rate limited, cut before any usage)
     model = record.upstream_model or record.model  # what really answered (a route or fallback may change it)
@@ -515,3 +519,19 @@ def savings_for_tokens(model: str | None, cache_read_tokens: int, book: PriceBoo
     assert found.price.cache_read is not None
     return usd(cache_read_tokens * (found.price.input - found.price.cache_read) / MTOK)
 
+
+
+def cache_miss_usd(model: str | None, tokens: int, book: PriceBook, at: datetime | None = None, *,
+                   written: bool, long_ttl: bool) -> float | None:
+    """What `tokens` prompt tokens cost above a cache read when they were billed in full: at the cache-write
+    price (`written`: the call wrote the cache, with the 1-hour TTL if `long_ttl`) or else the input price.
+    Base rates; None when the model has no price."""
+    if not tokens:
+        return 0.0
+    found = book.lookup(model, at)
+    if found is None:
+        return None
+    price = found.price
+    assert price.cache_write_5m is not None and price.cache_write_1h is not None and price.cache_read is not None
+    billed = (price.cache_write_1h if long_ttl else price.cache_write_5m) if written else price.input
+    return usd(tokens * (billed - price.cache_read) / MTOK)

@@ -93,6 +93,17 @@ class RecordError(_Model):
         return cls(type=str(error.get("type") or "api_error"), message=str(error.get("message") or ""))
 
 
+class CacheBreak(_Model):
+    """Why this call did not read the prompt cache the previous call of its conversation left (`cache_break.py`)."""
+
+    previous_id: str
+    at: Literal["tools", "system", "messages", "ttl"]
+    index: int | None = None  # the tool, system block or message where the prompt first differs
+    detail: str
+    uncached_tokens: int  # an estimate of the prompt tokens that could have been read from the cache
+    extra_cost_usd: float | None = None  # what they cost above a cache read (None: the model has no price)
+
+
 class Attempt(_Model):
     """One try at one target: which, what it answered (status None: no answer), why it failed, how long."""
 
@@ -134,6 +145,8 @@ class Record(_Model):
     error: RecordError | None = None
     route: dict[str, Any] | None = None  # the route in config.json that matched: {"index", "when"}
     attempts: list[Attempt] = Field(default_factory=list)  # one per target tried, in order
+    # Set by the store when it writes the record (never by the proxy): see cache_break.py.
+    cache_break: CacheBreak | None = None
 
     @property
     def is_final(self) -> bool:

@@ -57,7 +57,7 @@ from .dialects import DB_NAME, SQLITE_MIGRATIONS, Connection, Dialect, dialect_f
 from .exchange import describe_call
 from .masking import mask_text
 from .pricing import PRICES_FILE, PriceBook, savings_for_tokens
-from .record import Record, RecordError
+from .record import CacheBreak, Record, RecordError
 from .store_rows import METRIC_COLUMNS, RowWriter, prepare
 from .store_writer import WriterProcess, WriterSettings
 from .stream_log import read_record
@@ -141,7 +141,7 @@ _CHAIN = """
     WITH RECURSIVE chain(id, parent, blob, depth) AS (
         SELECT id, parent, blob, 0 FROM nodes WHERE id = ?
         UNION ALL SELECT nodes.id, nodes.parent, nodes.blob, chain.depth + 1
-        FROM nodes JOIN chain ON nodes.id = chain.parent
+        FROM nodes JOIN chain ON nodes.id = chain.parent WHERE chain.depth + 1 < ?
     )
     SELECT chain.parent, blobs.data FROM chain LEFT JOIN blobs ON blobs.id = chain.blob ORDER BY chain.depth DESC
 """
@@ -170,11 +170,11 @@ class Store:
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.instance_name = f"{socket.gethostname()}:{state_dir.expanduser().resolve()}"
         self._announced = close_orphans and self.dialect.shared  # in `instances`, with heartbeats
-        self.rows = RowWriter(self.dialect)
         self.max_records = max_records
         self.retention_days = retention_days
         self.busy_timeout = busy_timeout  # how long a write waits for another process's lock
         self.prices = PriceBook(state_dir / PRICES_FILE)  # the proxy's too (Runtime.prices), and its writer's
+        self.rows = RowWriter(self.dialect, self.prices)
         self._writer: WriterProcess | None = None  # started by the first put (the proxy's store: at once)
         self.call_ends = CallEnds()  # each call's final facts, as the writer reads them (call_end.py)
         self.tracing: TraceConfig | None = None  # the writer makes a span per call (tracing.py)
@@ -336,19 +336,32 @@ class Store:
     # --- reading -------------------------------------------------------------------------------
 
     @staticmethod
-    def _load(db: Connection, data: str, refs: str | None) -> Record:
+    def _load(db: Connection, data: str, refs: str | None, cache_break: str | None = None, *,
+              tail: int | None = None) -> Record:
+        """A stored row as the record it is, with the cache break the store explained (`cache_break.py`).
+        `tail`: only the last `tail` messages of each message list, and no system prompt or tools (a session's
+        turns: what each call added is at the end; its history is in the calls before it)."""
+        record = Store._assemble(db, data, refs, tail)
+        record.cache_break = CacheBreak.model_validate_json(cache_break) if cache_break else None
+        return record
+
+    @staticmethod
+    def _assemble(db: Connection, data: str, refs: str | None, tail: int | None = None) -> Record:
         if refs is None:  # a v2 row: the whole record
             return Record.model_validate_json(data)
 
         def blob(ref: str) -> Any:
+            if tail is not None:
+                return None
             row = db.execute("SELECT data FROM blobs WHERE id = ?", (ref,)).fetchone()
             if row is None:
                 raise StoreCorrupt(f"record piece {ref} is missing from {DB_NAME}")
             return json.loads(row[0])
 
         def messages(leaf: str) -> list[Any]:
-            rows = db.execute(_CHAIN, (leaf,)).fetchall()
-            if not rows or rows[0][0] is not None or any(text is None for _, text in rows):
+            rows = db.execute(_CHAIN, (leaf, tail or 2**62)).fetchall()
+            whole = tail is None or len(rows) < tail
+            if not rows or (whole and rows[0][0] is not None) or any(text is None for _, text in rows):
                 raise StoreCorrupt(f"message chain {leaf} is incomplete in {DB_NAME}")
             return [json.loads(text) for _, text in rows]
 
@@ -364,7 +377,7 @@ class Store:
                 describe_call(record, request_body)
             return read_record(record, self.prices)
         with self._reader() as db:
-            row = db.execute("SELECT data, refs FROM records WHERE id = ?", (record_id,)).fetchone()
+            row = db.execute("SELECT data, refs, cache_break FROM records WHERE id = ?", (record_id,)).fetchone()
             return self._load(db, *row) if row else None
 
     def query(self, flt: RecordFilter, *, page: int = 1, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
@@ -373,23 +386,24 @@ class Store:
         where, params = flt.where(self.dialect.search)
         with self._reader() as db:
             total = db.execute(f"SELECT count(*) FROM records{where}", params).fetchone()[0]
-            rows = db.execute(f"SELECT summary FROM records{where} ORDER BY ts DESC LIMIT ? OFFSET ?",
+            rows = db.execute(f"SELECT summary, cache_break FROM records{where} ORDER BY ts DESC LIMIT ? OFFSET ?",
                               [*params, limit, (page - 1) * limit]).fetchall()
-        return [json.loads(row[0]) for row in rows], total
+        return [{**json.loads(summary), "cacheBreak": json.loads(found) if found else None}
+                for summary, found in rows], total
 
-    def iter_records(self, flt: RecordFilter) -> Iterator[Record]:
-        """Every matching record, oldest first, read in batches (exports stream from this)."""
+    def iter_records(self, flt: RecordFilter, *, tail: int | None = None) -> Iterator[Record]:
+        """Every matching record, oldest first, read in batches (exports stream from this). `tail`: see `_load`."""
         self._settle()
         where, params = flt.where(self.dialect.search)
         last_ts, last_id = float("-inf"), ""
         while True:
             with self._reader() as db:
                 cursor_where = (where + " AND" if where else " WHERE") + " (ts, id) > (?, ?)"
-                rows = db.execute(f"SELECT ts, id, data, refs FROM records{cursor_where} ORDER BY ts, id LIMIT 50",
-                                  [*params, last_ts, last_id]).fetchall()
+                rows = db.execute(f"SELECT ts, id, data, refs, cache_break FROM records{cursor_where} "
+                                  "ORDER BY ts, id LIMIT 50", [*params, last_ts, last_id]).fetchall()
                 if not rows:
                     return
-                loaded = [self._load(db, data, refs) for _, _, data, refs in rows]
+                loaded = [self._load(db, *row[2:], tail=tail) for row in rows]
             last_ts, last_id = rows[-1][0], rows[-1][1]
             yield from loaded
 
@@ -451,6 +465,7 @@ class Store:
                 f"SELECT CASE {case} ELSE {len(LATENCY_BUCKETS_MS)} END AS b, count(*) "
                 "FROM sel WHERE duration_ms IS NOT NULL GROUP BY b").fetchall())
             breakdowns = _breakdowns(db, book, sessions)
+            cache_breaks = _cache_breaks(db, where, params)
         for row in by_model:  # the breakdown's figures for the same rows, in the chart's order
             row.update({k: v for k, v in breakdowns["_models"][row["model"]].items() if k not in row})
         del breakdowns["_models"]
@@ -469,6 +484,7 @@ class Store:
             "firstTs": first_ts, "lastTs": last_ts,
             "timeline": {"bucketSeconds": bucket, "points": timeline},
             "byModel": by_model, "latencyHistogram": latency,
+            "cacheBreaks": cache_breaks,
             **breakdowns,
         }
 
@@ -484,6 +500,21 @@ class Store:
             slowest = [json.loads(s) for (s,) in db.execute(
                 f"SELECT summary FROM records{timed_where} ORDER BY duration_ms DESC LIMIT ?", [*params, top])]
         return {"errorsByType": errors, "slowest": slowest}
+
+    def ratelimit_headers(self, flt: RecordFilter, *, limit: int = 2000) -> list[tuple[float, str, dict[str, Any]]]:
+        """(timestamp, id, response headers) of the newest `limit` matching records, oldest first: what
+        `ratelimits.report` reads (from the summaries, which keep the headers)."""
+        self._settle()
+        where, params = flt.where(self.dialect.search)
+        with self._reader() as db:
+            rows = db.execute(f"SELECT ts, id, summary FROM records{where} ORDER BY ts DESC LIMIT ?",
+                              [*params, limit]).fetchall()
+        found = []
+        for ts, record_id, summary in reversed(rows):
+            response = json.loads(summary).get("response") or {}
+            if headers := response.get("headers"):
+                found.append((ts, record_id, headers))
+        return found
 
     def facets(self) -> dict[str, list[str]]:
         """The distinct models and providers in the store (filter choices), from their indexes."""
@@ -543,6 +574,19 @@ def _group_entry(values: tuple[Any, ...]) -> dict[str, Any]:
             "inputTokens": int(tin), "outputTokens": int(tout), "cacheCreationTokens": int(tcw),
             "cacheReadTokens": int(tcr), "costUsd": round(cost, 8), "costedRequests": costed,
             "latencyMs": {"p50": None, "p95": None}, "cacheSavingsUsd": None}
+
+
+def _cache_breaks(db: Connection, where: str, params: list[Any]) -> dict[str, Any]:
+    """Money lost to cache breaks among the records matching `where`: in all and by where the prompt broke (`at`).
+    `unpriced`: breaks whose model has no price (not in `extraCostUsd`). Breaks are few: read from their own
+    partial index, not through `sel` (whose covering index has no room for them)."""
+    broken = (where + " AND" if where else " WHERE") + " cache_break_at IS NOT NULL"
+    by_at = [{"at": at, "count": n, "extraCostUsd": round(usd, 8), "unpriced": n - priced}
+             for at, n, usd, priced in db.execute(
+                 "SELECT cache_break_at, count(*), total(cache_break_usd), count(cache_break_usd) "
+                 f"FROM records{broken} GROUP BY 1 ORDER BY 3 DESC, 2 DESC, 1", params)]
+    return {"count": sum(e["count"] for e in by_at), "extraCostUsd": round(sum(e["extraCostUsd"] for e in by_at), 8),
+            "unpriced": sum(e["unpriced"] for e in by_at), "byAt": by_at}
 
 
 def _nearest_rank(values: list[float], p: float) -> float | None:

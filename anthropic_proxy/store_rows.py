@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import bodies
+from .cache_break import explain_around, prompt_facts
 from .dialects import Connection, Dialect
 from .masking import mask_text
+from .pricing import PriceBook
 from .record import Record
 
 logger = logging.getLogger("anthropic_proxy.store")
@@ -21,7 +23,8 @@ logger = logging.getLogger("anthropic_proxy.store")
 METRIC_COLUMNS = ("duration_ms", "input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens",
                   "cost_usd")
 RECORD_COLUMNS = ("id", "ts", "status", "provider", "model", "session", "search", "summary", "data", "refs",
-                  *METRIC_COLUMNS, "owner")
+                  *METRIC_COLUMNS, "owner", "cache_head", "cache_bp", "cache_break", "cache_break_at",
+                  "cache_break_usd")
 
 
 def metric_values(record: Record) -> tuple[Any, ...]:
@@ -68,18 +71,21 @@ def prepare(record: Record, owner: str, data: dict[str, Any] | None = None) -> P
     """`data`: the record's JSON form (`model_dump(mode="json", by_alias=True)`) when the caller has it already. It
     is cut in place, and may share its values with `record`: all that is read from the record is read first."""
     search, summary = search_text(record), mask_text(json.dumps(record.summary()))
+    head, breakpoint = prompt_facts(record.request.path, record.request.body)
     split = bodies.split(data if data is not None else record.model_dump(mode="json", by_alias=True))
     row = (record.id, record.timestamp.timestamp(), record.status, record.provider, _utf8(record.model),
            _utf8(record.session_id), search, summary, split.skeleton, json.dumps(split.refs, separators=(",", ":")),
-           *metric_values(record), owner)
+           *metric_values(record), owner, head, breakpoint, None, None, None)  # the break: `explain_around`
     return Prepared(record.id, row, split)
 
 
 class RowWriter:
-    """Inserts, replaces and deletes records with the pieces they use, in one dialect's SQL."""
+    """Inserts, replaces and deletes records with the pieces they use, in one dialect's SQL; explains the cache
+    breaks of what it writes (`cache_break.py`) with the prices of `book`."""
 
-    def __init__(self, dialect: Dialect) -> None:
+    def __init__(self, dialect: Dialect, book: PriceBook) -> None:
         self.dialect = dialect
+        self.book = book
         self._upsert = dialect.upsert("records", RECORD_COLUMNS, "id")
         self._add_blob = dialect.insert_ignore("blobs", ("id", "data"))
         self._add_node = dialect.insert_ignore("nodes", ("id", "parent", "blob"))
@@ -118,6 +124,7 @@ class RowWriter:
                 garbage |= old - new
         if garbage:
             collect(db, garbage)
+        explain_around(db, [item.record_id for item in prepared], self.book, _unexplained)
 
     def prune(self, db: Connection, *, max_records: int, retention_days: float) -> None:
         """Retention: drop records older than `retention_days` and beyond the newest `max_records`. On a shared
@@ -142,6 +149,11 @@ class RowWriter:
         with contextlib.suppress(*self.dialect.errors):  # a full disk (or a lost server) can refuse even this
             if db.in_transaction:
                 db.rollback()
+
+
+def _unexplained(record_id: str, exc: Exception) -> None:
+    logger.warning("store: the cache break of record %s cannot be explained (%s: %s)", record_id,
+                   type(exc).__name__, exc)
 
 
 def delete_records(db: Connection, ids: list[str]) -> None:

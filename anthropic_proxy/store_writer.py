@@ -468,8 +468,8 @@ class Writer:
         self.channel = channel
         self.logs = logs
         self.dialect = dialect_for(settings.state_dir, settings.url, busy_timeout=settings.busy_timeout)
-        self.rows = RowWriter(self.dialect)
         self.prices = PriceBook(settings.state_dir / PRICES_FILE)  # prices `ended` records, as the proxy's would
+        self.rows = RowWriter(self.dialect, self.prices)
         self.db: Connection = self.dialect.connect(lazy=True)  # opened by the first write (which reports failure)
         self.legacy = settings.legacy
         self.max_records, self.retention_days = 50_000, 30.0

@@ -16,8 +16,9 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from .. import analysis
+from .. import analysis, conversation
 from .. import export as exporting
+from .. import ratelimits as rate_limits
 from ..masking import mask_text
 from ..record import FINAL_STATUSES, Record
 from ..runtime import RUNTIME_KEY as RUNTIME
@@ -230,12 +231,12 @@ def _take(items: Iterator[Any], count: int) -> list[Any]:
 @routes.get("/api/monitor/export")
 async def export(request: web.Request) -> web.StreamResponse:
     """Every matching record in full (keys masked), oldest first, streamed from the store in batches.
-    `format=ndjson` (default: one record per line), `json` (one array), `csv` (one row per record, flat
-    columns) or `compact` (lossless; a conversation's repeated history written once; see export.py);
-    `gzip=1` compresses the file as it streams."""
+    `format=json` (default: one array, the original tool's "export as JSON"), `ndjson` (one record per line),
+    `csv` (one row per record, flat columns) or `compact` (lossless; a conversation's repeated history written
+    once; see export.py); `gzip=1` compresses the file as it streams."""
     runtime = request.app[RUNTIME]
     flt = record_filter(request)
-    fmt = request.query.get("format", "ndjson")
+    fmt = request.query.get("format") or "json"
     if fmt not in exporting.FORMATS:
         raise _bad_request(f"format must be one of {', '.join(exporting.FORMATS)} (got {fmt!r})")
     compress = request.query.get("gzip", "") in ("1", "true", "yes")
@@ -369,6 +370,33 @@ async def monitor_config(request: web.Request) -> web.Response:
         "tokenRequired": token_required(settings), "inFlight": len(runtime.exchanges), "prices": prices,
         "modelMap": model_map(runtime),
     })
+
+
+@routes.get("/api/monitor/ratelimits")
+async def ratelimits(request: web.Request) -> web.Response:
+    """The `anthropic-ratelimit-*` headers of the matching records (the newest `limit`, default 2000): the latest
+    value of each, the limits, the unified windows with a projection, and a time series (see ratelimits.py)."""
+    runtime = request.app[RUNTIME]
+    flt = record_filter(request)
+    limit = _int_param(request, "limit", 2000, 1, 20_000)
+    rows = await asyncio.to_thread(runtime.store.ratelimit_headers, flt, limit=limit)
+    return web.json_response({**rate_limits.report(rows), "filters": filter_view(flt)})
+
+
+@routes.get("/api/monitor/sessions/{session}")
+async def session_turns(request: web.Request) -> web.Response:
+    """One session as a conversation: its calls, oldest first, as turns (see conversation.py); at most `limit`
+    (default 1000), the newest."""
+    runtime = request.app[RUNTIME]
+    session = request.match_info["session"]
+    limit = _int_param(request, "limit", 1000, 1, 10_000)
+
+    def read() -> list[dict[str, Any]]:
+        records = runtime.store.iter_records(RecordFilter(session=session), tail=conversation.TAIL_MESSAGES)
+        return conversation.turns(records)[-limit:]
+
+    found = await asyncio.to_thread(read)
+    return web.json_response({"session": session, "turns": found})
 
 
 def install(app: web.Application) -> None:

@@ -12,6 +12,8 @@ It runs on an ephemeral 127.0.0.1 port in a background thread with its own event
 Every request is kept as an `Exchange` (method, raw path, query string, raw headers in order, raw body bytes,
 and what was answered: status, headers, body bytes, SSE event names, whether the client went away).
 
+A request header `x-fake-response-<name>: value` adds the response header `<name>: value` to any answer.
+
 The answer ("scenario") is chosen by, in order: the header `x-fake-scenario`; a model name `fake-<scenario>`;
 the path (`/v1/messages/count_tokens` -> `count_tokens`); the body's `stream` flag (`stream` or `message`).
 
@@ -181,6 +183,9 @@ class FakeAnthropic(FakeServer):
             "anthropic-ratelimit-output-tokens-remaining": "80000",
             "anthropic-ratelimit-output-tokens-reset": "2030-01-01T00:00:01Z",
             "x-fake-echo-seq": str(ex.seq),
+            # `x-fake-response-<name>: value` on the request answers with the header `<name>: value`
+            **{name.lower().removeprefix("x-fake-response-"): value for name, value in ex.raw_headers
+               if name.lower().startswith("x-fake-response-")},
         }
 
     def _json(

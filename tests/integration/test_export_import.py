@@ -82,7 +82,7 @@ def test_export_then_import_restores_every_record_exactly(proxy, proxy_factory, 
 
 def test_compact_export_is_smaller_than_ndjson(proxy, conversation):
     compact = proxy.get("/api/monitor/export", model=conversation["model"], format="compact").content
-    ndjson = proxy.get("/api/monitor/export", model=conversation["model"]).content
+    ndjson = proxy.get("/api/monitor/export", model=conversation["model"], format="ndjson").content
     assert len(compact) < 0.7 * len(ndjson)  # system, tools and history written once, not once per turn
     kinds = [json.loads(line)["kind"] for line in compact.splitlines()]
     assert kinds[0] == "header" and kinds[-1] == "end" and kinds.count("record") == 6

@@ -269,7 +269,14 @@ def test_old_databases_migrate_and_stay_exact(tmp_path: Path, version: int):
                 "SELECT count(*) FROM records WHERE refs IS NULL").fetchone()[0]:
             assert time.monotonic() < deadline, "old rows not rewritten"
             time.sleep(0.05)
-        assert {r.id: record_json(r) for r in store.iter_records(RecordFilter())} == expected
+        rewritten = {r.id: r for r in store.iter_records(RecordFilter())}
+        # Rewritten rows get their cache breaks explained: record 4's history lacks the word record 3 added.
+        broken = rewritten[records[4].id].cache_break
+        assert broken is not None and (broken.previous_id, broken.at) == (records[3].id, "messages")
+        assert broken.detail == f"message {broken.index} edited (user)"
+        assert [r.id for r in rewritten.values() if r.cache_break] == [records[4].id]
+        rewritten[records[4].id].cache_break = None
+        assert {i: record_json(r) for i, r in rewritten.items()} == expected
         assert store.get(records[3].id) == records[3]
         stats = store.aggregate(RecordFilter())
         assert stats["total"] == 9 and stats["tokens"]["input"] == sum(r.usage.input_tokens for r in records)

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from anthropic_proxy.pricing import (
-    BUILTIN_PRICES,
+    GENAI_PRICES,
     PRICES_FILE,
     Cost,
     ModelPrice,
@@ -25,6 +25,7 @@ from anthropic_proxy.pricing import (
     apply_cost,
     cache_savings_usd,
     cache_write_premium_usd,
+    genai_models,
     model_key,
     price_record,
     savings_for_tokens,
@@ -84,7 +85,7 @@ def book() -> PriceBook:
 def test_hand_computed_costs(book, model, u, expected):
     cost = price_record(record(model, usage=u), book)
     assert cost.usd == pytest.approx(expected, abs=1e-12) and cost.note is None
-    assert cost.source == "anthropic-prices"
+    assert cost.source == GENAI_PRICES
 
 
 def test_fake_upstream_stream_usage(book):
@@ -99,7 +100,7 @@ def test_fake_upstream_stream_usage(book):
 def test_long_context_tier_bills_every_token_above_the_threshold(book):
     # prompt = 150000 + 60000 = 210000 > 200000: 150000x6 + 60000x0.60 + 1000x22.50 = 958500
     above = usage(150_000, 1000, read=60_000)
-    assert price_record(record("claude-sonnet-4-20250514", usage=above), book).usd == 0.9585
+    assert price_record(record("claude-sonnet-4-5-20250929", usage=above), book).usd == 0.9585
     # exactly 200000 is not above: 140000x3 + 60000x0.30 + 1000x15 = 453000
     at_threshold = usage(140_000, 1000, read=60_000)
     assert price_record(record("claude-sonnet-4-5", usage=at_threshold), book).usd == 0.453
@@ -115,10 +116,11 @@ def test_dated_rows_follow_the_record_time(book):
     after = price_record(record("claude-sonnet-4-6", usage=u, at=datetime(2026, 4, 1, tzinfo=UTC)), book)
     assert before.usd == 0.9585  # long-context tier until 2026-03-13
     assert after.usd == 0.483  # 150000x3 + 60000x0.3 + 1000x15, flat since
-    reads = usage(0, 0, read=1_000_000)
-    old = price_record(record("claude-sonnet-5-5", usage=reads, at=datetime(2026, 10, 6, 23, tzinfo=UTC)), book)
-    new = price_record(record("claude-sonnet-5-5", usage=reads, at=datetime(2026, 10, 7, tzinfo=UTC)), book)
-    assert (old.usd, new.usd) == (0.2, 0.1)
+    # the change's day: a record of 23:59 UTC the day before is billed at the old prices
+    opus = usage(150_000, 1000, read=60_000)
+    old = price_record(record("claude-opus-4-6", usage=opus, at=datetime(2026, 3, 12, 23, 59, tzinfo=UTC)), book)
+    new = price_record(record("claude-opus-4-6", usage=opus, at=datetime(2026, 3, 13, tzinfo=UTC)), book)
+    assert (old.usd, new.usd) == (1.5975, 0.805)  # 150000x10 + 60000x1 + 1000x37.5; 150000x5 + 60000x0.5 + 25000
 
 
 def test_haiku_5_5_prompt_length_tier(book):
@@ -207,16 +209,19 @@ def test_model_key(name, key):
     assert model_key(name) == key
 
 
-def test_every_builtin_row_is_complete_and_sane():
-    for key, rows in BUILTIN_PRICES.items():
-        assert model_key(key) == key, key
-        for row in rows:
-            p = row.price
-            assert p.input > 0 and p.output >= p.input and p.cache_read is not None and p.cache_read < p.input, key
+@pytest.mark.parametrize("day", [datetime(2026, 2, 1, tzinfo=UTC), NOW])
+def test_every_claude_price_from_genai_prices_is_complete_and_sane(book, day):
+    models = [m for m in genai_models() if m.startswith("claude-")]
+    assert {"claude-sonnet-4-5", "claude-opus-4-8", "claude-haiku-4-5", "claude-opus-5-5"} <= set(models)
+    for model in models:
+        found = book.lookup(model, day)
+        assert found is not None and found.source == GENAI_PRICES, model
+        for p in (found.price, found.price.long_context):
+            if p is None:
+                continue
+            assert p.input > 0 and p.output >= p.input and p.cache_read is not None and p.cache_read <= p.input, model
             assert p.cache_write_5m is not None and p.cache_write_1h is not None
-            assert p.cache_write_1h >= p.cache_write_5m >= p.input, key
-        dated = [row.since for row in rows[1:]]
-        assert all(dated) and dated == sorted(dated), key
+            assert p.cache_write_1h >= p.cache_write_5m >= p.input, model
 
 
 def test_cache_multipliers_default_from_input():
@@ -298,9 +303,8 @@ def test_unreadable_override_is_not_a_crash(tmp_path):
 CATALOG = {"prompt": 3e-06, "completion": 1.5e-05, "cacheRead": 3e-07, "cacheWrite": 3.75e-06}
 
 
-def or_record(u: dict, **kwargs: Any) -> Record:
-    return record("claude-sonnet-4-5", usage=u, provider="openrouter", upstream_model="anthropic/claude-sonnet-4.5",
-                  **kwargs)
+def or_record(u: dict, upstream_model: str = "anthropic/claude-sonnet-4.5", **kwargs: Any) -> Record:
+    return record("claude-sonnet-4-5", usage=u, provider="openrouter", upstream_model=upstream_model, **kwargs)
 
 
 def test_openrouter_reported_cost_wins(book):
@@ -326,11 +330,19 @@ def test_openrouter_falls_back_to_the_model_list(book):
     assert (cost.usd, cost.source) == (0.006975, "openrouter-models")
 
 
+def test_openrouter_falls_back_to_genai_prices(book):
+    # genai-prices' OpenRouter price of anthropic/claude-sonnet-4.5: 10x3 + 10x15 per MTok
+    cost = price_record(or_record(usage(10, 10)), book)
+    assert (cost.usd, cost.source) == (0.00018, GENAI_PRICES)
+
+
 def test_openrouter_without_a_usable_price_is_none_and_flagged(book):
-    missing = price_record(or_record(usage(10, 10)), book)
-    assert missing.usd is None and "anthropic/claude-sonnet-4.5" in (missing.note or "")
+    unknown = or_record(usage(10, 10), upstream_model="example/not-a-model")
+    missing = price_record(unknown, book)
+    assert missing.usd is None and "example/not-a-model" in (missing.note or "")
     no_cache_price = {"prompt": 1e-6, "completion": 1e-6, "cacheRead": None, "cacheWrite": None}
-    assert price_record(or_record(usage(10, 10, read=5)), book, catalog_price=no_cache_price).usd is None
+    cached = or_record(usage(10, 10, read=5), upstream_model="example/not-a-model")
+    assert price_record(cached, book, catalog_price=no_cache_price).usd is None
     assert price_record(or_record(usage(10, 10)), book, catalog_price=no_cache_price).usd == 0.00002
     assert price_record(or_record({}, status="error"), book).usd == 0.0  # nothing used
 
@@ -358,7 +370,7 @@ counts = st.integers(min_value=0, max_value=25_000)  # two prompts of 4 x 25k st
 
 @given(a=st.tuples(counts, counts, counts, counts, counts), b=st.tuples(counts, counts, counts, counts, counts))
 def test_cost_is_additive_below_the_tier(a, b):
-    price = BUILTIN_PRICES["claude-sonnet-4-5"][0].price
+    price = PriceBook().lookup("claude-sonnet-4-5").price
     ta, tb = TokenCounts(*a), TokenCounts(*b)
     both = TokenCounts(*(x + y for x, y in zip(a, b, strict=True)))
     assert anthropic_cost(ta, price) + anthropic_cost(tb, price) == anthropic_cost(both, price)

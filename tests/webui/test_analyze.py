@@ -198,7 +198,7 @@ def test_stats_breakdowns_by_session_day_model_with_exact_sums(proxy, populated)
 
 def test_config_shows_where_prices_come_from(proxy):
     prices = proxy.get("/api/monitor/config").json()["prices"]
-    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", prices["asOf"]) and prices["source"].startswith("https://")
+    assert re.fullmatch(r"genai-prices \d+\.\d+\.\d+", prices["library"]) and prices["source"].startswith("https://")
     assert prices["overrideFile"] == str(proxy.state_dir / "prices.json")
     assert prices["overrideError"] is None and prices["overrideModels"] == []
     assert "claude-sonnet-4-5" in prices["builtinModels"]
@@ -277,8 +277,8 @@ def test_cache_savings_sessions_and_unknown_costs_on_the_page(page, proxy, popul
 def test_config_page_shows_the_prices_read_only(page, proxy):
     page.goto(f"{proxy.url}/config")
     prices = page.get_by_test_id("prices")
-    as_of = proxy.get("/api/monitor/config").json()["prices"]["asOf"]
-    expect(prices).to_contain_text(as_of)
+    library = proxy.get("/api/monitor/config").json()["prices"]["library"]
+    expect(prices).to_contain_text(library)
     expect(prices.get_by_test_id("prices-file")).to_have_text(str(proxy.state_dir / "prices.json"))
     expect(prices.get_by_test_id("prices-error")).to_be_hidden()
     assert prices.locator("input, select, textarea").count() == 0  # read-only

@@ -117,15 +117,16 @@ def test_bad_filters_are_400(proxy):
 
 
 def test_export_streams_every_matching_record_as_a_download(proxy, populated):
-    r = proxy.get("/api/monitor/export", model=populated["model"])
+    r = proxy.get("/api/monitor/export", model=populated["model"])  # no format: one JSON array
     assert r.status_code == 200
-    assert r.headers["content-disposition"].startswith("attachment;")
-    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert r.headers["content-disposition"].startswith("attachment;") and ".json" in r.headers["content-disposition"]
+    assert r.headers["content-type"].startswith("application/json")
+    lines = r.json()
     assert len(lines) == 7 and {rec["model"] for rec in lines} == {populated["model"]}
     assert all("request" in rec and "chunks" in rec for rec in lines)  # full records
     assert FAKE_API_KEY[10:-4] not in r.text  # keys masked
-    as_json = proxy.get("/api/monitor/export", model=populated["model"], status="error", format="json")
-    assert len(as_json.json()) == 2
+    as_ndjson = proxy.get("/api/monitor/export", model=populated["model"], status="error", format="ndjson")
+    assert [json.loads(line)["status"] for line in as_ndjson.text.splitlines()] == ["error", "error"]
 
 
 def test_analyze_and_config_answer(proxy, populated):
@@ -139,7 +140,7 @@ def test_analyze_and_config_answer(proxy, populated):
     config = proxy.get("/api/monitor/config").json()
     assert config["mode"] == "anthropic" and config["listenPort"] == proxy.port
     assert config["tokenRequired"] is False
-    assert config["prices"]["asOf"] and config["prices"]["overrideError"] is None
+    assert config["prices"]["library"].startswith("genai-prices ") and config["prices"]["overrideError"] is None
 
 
 # ---- live stream ----------------------------------------------------------------------------------------------

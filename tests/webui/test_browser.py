@@ -146,9 +146,8 @@ def test_export_button_downloads_a_file(page, proxy):
     with page.expect_download() as info:
         page.get_by_test_id("export").click()
     download = info.value
-    assert download.suggested_filename.endswith(".ndjson")
-    lines = Path(download.path()).read_text().splitlines()
-    assert [json.loads(line)["model"] for line in lines] == [model, model]
+    assert download.suggested_filename.endswith(".json")
+    assert [r["model"] for r in json.loads(Path(download.path()).read_text())] == [model, model]
     assert len(page.context.pages) == 1  # a download, not a new tab
     assert page.url.endswith(f"/monitor?model={model}")
 

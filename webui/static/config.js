@@ -87,8 +87,8 @@ async function loadPrices() {
   const overridden = p.overrideModels.length
     ? `${p.overrideModels.length} model(s): ${p.overrideModels.join(", ")}` : "none (no file, or no model in it)";
   const items = [
-    ["Built-in table as of", p.asOf || "—"], ["Source", source],
-    ["Built-in models", fmt.int(p.builtinModels.length)],
+    ["Prices", p.library || "—"], ["Source", source],
+    ["Anthropic models priced", fmt.int(p.builtinModels.length)],
     ["Override file", h("code", { "data-testid": "prices-file" }, p.overrideFile || "—")],
     ["Overridden", p.overrideError ? "none: the file is ignored" : overridden],
   ];

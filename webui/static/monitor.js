@@ -64,6 +64,18 @@ async function loadStats() {
   updateOptions("provider", [...new Set(["anthropic", "openrouter", ...stats.facets.providers])]);  // built in, then any other
   drawCharts(stats);
   renderSessions(stats);
+  renderCacheBreaks(stats.cacheBreaks);
+  loadRateLimits(filterParams());
+  showConversation(state.filters.session, stats.total);
+}
+
+/** Money lost to cache breaks, and where the prompts broke (cache_break.py). */
+function renderCacheBreaks(breaks) {
+  $("stat-breaks").textContent = fmt.cost(breaks.extraCostUsd);
+  $("stat-breaks").title = breaks.byAt.map((e) => `${e.at}: ${e.count} · ${fmt.cost(e.extraCostUsd)}`).join("\n");
+  $("stat-breaks-sub").textContent = breaks.count
+    ? `${fmt.int(breaks.count)} breaks · ` + breaks.byAt.map((e) => `${e.at} ${fmt.int(e.count)}`).join(" · ")
+    : "no cache break";
 }
 
 function shortSession(id) {
@@ -388,6 +400,11 @@ function renderDetail(r) {
   if (r.error) {
     frag.append(...section("Error", h("div", { class: "block error" },
       h("div", { class: "kind" }, r.error.type), h("pre", {}, r.error.message))));
+  }
+  if (r.cacheBreak) {
+    frag.append(...section("Cache break", h("div", { class: "block cache-break", "data-testid": "detail-cache-break" },
+      breakText(r.cacheBreak), " ", h("a", { href: "#", onclick: (ev) => { ev.preventDefault(); select(r.cacheBreak.previousId); } },
+        "previous call"))));
   }
   frag.append(...section("Answer", renderAnswer(r)));
   frag.append(...section("Request", renderRequest(r.request)));
