@@ -273,7 +273,7 @@ def test_import_button_uploads_a_file_and_costs_share_one_rule_per_column(page, 
     model = unique_model()
     send(proxy, model, "to copy")
     wait_final(proxy, model, 1)
-    [line] = proxy.get("/api/monitor/export", model=model).text.splitlines()
+    [line] = proxy.get("/api/monitor/export", model=model, format="ndjson").text.splitlines()
     copies, copied_model = [], unique_model()
     for cost in (0.0123, 0.000078):
         record = json.loads(line)
