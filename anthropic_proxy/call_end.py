@@ -64,6 +64,9 @@ class CallEnd(NamedTuple):
     ttfb_ms: float | None
     traceparent: str | None  # the client's W3C trace context, if it sent one
     tracestate: str | None
+    # The tries given up for the next target (failover), in order: (provider, model, HTTP status or None when the
+    # target did not answer). Empty for a call that went to one target.
+    failovers: tuple[tuple[str, str | None, int | None], ...] = ()
 
     @property
     def served_model(self) -> str | None:
@@ -117,6 +120,7 @@ def call_end(record: Record) -> CallEnd:
         ttfb_ms=record.metrics.ttfb_ms,
         traceparent=_header(headers, "traceparent"),
         tracestate=_header(headers, "tracestate"),
+        failovers=tuple((a.provider, a.model, a.status) for a in record.attempts[:-1]),
     )
 
 

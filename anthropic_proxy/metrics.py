@@ -49,6 +49,7 @@ class ProxyState:
     store_degraded: bool  # the last write failed
     store_lost: int  # records given up since start
     writer_restarts: int
+    cooldowns: int = 0  # failover targets skipped for now (a 429/529 with retry-after)
 
 
 
@@ -94,6 +95,7 @@ class ProxyMetrics:
         self._state = state
         self._version = version
         self._series: dict[tuple[str, str, str], _Series] = {}  # by (provider, model, operation)
+        self._failovers: dict[tuple[str, str, str], int] = {}  # tries given up, by (provider, model, status)
         self._lock = threading.Lock()  # counts change in the store's receiver thread, scrapes read on the event loop
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
@@ -115,6 +117,11 @@ class ProxyMetrics:
                 series.duration.observe(end.duration_ms / 1000)
             if end.ttfb_ms is not None:
                 series.ttfb.observe(end.ttfb_ms / 1000)
+            for provider, model, status in end.failovers:
+                key = (provider, model or UNKNOWN_MODEL, str(status) if status is not None else "no_answer")
+                if key not in self._failovers and len(self._failovers) >= MAX_MODELS:  # (bounded, as the calls)
+                    key = (provider, OTHER_MODEL, key[2])
+                self._failovers[key] = self._failovers.get(key, 0) + 1
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -142,8 +149,13 @@ class ProxyMetrics:
                                          "to its answer's last byte out.", labels=per_model)
         ttfb = HistogramMetricFamily("anthropic_proxy_time_to_first_byte_seconds", "From an API call's first byte in "
                                      "to the upstream's response headers.", labels=per_model)
+        failovers = CounterMetricFamily("anthropic_proxy_failovers", "Tries given up for the next target before "
+                                        "the client got a byte (HTTP status, or no_answer), by the target tried.",
+                                        labels=["provider", "model", "status"])
         by_model: dict[tuple[str, str], tuple[list[int], list[float]]] = {}  # tokens, [cost] (over operations)
         with self._lock:
+            for labels, count in self._failovers.items():
+                failovers.add_metric(list(labels), count)
             for (provider, model, operation), series in self._series.items():
                 for (status, stream), count in series.calls.items():
                     calls.add_metric([provider, model, operation, status, "true" if stream else "false"], count)
@@ -157,7 +169,7 @@ class ProxyMetrics:
             for kind, count in zip(TOKEN_TYPES, summed, strict=True):
                 tokens.add_metric([provider, model, kind], count)
             cost.add_metric([provider, model], spent[0])
-        yield from (calls, tokens, cost, duration, ttfb)
+        yield from (calls, tokens, cost, duration, ttfb, failovers)
 
     def state_families(self) -> Iterator[Metric]:
         """What the proxy holds at this moment."""
@@ -175,6 +187,8 @@ class ProxyMetrics:
              state.store_write_errors),
             ("anthropic_proxy_store_degraded", "1 while the store's last write failed (disk full, database down).",
              int(state.store_degraded)),
+            ("anthropic_proxy_cooldowns", "Failover targets skipped for now: they answered 429/529 with a "
+             "retry-after that has not passed.", state.cooldowns),
         ):
             yield GaugeMetricFamily(name, text, value=value)
         yield CounterMetricFamily("anthropic_proxy_store_records_lost", "Records the store gave up on.",

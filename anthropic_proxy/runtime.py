@@ -89,7 +89,8 @@ class Runtime:
         store = self.store
         return ProxyState(in_flight=len(self.exchanges), store_queue=store.queued, store_unsaved=store.unsaved,
                           store_write_errors=store.write_errors, store_degraded=store.last_write_error is not None,
-                          store_lost=store.lost, writer_restarts=store.writer_restarts)
+                          store_lost=store.lost, writer_restarts=store.writer_restarts,
+                          cooldowns=len(self.cooldowns.view()))
 
     @property
     def prices(self) -> PriceBook:

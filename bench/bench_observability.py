@@ -10,7 +10,7 @@ Every figure is CPU time per call on the proxy's side (its threads share the eve
    SDK's OTLP protobuf encoding, in its own thread; the network is not measured): what the proxy would pay if the
    spans were made there;
 5. the alternative not taken, settling every call in the proxy: describing a Claude Code call (parsing its request
-   body, 126 KB) and reading a 100-event stream's outline.
+   body, 126 KB) and reading a 100-event stream as the exchange does.
 
     .venv/bin/python bench/bench_observability.py [--calls 20000]
 """
@@ -35,7 +35,7 @@ from anthropic_proxy.exchange import describe_call  # noqa: E402
 from anthropic_proxy.metrics import ProxyMetrics, ProxyState  # noqa: E402
 from anthropic_proxy.record import HttpRequestPart, Metrics, Record, Usage  # noqa: E402
 from anthropic_proxy.store_writer import Report, WriterProcess, _Put  # noqa: E402
-from anthropic_proxy.stream_log import StreamOutline  # noqa: E402
+from anthropic_proxy.stream_log import StreamReader  # noqa: E402
 
 CLAUDE_CODE_REQUEST = ROOT / "tests" / "data" / "claude_code" / "claude_code_request_03_haiku_thinking_roundtrip.json"
 MODELS = ["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"]
@@ -129,11 +129,11 @@ def main() -> None:
              describe_calls, lambda: [describe_call(r, request_bytes) for r in bare])
     log = stream_log()
 
-    def outlines() -> None:
+    def reads() -> None:
         for _ in range(describe_calls):
-            StreamOutline().finish(log)
+            StreamReader(keep=False).read(log)
 
-    per_call("proxy: read a 100-event stream's outline (usage, stop reason, end)", describe_calls, outlines)
+    per_call("proxy: read a 100-event stream's end (the exchange's reading: no chunks kept)", describe_calls, reads)
     print(f"\nper-call counting cost in the proxy (taking the end + counting it): {taking + counting:.2f} µs "
           "(target < 20 µs)")
 

@@ -8,6 +8,7 @@ One proxy for the module (anthropic mode); its routes, providers and fallbacks a
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -190,6 +191,20 @@ def test_retry_after_puts_the_target_in_a_cool_down(make_client, proxy, fake_ant
     assert 20 < cooling[f"anthropic:{model}"]["remainingS"] <= 30 and cooling[f"anthropic:{model}"]["status"] == 429
     view = httpx.get(proxy.url + "/api/config", trust_env=False).json()
     assert f"anthropic:{model}" in [c["target"] for c in view["coolDowns"]]
+    # /metrics counts the try given up and the cool-down (a call is counted once the store's writer has read it)
+    tried = ("anthropic_proxy_failovers_total", (("model", model), ("provider", "anthropic"), ("status", "429")))
+    deadline = time.monotonic() + 10
+    while (found := metric_samples(proxy)).get(tried) != 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert found.get(tried) == 1 and found[("anthropic_proxy_cooldowns", ())] >= 1
+
+
+def metric_samples(proxy) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(proxy.url + "/metrics", trust_env=False).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def test_a_failure_mid_stream_is_not_retried(client, proxy, fake_anthropic, fake_openrouter, test_tag):

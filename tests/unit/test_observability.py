@@ -139,7 +139,7 @@ def samples(metrics: ProxyMetrics) -> dict[tuple[str, tuple], float]:
 
 
 STATE = ProxyState(in_flight=2, store_queue=5, store_unsaved=1, store_write_errors=3, store_degraded=True,
-                   store_lost=4, writer_restarts=1)
+                   store_lost=4, writer_restarts=1, cooldowns=2)
 
 
 def test_counters_histograms_and_gauges():
@@ -168,6 +168,26 @@ def test_counters_histograms_and_gauges():
     assert found[("anthropic_proxy_store_degraded", ())] == 1
     assert found[("anthropic_proxy_store_records_lost_total", ())] == 4
     assert found[("anthropic_proxy_info", (("version", "9.9"),))] == 1
+    assert found[("anthropic_proxy_cooldowns", ())] == 2
+
+
+def test_failovers_count_each_try_given_up():
+    from anthropic_proxy.call_end import call_end
+    from anthropic_proxy.record import Attempt, HttpRequestPart, Record
+
+    record = Record(status="success", provider="openrouter", model="claude-sonnet-4-5",
+                    upstream_model="anthropic/claude-sonnet-4.5",
+                    request=HttpRequestPart(method="POST", path="/v1/messages", headers={}),
+                    attempts=[Attempt(provider="anthropic", model="claude-sonnet-4-5", status=529),
+                              Attempt(provider="local", model="qwen3", status=None, error="connection refused"),
+                              Attempt(provider="openrouter", model="anthropic/claude-sonnet-4.5", status=200)])
+    metrics = ProxyMetrics(lambda: STATE, "1")
+    metrics.count(call_end(record))
+    metrics.count(end_of())  # one target: no failover
+    failovers = {tuple(sorted(labels)): value for (name, labels), value in samples(metrics).items()
+                 if name == "anthropic_proxy_failovers_total"}
+    assert failovers == {(("model", "claude-sonnet-4-5"), ("provider", "anthropic"), ("status", "529")): 1,
+                         (("model", "qwen3"), ("provider", "local"), ("status", "no_answer")): 1}
 
 
 def test_histograms_agree_with_prometheus_clients_own():
