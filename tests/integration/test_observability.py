@@ -1,7 +1,7 @@
 """Prometheus metrics and OpenTelemetry spans from a real mitmdump running addons/proxy.py.
 
 - `/metrics` is parsed with prometheus_client's own parser and compared with the sums over the proxy's records;
-- a real Prometheus server (Debian's `prometheus` package; skipped, saying so, when it is not installed) scrapes
+- a real Prometheus server (Debian's `prometheus` package, which bin/test installs) scrapes
   the proxy with the web token and its HTTP API returns the counter;
 - an OTLP/HTTP receiver started here (`OtlpReceiver`, decoding with opentelemetry-proto) gets one span per call:
   a stream, a tool call, an error, an OpenRouter call; prompts and answers only where the capture switch is on;
@@ -324,8 +324,8 @@ def test_metrics_need_the_token_where_the_api_does(openrouter_proxy):
 
 
 # ---- a real Prometheus server --------------------------------------------------------------------------------
-@pytest.mark.skipif(PROMETHEUS is None, reason="Debian's prometheus package is not installed (bin/test installs it)")
 def test_prometheus_scrapes_the_proxy(openrouter_proxy, make_client, tmp_path, test_tag):
+    assert PROMETHEUS is not None, "Debian's prometheus package is needed: bin/test installs it"
     client = make_client(base_url=openrouter_proxy.url)
     for _ in range(2):
         client.messages.create(model="fake/anthropic/simple.0", max_tokens=50, metadata={"user_id": test_tag},
@@ -365,8 +365,7 @@ def test_prometheus_scrapes_the_proxy(openrouter_proxy, make_client, tmp_path, t
 
 def test_shipped_observability_files_are_valid(tmp_path):
     promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("Debian's prometheus package (promtool) is not installed (bin/test installs it)")
+    assert promtool is not None, "Debian's prometheus package (promtool) is needed: bin/test installs it"
     deploy = Path(__file__).resolve().parents[2] / "deploy" / "observability"
     work = tmp_path / "prometheus"
     shutil.copytree(deploy / "prometheus", work)
