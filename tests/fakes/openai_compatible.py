@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .openrouter_upstream import Exchange, InvalidRequest, validate_chat_request
+from .openrouter_upstream import Exchange, InvalidRequest, receive, validate_chat_request
 from .server import FakeServer
 
 LOCAL_TEXT = "Hello from the local model."
@@ -58,16 +58,11 @@ class FakeOpenAICompatible(FakeServer):
         return self.find(lambda ex: ex.user == user)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        ex = Exchange(seq=next(self._seq), method=request.method, path=request.path,
-                      raw_headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers],
-                      body=body, received_at=time.monotonic())
-        with self._lock:
-            self.exchanges.append(ex)
+        ex = await receive(self, request)
         if request.method != "POST" or request.path != "/v1/chat/completions":
             return self._json(ex, 404, {"error": {"message": f"no route {request.path}", "type": "not_found"}})
         try:
-            payload = json.loads(body)
+            payload = json.loads(ex.body)
             validate_chat_request(payload)
             extra = [k for k in OPENROUTER_ONLY if k in payload]
             if extra:

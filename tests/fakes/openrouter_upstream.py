@@ -144,6 +144,16 @@ class Exchange:
         return body.get("user") if isinstance(body, dict) else None
 
 
+async def receive(server: FakeServer, request: web.Request) -> Exchange:
+    """Read the request whole and keep it as the server's next exchange (the fakes that speak chat completions)."""
+    ex = Exchange(seq=next(server._seq), method=request.method, path=request.path,
+                  raw_headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers],
+                  body=await request.read(), received_at=time.monotonic())
+    with server._lock:
+        server.exchanges.append(ex)
+    return ex
+
+
 # ---- recordings --------------------------------------------------------------------------------------------
 def recording_path(name: str, stream: bool) -> Path:
     if not name.startswith("Test"):
@@ -387,12 +397,7 @@ class FakeOpenRouter(FakeServer):
 
     # ---- handler -------------------------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        ex = Exchange(seq=next(self._seq), method=request.method, path=request.path,
-                      raw_headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers],
-                      body=body, received_at=time.monotonic())
-        with self._lock:
-            self.exchanges.append(ex)
+        ex = await receive(self, request)
         try:
             if request.method == "GET" and request.path == API_PREFIX + "/models":
                 return self._json(ex, 200, {"data": MODELS})
