@@ -20,7 +20,7 @@ from anthropic_proxy.masking import mask_headers
 from anthropic_proxy.media import is_event_stream
 from anthropic_proxy.openrouter_route import ClientRequest, Route
 from anthropic_proxy.pricing import apply_cost
-from anthropic_proxy.record import Attempt, HttpRequestPart, Record
+from anthropic_proxy.record import HttpRequestPart, Record, single_attempt
 from anthropic_proxy.stream_log import read_record
 
 from .routing import API_CALL
@@ -163,11 +163,14 @@ class Recorder:
         runtime.exchanges.pop(flow_id, None)
         route = runtime.routes.pop(flow_id, None)
         record.route = route.match if route is not None else None
-        record.attempts = route.attempts if route is not None and route.attempts else [_only_attempt(record)]
+        if route is not None and route.attempts:  # the relay's tries; a call with one target gets its own once settled
+            record.attempts = route.attempts
         if record.status == "ended":  # nobody here takes its end: the store's writer reads its outcome, and prices it
             runtime.store.put(record, request_body=request_body)
             return
         _price(runtime, record, route)
+        if not record.attempts:
+            record.attempts = [single_attempt(record)]
         runtime.store.put(record, request_body=request_body)
         if runtime.bus.has_subscribers:
             runtime.bus.publish("ended", record.summary())
@@ -179,16 +182,6 @@ def _take_target(record: Record, route: Route) -> None:
     """What the record says of the target the call went to (the one that answered, once one has)."""
     record.provider, record.upstream_model, record.upstream_request = (route.provider, route.upstream_model,
                                                                        route.upstream_body)
-
-
-def _only_attempt(record: Record) -> Attempt:
-    """The one try of a call that had no fallbacks to try."""
-    response, error = record.response, record.error
-    return Attempt(provider=record.provider, model=record.upstream_model or record.model,
-                   status=response.status if response else None,
-                   error=error.message if error is not None and (response is None or response.status is None
-                                                                 or response.status >= 400) else None,
-                   duration_ms=record.metrics.ttfb_ms if response and response.status else record.metrics.duration_ms)
 
 
 def _end_watched() -> bool:

@@ -182,3 +182,14 @@ def text_preview(record: Record, limit: int = 160) -> str:
             if texts:
                 return texts[-1][:limit]
     return ""
+
+
+def single_attempt(record: Record) -> Attempt:
+    """The one try of a settled call that had no fallbacks to try: the same wherever its end is settled (the
+    Recorder for a call whose end someone watched, `stream_log.settle_ended` for one left to the store's writer)."""
+    response, error = record.response, record.error
+    return Attempt(provider=record.provider, model=record.upstream_model or record.model,
+                   status=response.status if response else None,
+                   error=error.message if error is not None and (response is None or response.status is None
+                                                                 or response.status >= 400) else None,
+                   duration_ms=record.metrics.ttfb_ms if response and response.status else record.metrics.duration_ms)

@@ -166,7 +166,7 @@ def decode(encoded: Encoded, prices: PriceBook | None = None) -> tuple[Record, d
     return record, data
 
 
-_OUTCOME_FIELDS = frozenset({"status", "error", "usage", "stop_reason", "cost_usd", "cost_note", "metrics"})
+_OUTCOME_FIELDS = frozenset({"status", "error", "usage", "stop_reason", "cost_usd", "cost_note", "metrics", "attempts"})
 
 
 @dataclass(frozen=True, slots=True)

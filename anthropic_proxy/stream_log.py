@@ -30,7 +30,7 @@ import orjson
 from .bodies import parse_body
 from .codings import ContentDecoder, DecodingError, codings_of
 from .pricing import PriceBook, apply_cost
-from .record import Chunk, Record, RecordError, Status, Usage, as_text
+from .record import Chunk, Record, RecordError, Status, Usage, as_text, single_attempt
 from .translate import fastjson
 from .translate.accumulate import MessageAccumulator
 from .translate.sse import SSEDecoder, SSEEvent, plain_events
@@ -232,6 +232,8 @@ def settle_ended(record: Record, client: StreamReader, log: StreamLog, prices: P
     else:
         take_stream(record, client.accumulator, client.count, log_size(log), first_event_ms=client.first_event_ms)
         record.status, record.error = stream_outcome(client.accumulator, client.undecodable)
+    if not record.attempts:
+        record.attempts = [single_attempt(record)]
     if prices is not None:
         apply_cost(record, prices)
 

@@ -639,3 +639,17 @@ def test_record_detail_of_a_stream_in_flight_shows_its_events_so_far(make_client
         done.join(timeout=10)
     final = proxy.wait_record(record_id or by_tag(test_tag))
     assert final["status"] == "success" and len(final["chunks"]) > len(live["chunks"])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_single_try_is_recorded_alike_whether_watched_or_not(client, proxy, test_tag, stream):
+    """Nobody watches this proxy: the store's writer settles the record, and its one attempt names the model."""
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
+    if stream:
+        with client.messages.stream(**body) as events:
+            events.until_done()
+    else:
+        client.messages.create(**body)
+    record = proxy.wait_record(by_tag(test_tag))
+    assert [(a["provider"], a["model"], a["status"]) for a in record["attempts"]] == [
+        ("anthropic", "claude-sonnet-4-5", 200)]
