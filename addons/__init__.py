@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from .capture import Capture
-from .errorpages import ErrorPages
-from .mitmweb_view import MitmwebView
-from .recording import Recorder
-from .routing import Router
-from .startup import Startup
-from .telemetry import Telemetry
-from .webapp import WebApp
+from anthropic_proxy.addons.capture import Capture
+from anthropic_proxy.addons.errorpages import ErrorPages
+from anthropic_proxy.addons.mitmweb_view import MitmwebView
+from anthropic_proxy.addons.recording import Recorder
+from anthropic_proxy.addons.routing import Router
+from anthropic_proxy.addons.startup import Startup
+from anthropic_proxy.addons.telemetry import Telemetry
+from anthropic_proxy.addons.webapp import WebApp
 
 
 def all_addons() -> list[object]:

@@ -17,7 +17,7 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.master import Master
 from mitmproxy.proxy import mode_specs
 
-from anthropic_proxy.capture import DEFAULT_CAPTURE_HOSTS, is_captured, local_capture_error, parse_capture_hosts
+from anthropic_proxy.capture.hosts import DEFAULT_CAPTURE_HOSTS, is_captured, local_capture_error, parse_capture_hosts
 from anthropic_proxy.environment import environment
 
 CAPTURED = "anthropic_proxy.captured"

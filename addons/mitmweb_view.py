@@ -27,13 +27,12 @@ from mitmproxy import ctx, exceptions, flowfilter, http
 from mitmproxy.addonmanager import Loader
 
 from anthropic_proxy import runtime as runtime_module
-from anthropic_proxy.call_log import provider_name, summary_parts, via
+from anthropic_proxy.addons.webapp import INTERNAL_FLOW
 from anthropic_proxy.environment import environment
-from anthropic_proxy.masking import SECRET_HEADERS, mask_header_value
-from anthropic_proxy.record import Record
-from anthropic_proxy.stream_log import read_record
-
-from .webapp import INTERNAL_FLOW
+from anthropic_proxy.record.masking import SECRET_HEADERS, mask_header_value
+from anthropic_proxy.record.model import Record
+from anthropic_proxy.record.stream_log import read_record
+from anthropic_proxy.telemetry.call_log import provider_name, summary_parts, via
 
 logger = logging.getLogger("anthropic_proxy.mitmweb")
 

@@ -13,17 +13,16 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import traverse
 
 from anthropic_proxy import runtime as runtime_module
-from anthropic_proxy.bodies import parse_body
-from anthropic_proxy.exchange import Exchange
-from anthropic_proxy.hooks import AnthropicRecordCompleteHook
-from anthropic_proxy.masking import mask_headers
-from anthropic_proxy.media import is_event_stream
-from anthropic_proxy.openrouter_route import ClientRequest, Route
-from anthropic_proxy.pricing import apply_cost
-from anthropic_proxy.record import HttpRequestPart, Record, single_attempt
-from anthropic_proxy.stream_log import read_record
-
-from .routing import API_CALL
+from anthropic_proxy.addons.routing import API_CALL
+from anthropic_proxy.capture.exchange import Exchange
+from anthropic_proxy.providers.route import ClientRequest, Route
+from anthropic_proxy.record.bodies import parse_body
+from anthropic_proxy.record.hooks import AnthropicRecordCompleteHook
+from anthropic_proxy.record.masking import mask_headers
+from anthropic_proxy.record.model import HttpRequestPart, Record, single_attempt
+from anthropic_proxy.record.pricing import apply_cost
+from anthropic_proxy.record.stream_log import read_record
+from anthropic_proxy.wire.media import is_event_stream
 
 logger = logging.getLogger("anthropic_proxy.recording")
 

@@ -12,26 +12,25 @@ from mitmproxy import http
 from mitmproxy.net.http import url
 
 from anthropic_proxy import runtime as runtime_module
+from anthropic_proxy.addons.capture import CAPTURED
+from anthropic_proxy.addons.webapp import INTERNAL_FLOW
 from anthropic_proxy.environment import environment
-from anthropic_proxy.failover import RELAY_HEADER, Relay
-from anthropic_proxy.media import is_event_stream
-from anthropic_proxy.openrouter_route import (
+from anthropic_proxy.providers.entries import Target
+from anthropic_proxy.providers.failover import RELAY_HEADER, Relay
+from anthropic_proxy.providers.proxy_config import ProxyConfig
+from anthropic_proxy.providers.route import (
     ClientRequest,
     LocalAnswer,
     Route,
     parse_messages_request,
     translate_full_response,
 )
-from anthropic_proxy.providers import Target
-from anthropic_proxy.proxy_config import ProxyConfig
+from anthropic_proxy.providers.targets import CallFacts, Dispatch, UpstreamCall, select_targets
 from anthropic_proxy.runtime import Runtime
-from anthropic_proxy.targets import CallFacts, Dispatch, UpstreamCall, select_targets
 from anthropic_proxy.translate.reasoning import SIGNATURE_PREFIX, strip_openrouter_reasoning
 from anthropic_proxy.translate.tokens import estimate_input_tokens
 from anthropic_proxy.webui.common import INTERNAL_HEADER
-
-from .capture import CAPTURED
-from .webapp import INTERNAL_FLOW
+from anthropic_proxy.wire.media import is_event_stream
 
 MESSAGES_PATH = "/v1/messages"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"

@@ -17,11 +17,11 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import mode_specs
 
 from anthropic_proxy import runtime as runtime_module
-from anthropic_proxy import watchdog
-from anthropic_proxy.call_log import quiet_connection_lines
-from anthropic_proxy.dialects import check_store_url, mask_url
+from anthropic_proxy.capture import watchdog
 from anthropic_proxy.environment import DEFAULT_STATE_DIR, environment
 from anthropic_proxy.runtime import Pin, ProxySettings
+from anthropic_proxy.store.dialects import check_store_url, mask_url
+from anthropic_proxy.telemetry.call_log import quiet_connection_lines
 from anthropic_proxy.webui.security import is_loopback, is_unspecified, public_url, split_host
 
 logger = logging.getLogger("anthropic_proxy")

@@ -11,7 +11,7 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
 from anthropic_proxy import runtime as runtime_module
-from anthropic_proxy.tracing import check_installed, trace_config
+from anthropic_proxy.telemetry.tracing import check_installed, trace_config
 
 logger = logging.getLogger("anthropic_proxy")
 

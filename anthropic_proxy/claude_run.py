@@ -21,8 +21,8 @@ from pathlib import Path
 
 import httpx
 
-from .cli import DEFAULT_FORWARD, _state_dir, build_command, forward_address, mitm_options, preflight
-from .preflight import CA_FILE, LaunchError, confdir
+from anthropic_proxy.cli import DEFAULT_FORWARD, _state_dir, build_command, forward_address, mitm_options, preflight
+from anthropic_proxy.preflight import CA_FILE, LaunchError, confdir
 
 START_TIMEOUT = 30.0
 _FORWARD_VALUE = re.compile(r"^(\S+:)?\d+$")

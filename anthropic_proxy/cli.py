@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 
 from ruamel.yaml import YAML
 
-from . import __version__
-from .dialects import DB_NAME
-from .environment import DEFAULT_STATE_DIR, environment
+from anthropic_proxy import __version__
+from anthropic_proxy.environment import DEFAULT_STATE_DIR, environment
+from anthropic_proxy.store.dialects import DB_NAME
 
 # Both ship inside the package, so a wheel works as well as a checkout (`addons/` is the package
 # `anthropic_proxy.addons`; its location is looked up without importing it, which would import mitmproxy).
@@ -97,7 +97,7 @@ def build_command(tool: str, extra_args: list[str], *, forward: tuple[str, int] 
 
     mitmproxy refuses two `--set` values for one option, so an option the user sets is left out of the
     yaml's (its own flags, `-p`, `--listen-host`, `-q`, ..., are applied after `--set` and win anyway)."""
-    from .preflight import option_values
+    from anthropic_proxy.preflight import option_values
 
     executable = shutil.which(tool, path=str(Path(sys.executable).parent)) or shutil.which(tool)
     if executable is None:
@@ -118,7 +118,7 @@ def build_command(tool: str, extra_args: list[str], *, forward: tuple[str, int] 
 
 def preflight(command: list[str], *, forward: tuple[str, int] | None = None, local: str | None = None) -> None:
     """What would make mitmproxy fail at start-up with a traceback, checked first (raises LaunchError)."""
-    from .preflight import (
+    from anthropic_proxy.preflight import (
         check_ca_writable,
         check_capture_hosts,
         check_local_redirector,
@@ -155,8 +155,8 @@ def _instant(value: str) -> datetime:
 
 def store_command(argv: list[str]) -> int:
     """`export` / `import`: see the module docstring."""
-    from .export import FORMATS, ImportFailed, export_chunks, gzipped, read_records
-    from .store import RecordFilter, Store, parse_time_range
+    from anthropic_proxy.reports.export import FORMATS, ImportFailed, export_chunks, gzipped, read_records
+    from anthropic_proxy.store import RecordFilter, Store, parse_time_range
 
     parser = argparse.ArgumentParser(prog="anthropic-proxy", description="Export or import recorded calls.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in SUBCOMMANDS:
         raise SystemExit(store_command(argv))
     if argv and argv[0] == "claude":
-        from .claude_run import run_claude
+        from anthropic_proxy.claude_run import run_claude
 
         raise SystemExit(run_claude(argv[1:]))
     if argv[:1] == [ADDON_PATH_COMMAND]:
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.print_command:
         print(" ".join(command))
         return
-    from .preflight import LaunchError
+    from anthropic_proxy.preflight import LaunchError
 
     try:
         preflight(command, forward=args.forward, local=args.local)

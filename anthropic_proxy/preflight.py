@@ -11,7 +11,7 @@ from pathlib import Path
 
 import mitmproxy_rs
 
-from .capture import parse_capture_hosts
+from anthropic_proxy.capture.hosts import parse_capture_hosts
 
 CA_FILE = "mitmproxy-ca-cert.pem"  # what clients trust (mitmproxy writes it to confdir on its first start)
 DEFAULT_CONFDIR = "~/.mitmproxy"

@@ -18,17 +18,17 @@ from aiohttp import web
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from .openrouter_route import Route
+    from anthropic_proxy.providers.route import Route
 
-from . import __version__
-from .exchange import Exchange
-from .failover import CoolDowns, Relay
-from .live import LiveBus
-from .metrics import ProxyMetrics, ProxyState
-from .openrouter_api import ModelCatalog
-from .pricing import PriceBook
-from .proxy_config import ConfigStore
-from .store import Store
+from anthropic_proxy import __version__
+from anthropic_proxy.capture.exchange import Exchange
+from anthropic_proxy.capture.live import LiveBus
+from anthropic_proxy.providers.failover import CoolDowns, Relay
+from anthropic_proxy.providers.openrouter_api import ModelCatalog
+from anthropic_proxy.providers.proxy_config import ConfigStore
+from anthropic_proxy.record.pricing import PriceBook
+from anthropic_proxy.store import Store
+from anthropic_proxy.telemetry.metrics import ProxyMetrics, ProxyState
 
 logger = logging.getLogger("anthropic_proxy")
 

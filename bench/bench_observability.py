@@ -30,12 +30,12 @@ sys.path.append(str(ROOT / "tests"))
 
 from fakes.anthropic_upstream import sse  # noqa: E402
 
-from anthropic_proxy.call_end import CallEnd, call_end  # noqa: E402
-from anthropic_proxy.exchange import describe_call  # noqa: E402
-from anthropic_proxy.metrics import ProxyMetrics, ProxyState  # noqa: E402
-from anthropic_proxy.record import HttpRequestPart, Metrics, Record, Usage  # noqa: E402
-from anthropic_proxy.store_writer import Report, WriterProcess, _Put  # noqa: E402
-from anthropic_proxy.stream_log import StreamReader  # noqa: E402
+from anthropic_proxy.record.call import describe_call  # noqa: E402
+from anthropic_proxy.record.call_end import CallEnd, call_end  # noqa: E402
+from anthropic_proxy.record.model import HttpRequestPart, Metrics, Record, Usage  # noqa: E402
+from anthropic_proxy.record.stream_log import StreamReader  # noqa: E402
+from anthropic_proxy.store.writer import Report, WriterProcess, _Put  # noqa: E402
+from anthropic_proxy.telemetry.metrics import ProxyMetrics, ProxyState  # noqa: E402
 
 CLAUDE_CODE_REQUEST = ROOT / "tests" / "data" / "claude_code" / "claude_code_request_03_haiku_thinking_roundtrip.json"
 MODELS = ["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"]
@@ -142,7 +142,7 @@ def library_counting(ends: list[CallEnd]) -> Callable[[], None]:
     """ProxyMetrics.count's eight updates done with prometheus-client's own metric children (looked up once)."""
     from prometheus_client import CollectorRegistry, Counter, Histogram
 
-    from anthropic_proxy.metrics import LATENCY_BUCKETS
+    from anthropic_proxy.telemetry.metrics import LATENCY_BUCKETS
 
     registry = CollectorRegistry()
     calls = Counter("calls", "", ["status", "stream"], registry=registry).labels("success", "true")
@@ -167,7 +167,7 @@ def tracer_figures(ends: list[CallEnd], records: list[Record]) -> None:
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-    from anthropic_proxy.tracing import TraceConfig, Tracer
+    from anthropic_proxy.telemetry.tracing import TraceConfig, Tracer
 
     class Encoding(SpanExporter):
         """Encodes each batch as the OTLP exporter does, and sends nothing."""

@@ -29,7 +29,7 @@ from mitmproxy.addonmanager import Loader
 
 from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy.environment import environment
-from anthropic_proxy.record import Record
+from anthropic_proxy.record.model import Record
 from anthropic_proxy.store import RecordFilter
 from anthropic_proxy.translate.errors import anthropic_error_body
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .content import Dropped, Parts
-from .reasoning import details_from_redacted, details_from_thinking
-from .tool_ids import upstream_tool_id
-from .tool_names import shorten_tool_name
+from anthropic_proxy.translate.content import Dropped, Parts
+from anthropic_proxy.translate.reasoning import details_from_redacted, details_from_thinking
+from anthropic_proxy.translate.tool_ids import upstream_tool_id
+from anthropic_proxy.translate.tool_names import shorten_tool_name
 
 MISSING_RESULT = "[No result: the tool call was interrupted before it returned.]"
 _ROLES = ("user", "assistant", "system")

@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .content import Dropped, Parts
-from .history import History, HistoryError
-from .tool_names import shorten_tool_name
+from anthropic_proxy.translate.content import Dropped, Parts
+from anthropic_proxy.translate.history import History, HistoryError
+from anthropic_proxy.translate.tool_names import shorten_tool_name
 
 logger = logging.getLogger("anthropic_proxy.translate")
 

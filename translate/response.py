@@ -11,10 +11,10 @@ import json
 import logging
 from typing import Any
 
-from .finish import anthropic_usage, stop_reason
-from .reasoning import plain_reasoning, reasoning_blocks
-from .tool_ids import anthropic_tool_id
-from .tool_names import original_tool_name
+from anthropic_proxy.translate.finish import anthropic_usage, stop_reason
+from anthropic_proxy.translate.reasoning import plain_reasoning, reasoning_blocks
+from anthropic_proxy.translate.tool_ids import anthropic_tool_id
+from anthropic_proxy.translate.tool_names import original_tool_name
 
 logger = logging.getLogger("anthropic_proxy.translate")
 

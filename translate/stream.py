@@ -25,14 +25,21 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Any
 
-from . import fastjson
-from .accumulate import MessageAccumulator
-from .errors import anthropic_error_body, error_type_for_code, upstream_error_message
-from .finish import anthropic_usage, stop_reason
-from .reasoning import detail_text, encode_details, is_text_detail, merge_detail, plain_reasoning, thinking_signature
-from .sse import SSEDecoder, encode_event
-from .tool_ids import anthropic_tool_id
-from .tool_names import original_tool_name
+from anthropic_proxy.translate.errors import anthropic_error_body, error_type_for_code, upstream_error_message
+from anthropic_proxy.translate.finish import anthropic_usage, stop_reason
+from anthropic_proxy.translate.reasoning import (
+    detail_text,
+    encode_details,
+    is_text_detail,
+    merge_detail,
+    plain_reasoning,
+    thinking_signature,
+)
+from anthropic_proxy.translate.tool_ids import anthropic_tool_id
+from anthropic_proxy.translate.tool_names import original_tool_name
+from anthropic_proxy.wire import fastjson
+from anthropic_proxy.wire.accumulate import MessageAccumulator
+from anthropic_proxy.wire.sse import SSEDecoder, encode_event
 
 logger = logging.getLogger("anthropic_proxy.translate")
 

@@ -15,12 +15,12 @@ import re
 
 from aiohttp import web
 
-from ..runtime import RUNTIME_KEY as RUNTIME
-from ..runtime import Runtime
-from . import config_api, metrics_api, monitor_api, pages
-from .common import INTERNAL_HEADER, error_response
-from .outgoing import masked_answers
-from .security import add_security_headers, check_request, only_through_proxy
+from anthropic_proxy.runtime import RUNTIME_KEY as RUNTIME
+from anthropic_proxy.runtime import Runtime
+from anthropic_proxy.webui import config_api, metrics_api, monitor_api, pages
+from anthropic_proxy.webui.common import INTERNAL_HEADER, error_response
+from anthropic_proxy.webui.outgoing import masked_answers
+from anthropic_proxy.webui.security import add_security_headers, check_request, only_through_proxy
 
 __all__ = ["INTERNAL_HEADER", "RUNTIME", "WebRoutes", "create_app", "error_response", "routes"]
 

@@ -8,13 +8,13 @@ import json
 from aiohttp import web
 from pydantic import ValidationError
 
-from ..environment import environment
-from ..openrouter_api import check_key
-from ..provider_check import try_provider
-from ..providers import BUILTIN_PROVIDERS, ProviderEntry, resolve_provider
-from ..proxy_config import ConfigError, describe_error, model_choices
-from ..runtime import RUNTIME_KEY as RUNTIME
-from ..runtime import Runtime
+from anthropic_proxy.environment import environment
+from anthropic_proxy.providers.check import try_provider
+from anthropic_proxy.providers.entries import BUILTIN_PROVIDERS, ProviderEntry, resolve_provider
+from anthropic_proxy.providers.openrouter_api import check_key
+from anthropic_proxy.providers.proxy_config import ConfigError, describe_error, model_choices
+from anthropic_proxy.runtime import RUNTIME_KEY as RUNTIME
+from anthropic_proxy.runtime import Runtime
 
 routes = web.RouteTableDef()
 UNSAVED = " unsaved"  # no provider can have this name (a space)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..runtime import RUNTIME_KEY as RUNTIME
+from anthropic_proxy.runtime import RUNTIME_KEY as RUNTIME
 
 routes = web.RouteTableDef()
 

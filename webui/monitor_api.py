@@ -16,19 +16,19 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from .. import analysis, conversation
-from .. import export as exporting
-from .. import ratelimits as rate_limits
-from ..masking import mask_text
-from ..record import FINAL_STATUSES, Record
-from ..runtime import RUNTIME_KEY as RUNTIME
-from ..runtime import Runtime
-from ..store import RecordFilter, parse_time_range, record_json
-from ..store_rows import search_text
-from ..stream_log import read_record
-from .common import error_response
-from .config_api import model_map
-from .security import token_required
+from anthropic_proxy.record.masking import mask_text
+from anthropic_proxy.record.model import FINAL_STATUSES, Record
+from anthropic_proxy.record.stream_log import read_record
+from anthropic_proxy.reports import analysis, conversation
+from anthropic_proxy.reports import export as exporting
+from anthropic_proxy.reports import ratelimits as rate_limits
+from anthropic_proxy.runtime import RUNTIME_KEY as RUNTIME
+from anthropic_proxy.runtime import Runtime
+from anthropic_proxy.store import RecordFilter, parse_time_range, record_json
+from anthropic_proxy.store.rows import search_text
+from anthropic_proxy.webui.common import error_response
+from anthropic_proxy.webui.config_api import model_map
+from anthropic_proxy.webui.security import token_required
 
 logger = logging.getLogger("anthropic_proxy.webui")
 routes = web.RouteTableDef()

@@ -9,8 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..masking import mask_text
-from .common import error_response
+from anthropic_proxy.record.masking import mask_text
+from anthropic_proxy.webui.common import error_response
 
 logger = logging.getLogger("anthropic_proxy.webui")
 

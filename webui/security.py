@@ -20,9 +20,9 @@ from typing import Any
 
 from aiohttp import web
 
-from ..runtime import RUNTIME_KEY as RUNTIME
-from ..runtime import ProxySettings
-from .common import INTERNAL_HEADER, ORIGINAL_HOST_HEADER, error_response
+from anthropic_proxy.runtime import RUNTIME_KEY as RUNTIME
+from anthropic_proxy.runtime import ProxySettings
+from anthropic_proxy.webui.common import INTERNAL_HEADER, ORIGINAL_HOST_HEADER, error_response
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TOKEN_HEADER = "x-anthropic-proxy-token"

@@ -20,8 +20,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from anthropic_proxy.masking import mask_headers
-from anthropic_proxy.record import Chunk, HttpRequestPart, HttpResponsePart, Metrics, Record, Usage
+from anthropic_proxy.record.masking import mask_headers
+from anthropic_proxy.record.model import Chunk, HttpRequestPart, HttpResponsePart, Metrics, Record, Usage
 
 CAPTURED = Path(__file__).resolve().parents[1] / "data" / "claude_code" / "claude_code_request_02_tool_result_turn.json"
 WORDS = ("parser", "token", "module", "return", "value", "the", "a", "of", "request", "stream", "record", "store",

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from fakes.harness import FAKE_API_KEY, by_tag, child_env, free_port
 
-from anthropic_proxy.record import Record
+from anthropic_proxy.record.model import Record
 from anthropic_proxy.store import RecordFilter, Store
 
 LAUNCHER = str(Path(sys.executable).with_name("anthropic-proxy"))

@@ -20,7 +20,7 @@ import pytest
 from fakes.harness import FAKE_API_KEY, ProxyProcess, by_tag
 from fakes.odd_upstream import TEXT, USAGE, OddAnthropic
 
-from anthropic_proxy.record import HttpRequestPart, Record
+from anthropic_proxy.record.model import HttpRequestPart, Record
 from anthropic_proxy.store import Store
 
 FAILING_LOG = Path(__file__).parent.parent / "fakes" / "failing_log.py"
@@ -179,7 +179,7 @@ def test_the_live_monitor_masks_keys_in_the_path_and_the_text(odd_proxy, test_ta
 
 # ---- store faults -----------------------------------------------------------------------------------------------
 def writer_pid(proxy: ProxyProcess) -> int:
-    """The store's writer process: the proxy's child running anthropic_proxy.store_writer."""
+    """The store's writer process: the proxy's child running anthropic_proxy.store.writer."""
     assert proxy.proc is not None
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -189,7 +189,7 @@ def writer_pid(proxy: ProxyProcess) -> int:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == proxy.proc.pid and b"anthropic_proxy.store_writer" in cmdline:
+        if ppid == proxy.proc.pid and b"anthropic_proxy.store.writer" in cmdline:
             return int(entry.name)
     raise AssertionError("no store writer process")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from anthropic_proxy.translate.accumulate import MessageAccumulator
+from anthropic_proxy.wire.accumulate import MessageAccumulator
 
 
 def start(accumulator: MessageAccumulator, *blocks: dict[str, Any]) -> None:

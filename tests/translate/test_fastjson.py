@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from anthropic_proxy.translate import fastjson
+from anthropic_proxy.wire import fastjson
 
 BIG = 123456789012345678901234567890  # beyond 64 bits: orjson alone reads it as a float
 

@@ -9,8 +9,8 @@ import json
 import pytest
 from helpers import DATA, parse_sse, validate_events
 
-from anthropic_proxy.translate.accumulate import MessageAccumulator
 from anthropic_proxy.translate.stream import StreamTranslator
+from anthropic_proxy.wire.accumulate import MessageAccumulator
 
 ANTHROPIC = DATA / "anthropic_sse" / "anthropic"
 REAL = [

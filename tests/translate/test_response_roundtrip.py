@@ -14,11 +14,11 @@ import pytest
 from anthropic.types import Message
 from helpers import OPENROUTER, parse_sse, upstream_chunks
 
-from anthropic_proxy.translate.accumulate import MessageAccumulator
 from anthropic_proxy.translate.request import translate_request
 from anthropic_proxy.translate.response import translate_response
 from anthropic_proxy.translate.stream import StreamTranslator
 from anthropic_proxy.translate.tool_ids import anthropic_tool_id
+from anthropic_proxy.wire.accumulate import MessageAccumulator
 
 RESPONSES = sorted(OPENROUTER.glob("**/*.response.json"))
 FOLLOW_UPS = sorted(

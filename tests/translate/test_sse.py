@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anthropic_proxy.translate.sse import SSEDecoder, encode_event
+from anthropic_proxy.wire.sse import SSEDecoder, encode_event
 
 STREAM = (b": hello\r\n\r\nevent: a\r\ndata: {\"x\": \"\xc3\xa9\"}\r\n\r\n"
           b"data: line1\ndata:line2\ndata\nid: 7\nretry: 10\ndatafoo: ignored\n\n"

@@ -13,10 +13,10 @@ import pytest
 from helpers import STREAMS, parse_sse, upstream_chunks, validate_events
 from sdk import sdk_message
 
-from anthropic_proxy.translate.accumulate import MessageAccumulator
 from anthropic_proxy.translate.reasoning import details_from_redacted, details_from_thinking
 from anthropic_proxy.translate.stream import StreamTranslator
 from anthropic_proxy.translate.tool_ids import anthropic_tool_id
+from anthropic_proxy.wire.accumulate import MessageAccumulator
 
 REQUESTED = "claude-sonnet-4-5-20250929"
 

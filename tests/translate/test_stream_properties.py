@@ -8,8 +8,8 @@ from helpers import STREAMS, parse_sse, validate_events
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anthropic_proxy.translate.accumulate import MessageAccumulator
 from anthropic_proxy.translate.stream import StreamTranslator
+from anthropic_proxy.wire.accumulate import MessageAccumulator
 
 RECORDINGS = [path.read_bytes() for path in STREAMS]
 

@@ -14,15 +14,15 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from anthropic_proxy import exchange as exchange_module
 from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy.addons import all_addons, routing
 from anthropic_proxy.addons.recording import RECORD_ID
 from anthropic_proxy.addons.routing import API_CALL
 from anthropic_proxy.addons.startup import Startup
-from anthropic_proxy.stream_log import read_record
-from anthropic_proxy.translate.sse import encode_event
+from anthropic_proxy.capture import exchange as exchange_module
+from anthropic_proxy.record.stream_log import read_record
 from anthropic_proxy.webui.app import WebRoutes, create_app
+from anthropic_proxy.wire.sse import encode_event
 
 KEY = "sk-ant-api03-" + "K3yM1ddl3" * 6 + "-Tail"
 
@@ -192,7 +192,7 @@ async def test_forward_proxy_flows_are_refused_until_reverse_mode_is_up(proxy):
 
 def test_record_complete_handlers_are_looked_up_again_when_addons_change():
     from anthropic_proxy.addons.recording import _has_handlers
-    from anthropic_proxy.hooks import AnthropicRecordCompleteHook
+    from anthropic_proxy.record.hooks import AnthropicRecordCompleteHook
 
     class Listener:
         def anthropic_record_complete(self, record):

@@ -14,7 +14,10 @@ from typing import Any
 import pytest
 from mitmproxy.http import Headers
 
-from anthropic_proxy.analysis import (
+from anthropic_proxy.record.call import session_of
+from anthropic_proxy.record.model import HttpRequestPart, Metrics, Record, RecordError, Usage
+from anthropic_proxy.record.pricing import PriceBook, apply_cost
+from anthropic_proxy.reports.analysis import (
     REQUEST_TYPES,
     AnalysisReport,
     analyze,
@@ -24,9 +27,6 @@ from anthropic_proxy.analysis import (
     render_html,
     turn_key,
 )
-from anthropic_proxy.exchange import session_of
-from anthropic_proxy.pricing import PriceBook, apply_cost
-from anthropic_proxy.record import HttpRequestPart, Metrics, Record, RecordError, Usage
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "claude_code"
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)

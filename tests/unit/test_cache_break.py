@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from fakes.claude_session import session_records
 
-from anthropic_proxy.cache_break import prompt_facts, strip_markers
-from anthropic_proxy.pricing import PriceBook, cache_miss_usd
-from anthropic_proxy.record import Record
+from anthropic_proxy.record.model import Record
+from anthropic_proxy.record.pricing import PriceBook, cache_miss_usd
 from anthropic_proxy.store import RecordFilter, Store
+from anthropic_proxy.store.cache_break import prompt_facts, strip_markers
 
 from .test_store import make_record
 from .test_store_faults import wait_until

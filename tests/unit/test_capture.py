@@ -13,11 +13,11 @@ from mitmproxy.test import taddons, tflow, tutils
 from anthropic_proxy import cli
 from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy.addons.capture import Capture
-from anthropic_proxy.capture import destination_host, is_captured, local_capture_error, parse_capture_hosts
+from anthropic_proxy.capture.hosts import destination_host, is_captured, local_capture_error, parse_capture_hosts
 from anthropic_proxy.claude_run import claude_environment, split_arguments
 from anthropic_proxy.preflight import option_values
-from anthropic_proxy.pricing import SUBSCRIPTION_NOTE, PriceBook, apply_cost
-from anthropic_proxy.record import HttpRequestPart, Record, Usage
+from anthropic_proxy.record.model import HttpRequestPart, Record, Usage
+from anthropic_proxy.record.pricing import SUBSCRIPTION_NOTE, PriceBook, apply_cost
 from anthropic_proxy.webui.app import WebRoutes, create_app
 
 HOSTS = frozenset({"api.anthropic.com"})

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from fakes.claude_session import session_records
 
-from anthropic_proxy.bodies import new_turn
-from anthropic_proxy.record import HttpRequestPart, Record, RecordError
+from anthropic_proxy.record.bodies import new_turn
+from anthropic_proxy.record.model import HttpRequestPart, Record, RecordError
 from anthropic_proxy.store import _MIGRATIONS, DB_NAME, RecordFilter, Store, record_json
 
 from .test_store import KEY, make_record
@@ -153,7 +153,7 @@ def test_pieces_are_shared_and_collected(tmp_path: Path, monkeypatch: pytest.Mon
     shared = counts(store)["blobs"]
     store.close()
 
-    monkeypatch.setattr("anthropic_proxy.store_writer.PRUNE_EVERY", 1)
+    monkeypatch.setattr("anthropic_proxy.store.writer.PRUNE_EVERY", 1)
     store = Store(tmp_path, url=store_url, retention_days=1)
     store.put(fresh[-1])  # a write runs the retention pass: the old session goes, with what only it used
     store.flush()
@@ -188,7 +188,7 @@ def test_deleting_one_branch_keeps_the_shared_prefix(store: Store):
         store.put(record)
     store.flush()
     before = counts(store)
-    from anthropic_proxy.store_rows import delete_records
+    from anthropic_proxy.store.rows import delete_records
     with store._reader() as db:
         db.begin_write()
         delete_records(db, [records[-1].id, records[-2].id])

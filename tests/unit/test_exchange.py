@@ -6,10 +6,10 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from anthropic_proxy.exchange import Exchange
-from anthropic_proxy.live import LiveBus
-from anthropic_proxy.record import HttpRequestPart, Record
-from anthropic_proxy.stream_log import read_record
+from anthropic_proxy.capture.exchange import Exchange
+from anthropic_proxy.capture.live import LiveBus
+from anthropic_proxy.record.model import HttpRequestPart, Record
+from anthropic_proxy.record.stream_log import read_record
 
 EVENTS: list[tuple[str, Any]] = [
     ("message_start", {"type": "message_start", "message": {"id": "m1", "role": "assistant", "content": [],

@@ -13,13 +13,13 @@ import pytest
 from fakes.claude_session import session_records
 
 from anthropic_proxy import cli
-from anthropic_proxy.export import (
+from anthropic_proxy.record.model import HttpRequestPart, Record, RecordError, Usage
+from anthropic_proxy.reports.export import (
     ImportFailed,
     export_chunks,
     gzipped,
     read_records,
 )
-from anthropic_proxy.record import HttpRequestPart, Record, RecordError, Usage
 from anthropic_proxy.store import RecordFilter, Store, record_json
 
 from .test_dedup_store import odd_records
@@ -107,7 +107,7 @@ def test_csv_has_one_quoted_row_per_record():
 
 
 def cli_columns():
-    from anthropic_proxy.export import CSV_COLUMNS
+    from anthropic_proxy.reports.export import CSV_COLUMNS
     return CSV_COLUMNS
 
 

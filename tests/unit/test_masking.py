@@ -1,4 +1,4 @@
-from anthropic_proxy.masking import mask_header_value, mask_headers, mask_secret, mask_text
+from anthropic_proxy.record.masking import mask_header_value, mask_headers, mask_secret, mask_text
 
 ANTHROPIC_KEY = "sk-ant-api03-" + "A1b2C3d4" * 8 + "-XyZ9AA"
 OPENROUTER_KEY = "sk-or-v1-" + "0123456789abcdef" * 4

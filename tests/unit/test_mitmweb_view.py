@@ -21,7 +21,7 @@ from anthropic_proxy.addons.mitmweb_view import (
     hide_internal_flows,
 )
 from anthropic_proxy.addons.webapp import INTERNAL_FLOW
-from anthropic_proxy.record import Attempt, HttpRequestPart, Metrics, Record, RecordError, Usage
+from anthropic_proxy.record.model import Attempt, HttpRequestPart, Metrics, Record, RecordError, Usage
 
 
 def make_record(**kwargs) -> Record:

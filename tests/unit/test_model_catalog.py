@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from anthropic_proxy.openrouter_api import MODELS_CACHE_FILE, ModelCatalog, newest_by_family
-from anthropic_proxy.proxy_config import ModelMap, effective_models, model_choices
+from anthropic_proxy.providers.openrouter_api import MODELS_CACHE_FILE, ModelCatalog, newest_by_family
+from anthropic_proxy.providers.proxy_config import ModelMap, effective_models, model_choices
 
 
 def test_newest_by_family_reads_both_namings_and_skips_variants_and_other_vendors():

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from anthropic_proxy.call_end import CallEnd, CallEnds
-from anthropic_proxy.metrics import MAX_MODELS, ProxyMetrics, ProxyState
-from anthropic_proxy.record import HttpResponsePart, Metrics, Record
+from anthropic_proxy.record.call_end import CallEnd, CallEnds
+from anthropic_proxy.record.model import HttpResponsePart, Metrics, Record
 from anthropic_proxy.store import DB_NAME, Store
-from anthropic_proxy.tracing import TraceConfig, span_attributes, trace_config
+from anthropic_proxy.telemetry.metrics import MAX_MODELS, ProxyMetrics, ProxyState
+from anthropic_proxy.telemetry.tracing import TraceConfig, span_attributes, trace_config
 
 from .test_store import make_record
 from .test_store_faults import wait_until
@@ -172,8 +172,8 @@ def test_counters_histograms_and_gauges():
 
 
 def test_failovers_count_each_try_given_up():
-    from anthropic_proxy.call_end import call_end
-    from anthropic_proxy.record import Attempt, HttpRequestPart, Record
+    from anthropic_proxy.record.call_end import call_end
+    from anthropic_proxy.record.model import Attempt, HttpRequestPart, Record
 
     record = Record(status="success", provider="openrouter", model="claude-sonnet-4-5",
                     upstream_model="anthropic/claude-sonnet-4.5",
@@ -193,7 +193,7 @@ def test_failovers_count_each_try_given_up():
 def test_histograms_agree_with_prometheus_clients_own():
     from prometheus_client import CollectorRegistry, Histogram
 
-    from anthropic_proxy.metrics import LATENCY_BUCKETS
+    from anthropic_proxy.telemetry.metrics import LATENCY_BUCKETS
 
     seconds = [0.05, 0.1, 0.1001, 2.49, 2.5, 2.51, 30.0, 599.9, 600.0, 601.0, 7200.0]
     metrics = ProxyMetrics(lambda: STATE, "1")
@@ -271,7 +271,7 @@ def test_spans_over_grpc_reach_an_otlp_grpc_receiver():
     import grpc
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-    from anthropic_proxy.tracing import Tracer
+    from anthropic_proxy.telemetry.tracing import Tracer
 
     received = []
 

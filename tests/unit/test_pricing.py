@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from anthropic_proxy.pricing import (
+from anthropic_proxy.record.model import Chunk, HttpRequestPart, Record, Usage
+from anthropic_proxy.record.pricing import (
     GENAI_PRICES,
     PRICES_FILE,
     Cost,
@@ -31,7 +32,6 @@ from anthropic_proxy.pricing import (
     savings_for_tokens,
     token_counts,
 )
-from anthropic_proxy.record import Chunk, HttpRequestPart, Record, Usage
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from anthropic_proxy.ratelimits import instant, report
+from anthropic_proxy.reports.ratelimits import instant, report
 
 T0 = datetime(2026, 12, 1, 10, tzinfo=UTC).timestamp()
 RESET = T0 + 4 * 3600

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from anthropic_proxy.record import HttpRequestPart, Record, RecordError, Usage
+from anthropic_proxy.record.model import HttpRequestPart, Record, RecordError, Usage
 from anthropic_proxy.store import DB_NAME, RecordFilter, Store, parse_time_range, record_json
 
 KEY = "sk-ant-api03-" + "S3cr3tM1ddl3" * 5 + "-AbCd"
@@ -113,7 +113,7 @@ def test_records_survive_reopen_and_orphans_are_closed(tmp_path: Path, store_url
 
 
 def test_retention_by_count_and_age(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_url: str):
-    monkeypatch.setattr("anthropic_proxy.store_writer.PRUNE_EVERY", 1)
+    monkeypatch.setattr("anthropic_proxy.store.writer.PRUNE_EVERY", 1)
     store = Store(tmp_path, url=store_url, max_records=3, retention_days=1)
     now = datetime.now(UTC)
     old = make_record(timestamp=now - timedelta(days=2))
@@ -164,7 +164,7 @@ def test_time_range_validation():
 def test_a_request_body_handed_over_as_bytes_is_stored_as_parsed(store: Store, raw: bytes):
     """The proxy gives the writer the body's bytes instead of encoding the parsed body: same record stored (the
     call described from them as the proxy would)."""
-    from anthropic_proxy.exchange import describe_call
+    from anthropic_proxy.record.call import describe_call
 
     with_bytes, encoded = make_record(status="success"), make_record(status="success")
     for record in (with_bytes, encoded):

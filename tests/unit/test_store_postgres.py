@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from fakes.postgres import PG_PASSWORD, PostgresServer
 
-from anthropic_proxy.dialects import check_store_url, mask_url
 from anthropic_proxy.store import RecordFilter, Store
+from anthropic_proxy.store.dialects import check_store_url, mask_url
 
 from .test_dedup_store import counts, session_records
 from .test_store import make_record
@@ -130,7 +130,7 @@ def test_without_psycopg_the_error_says_what_to_install(tmp_path: Path, monkeypa
 
 
 def test_an_instance_keeps_saying_it_is_alive(tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr("anthropic_proxy.store_writer.HEARTBEAT_SECONDS", 0.1)
+    monkeypatch.setattr("anthropic_proxy.store.writer.HEARTBEAT_SECONDS", 0.1)
     store = Store(tmp_path, url=url)
 
     def seen() -> float:

@@ -16,12 +16,12 @@ from typing import Any
 import brotli
 import pytest
 
-from anthropic_proxy.codings import ContentDecoder
-from anthropic_proxy.exchange import Exchange
-from anthropic_proxy.live import LiveBus
-from anthropic_proxy.record import HttpRequestPart, Record
-from anthropic_proxy.store_writer import decode, encode
-from anthropic_proxy.stream_log import read_record
+from anthropic_proxy.capture.exchange import Exchange
+from anthropic_proxy.capture.live import LiveBus
+from anthropic_proxy.record.model import HttpRequestPart, Record
+from anthropic_proxy.record.stream_log import read_record
+from anthropic_proxy.store.writer import decode, encode
+from anthropic_proxy.wire.codings import ContentDecoder
 
 try:
     from compression import zstd  # type: ignore[import-not-found]

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from anthropic_proxy.exchange import Exchange
-from anthropic_proxy.live import LiveBus
-from anthropic_proxy.pricing import PriceBook, apply_cost
-from anthropic_proxy.record import HttpRequestPart, Record
-from anthropic_proxy.store_writer import decode, encode
-from anthropic_proxy.stream_log import StreamLog, StreamReader, read_record
-from anthropic_proxy.translate.sse import encode_event
+from anthropic_proxy.capture.exchange import Exchange
+from anthropic_proxy.capture.live import LiveBus
+from anthropic_proxy.record.model import HttpRequestPart, Record
+from anthropic_proxy.record.pricing import PriceBook, apply_cost
+from anthropic_proxy.record.stream_log import StreamLog, StreamReader, read_record
+from anthropic_proxy.store.writer import decode, encode
+from anthropic_proxy.wire.sse import encode_event
 
 FIXTURES = Path(__file__).parent.parent / "data" / "anthropic_sse" / "anthropic"
 NAMES = sorted(p.name.removesuffix(".chunks.txt") for p in FIXTURES.glob("*.chunks.txt"))

@@ -10,11 +10,11 @@ from email.utils import format_datetime
 
 import pytest
 
-from anthropic_proxy.failover import CoolDowns, attempt_error, retry_after_seconds
-from anthropic_proxy.openrouter_route import ClientRequest, Route
-from anthropic_proxy.providers import Target
-from anthropic_proxy.proxy_config import ConfigError, ConfigStore, ProxyConfig
-from anthropic_proxy.targets import CallFacts, Dispatch, match_route, openai_dialect, select_targets
+from anthropic_proxy.providers.entries import Target
+from anthropic_proxy.providers.failover import CoolDowns, attempt_error, retry_after_seconds
+from anthropic_proxy.providers.proxy_config import ConfigError, ConfigStore, ProxyConfig
+from anthropic_proxy.providers.route import ClientRequest, Route
+from anthropic_proxy.providers.targets import CallFacts, Dispatch, match_route, openai_dialect, select_targets
 
 PROVIDERS = {"local": {"type": "openai", "baseUrl": "http://127.0.0.1:11434/v1"},
              "tp": {"type": "anthropic", "baseUrl": "https://tp.example/anthropic", "apiKeyEnv": "TP_KEY"}}

@@ -7,8 +7,8 @@ import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 
-from anthropic_proxy.pricing import PriceBook
-from anthropic_proxy.record import HttpRequestPart, Metrics, Record, Usage
+from anthropic_proxy.record.model import HttpRequestPart, Metrics, Record, Usage
+from anthropic_proxy.record.pricing import PriceBook
 from anthropic_proxy.store import _MIGRATIONS, RecordFilter, Store, record_json
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from .masking import mask_text
-from .translate.models import FAMILIES
+from anthropic_proxy.record.masking import mask_text
+from anthropic_proxy.translate.models import FAMILIES
 
 logger = logging.getLogger("anthropic_proxy.openrouter")
 

@@ -12,16 +12,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .providers import Target
-from .record import Attempt
-from .translate import fastjson
-from .translate.errors import AnthropicError, anthropic_error_body, translate_error
-from .translate.request import TranslatedRequest
-from .translate.response import translate_response
-from .translate.stream import StreamTranslator
+from anthropic_proxy.providers.entries import Target
+from anthropic_proxy.record.model import Attempt
+from anthropic_proxy.translate.errors import AnthropicError, anthropic_error_body, translate_error
+from anthropic_proxy.translate.request import TranslatedRequest
+from anthropic_proxy.translate.response import translate_response
+from anthropic_proxy.translate.stream import StreamTranslator
+from anthropic_proxy.wire import fastjson
 
 if TYPE_CHECKING:
-    from .targets import Dispatch
+    from anthropic_proxy.providers.targets import Dispatch
 
 
 class LocalAnswer(Exception):

@@ -11,12 +11,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import bodies
-from .cache_break import explain_around, prompt_facts
-from .dialects import Connection, Dialect
-from .masking import mask_text
-from .pricing import PriceBook
-from .record import Record
+from anthropic_proxy.record import bodies
+from anthropic_proxy.record.masking import mask_text
+from anthropic_proxy.record.model import Record
+from anthropic_proxy.record.pricing import PriceBook
+from anthropic_proxy.store.cache_break import explain_around, prompt_facts
+from anthropic_proxy.store.dialects import Connection, Dialect
 
 logger = logging.getLogger("anthropic_proxy.store")
 

@@ -73,7 +73,7 @@ from genai_prices import types as genai_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from .record import Record
+from anthropic_proxy.record.model import Record
 
 logger = logging.getLogger("anthropic_proxy.pricing")
 

@@ -41,10 +41,10 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
-from . import bodies
-from .masking import mask_text
-from .record import Record, text_preview
-from .store import record_json
+from anthropic_proxy.record import bodies
+from anthropic_proxy.record.masking import mask_text
+from anthropic_proxy.record.model import Record, text_preview
+from anthropic_proxy.store import record_json
 
 FORMATS = ("ndjson", "json", "csv", "compact")
 COMPACT_FORMAT = "anthropic-proxy-compact"

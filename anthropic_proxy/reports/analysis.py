@@ -62,8 +62,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from .pricing import USD_QUANTUM, PriceBook, cache_savings_usd, cache_write_premium_usd, counts_tokens
-from .record import Record, text_preview
+from anthropic_proxy.record.model import Record, text_preview
+from anthropic_proxy.record.pricing import (
+    USD_QUANTUM,
+    PriceBook,
+    cache_savings_usd,
+    cache_write_premium_usd,
+    counts_tokens,
+)
 
 # What the report page may load: its inline stylesheet (and style attributes), nothing else. The page says it in
 # a meta tag; the web app sends the same policy as the response's header (webui/monitor_api.py).

@@ -12,9 +12,9 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from .bodies import new_turn
-from .pricing import counts_tokens
-from .record import Record
+from anthropic_proxy.record.bodies import new_turn
+from anthropic_proxy.record.model import Record
+from anthropic_proxy.record.pricing import counts_tokens
 
 TEXT_LIMIT = 2000
 INPUT_LIMIT = 300

@@ -34,8 +34,8 @@ from typing import Any
 
 import orjson
 
-from .masking import mask_text
-from .translate import fastjson
+from anthropic_proxy.record.masking import mask_text
+from anthropic_proxy.wire import fastjson
 
 SLOTS: tuple[tuple[str, ...], ...] = (("request", "body"), ("upstreamRequest",))
 BLOB_KEYS = ("system", "tools")  # cut out whole, when big enough

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from .record import Record
+from anthropic_proxy.record.model import Record
 
 logger = logging.getLogger("anthropic_proxy.calls")
 

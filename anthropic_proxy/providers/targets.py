@@ -14,16 +14,16 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from .openrouter_route import LocalAnswer, Route, bad_request
-from .providers import Provider, RouteRule, RouteWhen, Target, resolve_provider
-from .proxy_config import ProxyConfig, effective_models
-from .translate import fastjson
-from .translate.errors import anthropic_error_body
-from .translate.models import ModelMapping, map_model, model_family
-from .translate.reasoning import SIGNATURE_PREFIX, strip_openrouter_reasoning
-from .translate.request import RequestTranslationError, translate_request
-from .translate.stream import StreamTranslator
-from .translate.tokens import estimate_input_tokens
+from anthropic_proxy.providers.entries import Provider, RouteRule, RouteWhen, Target, resolve_provider
+from anthropic_proxy.providers.proxy_config import ProxyConfig, effective_models
+from anthropic_proxy.providers.route import LocalAnswer, Route, bad_request
+from anthropic_proxy.translate.errors import anthropic_error_body
+from anthropic_proxy.translate.models import ModelMapping, map_model, model_family
+from anthropic_proxy.translate.reasoning import SIGNATURE_PREFIX, strip_openrouter_reasoning
+from anthropic_proxy.translate.request import RequestTranslationError, translate_request
+from anthropic_proxy.translate.stream import StreamTranslator
+from anthropic_proxy.translate.tokens import estimate_input_tokens
+from anthropic_proxy.wire import fastjson
 
 # Hop-by-hop and framing headers, and the client's Host: never forwarded as they are.
 _HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive",

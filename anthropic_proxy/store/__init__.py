@@ -51,17 +51,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from . import bodies, store_writer
-from .call_end import CallEnds
-from .dialects import DB_NAME, SQLITE_MIGRATIONS, Connection, Dialect, dialect_for
-from .exchange import describe_call
-from .masking import mask_text
-from .pricing import PRICES_FILE, PriceBook, savings_for_tokens
-from .record import CacheBreak, Record, RecordError
-from .store_rows import METRIC_COLUMNS, RowWriter, prepare
-from .store_writer import WriterProcess, WriterSettings
-from .stream_log import read_record
-from .tracing import TraceConfig
+from anthropic_proxy.record import bodies
+from anthropic_proxy.record.call import describe_call
+from anthropic_proxy.record.call_end import CallEnds
+from anthropic_proxy.record.masking import mask_text
+from anthropic_proxy.record.model import CacheBreak, Record, RecordError
+from anthropic_proxy.record.pricing import PRICES_FILE, PriceBook, savings_for_tokens
+from anthropic_proxy.record.stream_log import read_record
+from anthropic_proxy.store import writer as store_writer
+from anthropic_proxy.store.dialects import DB_NAME, SQLITE_MIGRATIONS, Connection, Dialect, dialect_for
+from anthropic_proxy.store.rows import METRIC_COLUMNS, RowWriter, prepare
+from anthropic_proxy.store.writer import WriterProcess, WriterSettings
+from anthropic_proxy.telemetry.tracing import TraceConfig
 
 logger = logging.getLogger("anthropic_proxy.store")
 

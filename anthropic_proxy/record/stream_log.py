@@ -27,13 +27,13 @@ from typing import Any
 
 import orjson
 
-from .bodies import parse_body
-from .codings import ContentDecoder, DecodingError, codings_of
-from .pricing import PriceBook, apply_cost
-from .record import Chunk, Record, RecordError, Status, Usage, as_text, single_attempt
-from .translate import fastjson
-from .translate.accumulate import MessageAccumulator
-from .translate.sse import SSEDecoder, SSEEvent, plain_events
+from anthropic_proxy.record.bodies import parse_body
+from anthropic_proxy.record.model import Chunk, Record, RecordError, Status, Usage, as_text, single_attempt
+from anthropic_proxy.record.pricing import PriceBook, apply_cost
+from anthropic_proxy.wire import fastjson
+from anthropic_proxy.wire.accumulate import MessageAccumulator
+from anthropic_proxy.wire.codings import ContentDecoder, DecodingError, codings_of
+from anthropic_proxy.wire.sse import SSEDecoder, SSEEvent, plain_events
 
 StreamLog = list[tuple[float, bytes]]  # (ms after the request, bytes) per network chunk, in order
 

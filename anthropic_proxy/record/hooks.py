@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from mitmproxy.hooks import Hook
 
-from .record import Record
+from anthropic_proxy.record.model import Record
 
 
 @dataclass

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from . import fastjson
+from anthropic_proxy.wire import fastjson
 
 # Nearly every event on the wire has one of two plain shapes: Anthropic's (and the translator's) `event:` line,
 # `data:` line, blank line; and OpenAI's (OpenRouter's) `data:` line, blank line. LF only: the decoder turns every

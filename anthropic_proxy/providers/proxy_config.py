@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .providers import RoutingConfig, check_headers
-from .translate.models import ModelMapping
+from anthropic_proxy.providers.entries import RoutingConfig, check_headers
+from anthropic_proxy.translate.models import ModelMapping
 
 logger = logging.getLogger("anthropic_proxy.config")
 

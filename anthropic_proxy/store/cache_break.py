@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from . import bodies
-from .dialects import Connection
-from .pricing import PriceBook, cache_miss_usd, counts_tokens
+from anthropic_proxy.record import bodies
+from anthropic_proxy.record.pricing import PriceBook, cache_miss_usd, counts_tokens
+from anthropic_proxy.store.dialects import Connection
 
 TTL_SCALE_ENV = "ANTHROPIC_PROXY_CACHE_TTL_SCALE"
 DEFAULT_TTL_SECONDS = 300

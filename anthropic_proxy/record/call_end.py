@@ -29,7 +29,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from .record import Record
+from anthropic_proxy.record.model import Record
 
 logger = logging.getLogger("anthropic_proxy.call_end")
 

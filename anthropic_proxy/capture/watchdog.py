@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 
-from .runtime import Runtime
+from anthropic_proxy.runtime import Runtime
 
 logger = logging.getLogger("anthropic_proxy.watchdog")
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .call_end import CallEnd
-from .record import Record
+from anthropic_proxy.record.call_end import CallEnd
+from anthropic_proxy.record.model import Record
 
 logger = logging.getLogger("anthropic_proxy.tracing")
 

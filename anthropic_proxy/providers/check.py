@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
-from .masking import mask_text
-from .providers import Provider
+from anthropic_proxy.providers.entries import Provider
+from anthropic_proxy.record.masking import mask_text
 
 TEST_PROMPT = [{"role": "user", "content": "Reply with the word ok."}]
 

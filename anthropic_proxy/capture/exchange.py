@@ -6,22 +6,27 @@ Pure (no mitmproxy): the Recorder addon feeds it request and response facts, and
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
-from .bodies import parse_body
-from .live import LiveBus
-from .record import HttpResponsePart, Record, RecordError, as_text
-from .stream_log import StreamReader, client_reader, log_size, stream_outcome, take_response, take_stream
-from .translate.accumulate import MessageAccumulator
+from anthropic_proxy.capture.live import LiveBus
+from anthropic_proxy.record.call import describe_call
+from anthropic_proxy.record.model import HttpResponsePart, Record, RecordError
+from anthropic_proxy.record.stream_log import (
+    StreamReader,
+    client_reader,
+    log_size,
+    stream_outcome,
+    take_response,
+    take_stream,
+)
+from anthropic_proxy.wire.accumulate import MessageAccumulator
 
 logger = logging.getLogger("anthropic_proxy.exchange")
 
 _PROGRESS_INTERVAL = 0.5  # seconds between two live "progressed" events of one record
-SESSION_HEADER = "x-claude-code-session-id"
 
 
 class StreamTransform(Protocol):
@@ -231,29 +236,3 @@ class Exchange:
         record.error = error
         record.metrics.duration_ms = self.elapsed_ms()
         self._on_final(record)
-
-
-def session_of(headers: Mapping[str, str], body: Any) -> str | None:
-    """Claude Code's session: its header, else the session inside `metadata.user_id` (a JSON string)."""
-    if session := next((value for name, value in headers.items() if name.lower() == SESSION_HEADER), None):
-        return session
-    user_id = (body.get("metadata") or {}).get("user_id") if isinstance(body, dict) else None
-    if isinstance(user_id, str) and user_id.startswith("{"):
-        try:
-            return as_text(json.loads(user_id).get("session_id"))
-        except (ValueError, AttributeError):
-            return None
-    return None
-
-
-def call_facts(headers: Mapping[str, str], body: Any) -> tuple[str | None, bool, str | None]:
-    """What a record says of the client's call besides its body: its model, whether it streams, its session (read
-    from the body as `parse_body` made it, and the call's headers)."""
-    model, stream = (as_text(body.get("model")), bool(body.get("stream"))) if isinstance(body, dict) else (None, False)
-    return model, stream, session_of(headers, body)
-
-
-def describe_call(record: Record, content: bytes) -> None:
-    """Fill in what `record` says of the client's call from its bytes (the record has its masked headers)."""
-    body = record.request.body = parse_body(content)
-    record.model, record.stream, record.session_id = call_facts(record.request.headers, body)

@@ -44,18 +44,18 @@ from multiprocessing.connection import Connection as Channel
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .bodies import parse_body
-from .call_end import CallEnd, call_end
-from .call_log import log_call
-from .dialects import Connection, dialect_for
-from .exchange import call_facts
-from .pricing import PRICES_FILE, PriceBook
-from .record import Record
-from .store_rows import Prepared, RowWriter, prepare
-from .stream_log import StreamLog, StreamReader, client_reader, settle_ended
-from .tracing import TraceConfig, Tracer
-from .translate import fastjson
+from anthropic_proxy import __version__
+from anthropic_proxy.record.bodies import parse_body
+from anthropic_proxy.record.call import call_facts
+from anthropic_proxy.record.call_end import CallEnd, call_end
+from anthropic_proxy.record.model import Record
+from anthropic_proxy.record.pricing import PRICES_FILE, PriceBook
+from anthropic_proxy.record.stream_log import StreamLog, StreamReader, client_reader, settle_ended
+from anthropic_proxy.store.dialects import Connection, dialect_for
+from anthropic_proxy.store.rows import Prepared, RowWriter, prepare
+from anthropic_proxy.telemetry.call_log import log_call
+from anthropic_proxy.telemetry.tracing import TraceConfig, Tracer
+from anthropic_proxy.wire import fastjson
 
 logger = logging.getLogger("anthropic_proxy.store")
 
@@ -313,7 +313,7 @@ class WriterProcess:
         # The child imports this package the way the proxy did (a script's sys.path, not only site-packages).
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "anthropic_proxy.store_writer", str(theirs.fileno())],
+            [sys.executable, "-m", "anthropic_proxy.store.writer", str(theirs.fileno())],
             pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         self._started_at = time.monotonic()
@@ -712,6 +712,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # `python -m`: run the module's own classes (reports pickle by module name)
-    from anthropic_proxy.store_writer import main as run
+    from anthropic_proxy.store.writer import main as run
 
     run()

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
-from .masking import mask_text
-from .openrouter_route import Attempt, LocalAnswer
-from .providers import Target
-from .translate.errors import anthropic_error_body
+from anthropic_proxy.providers.entries import Target
+from anthropic_proxy.providers.route import Attempt, LocalAnswer
+from anthropic_proxy.record.masking import mask_text
+from anthropic_proxy.translate.errors import anthropic_error_body
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from anthropic_proxy.runtime import Runtime
 
 logger = logging.getLogger("anthropic_proxy.failover")
 
