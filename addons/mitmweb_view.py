@@ -28,10 +28,11 @@ from mitmproxy.addonmanager import Loader
 
 from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy.addons.webapp import INTERNAL_FLOW
+from anthropic_proxy.capture.exchange import Exchange
 from anthropic_proxy.environment import environment
+from anthropic_proxy.record.capture import Capture
 from anthropic_proxy.record.masking import SECRET_HEADERS, mask_header_value
 from anthropic_proxy.record.model import Record
-from anthropic_proxy.record.stream_log import read_record
 from anthropic_proxy.telemetry.call_log import provider_name, summary_parts, via
 
 logger = logging.getLogger("anthropic_proxy.mitmweb")
@@ -44,9 +45,9 @@ MARK_ERROR = ":x:"
 MARK_CANCELLED = ":heavy_multiplication_x:"
 MARK_TRANSLATED = ":twisted_rightwards_arrows:"
 
-# Records of the API flows in flight, by flow id. Module state on purpose: it lives in the installed package,
+# The API flows in flight, by flow id. Module state on purpose: it lives in the installed package,
 # so a reload of the `-s` script (which replaces the addon instances) keeps it.
-_live_records: dict[str, Record] = {}
+_live_records: dict[str, Exchange] = {}
 
 
 class HideInternal:
@@ -125,9 +126,9 @@ def mask_keys_in_ui() -> None:
     app.flow_to_json = flow_to_json
 
 
-def client_stream_body(record: Record) -> bytes:
-    """The SSE stream the client received, byte for byte (from the record's log of it)."""
-    return b"".join(data for _, data in record.client_stream)
+def client_stream_body(capture: Capture) -> bytes:
+    """The SSE stream the client received, byte for byte (from the capture's log of it)."""
+    return b"".join(data for _, data in capture.client_log)
 
 
 class MitmwebView:
@@ -182,8 +183,8 @@ class MitmwebView:
         exchange = runtime.exchanges.get(flow.id) if runtime else None
         if exchange is None:
             return
-        record = exchange.describe()  # (shown in mitmweb at once: its model, and later its outcome)
-        _live_records[flow.id] = record
+        record = exchange.record()  # (shown in mitmweb at once: its model, and later its outcome)
+        _live_records[flow.id] = exchange
         flow.comment = f"{record.model or '?'} {via(record)} · in progress\nrecord {record.id}"
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -211,17 +212,15 @@ class MitmwebView:
         if flow.metadata.get(INTERNAL_FLOW):
             self._spawn(self._forget_when_done(flow))
             return
-        record = _live_records.pop(flow.id, None)
-        if record is None:
+        exchange = _live_records.pop(flow.id, None)
+        if exchange is None:
             return
-        if record.status == "ended":  # its outcome is still to be read from its stream
-            runtime = runtime_module.current_runtime()
-            record = read_record(record, runtime.prices if runtime else None)
-        flow.comment, flow.marked = describe(record)
+        runtime = runtime_module.current_runtime()
+        flow.comment, flow.marked = describe(exchange.record(runtime.prices if runtime else None))
         response = flow.response
-        if response is not None and response.stream and response.raw_content is None and record.client_stream:
+        if response is not None and response.stream and response.raw_content is None and exchange.capture.client_log:
             # Headers already went out, so this only changes what the view shows (no content-length is added).
-            response.data.content = client_stream_body(record)
+            response.data.content = client_stream_body(exchange.capture)
         if self.view.get_by_id(flow.id) is flow:
             self.view.update([flow])  # (the view took the flow's end before this ran)
 

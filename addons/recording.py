@@ -1,12 +1,14 @@
-"""Records every Anthropic API exchange: a pending record at the request, filled as the answer streams,
-final at its end (success, error or cancelled). Store writes and user hooks run in the background."""
+"""Records every Anthropic API call: its capture (the raw facts, record/capture.py) begins at the request, is filled as
+the answer passes and is handed to the store at its end; a call still running a moment later is stored pending.
+Whoever watches live (the monitor, a record-complete hook) gets the record derived from the capture
+(`derive.to_record`), in the background, after the client has its answer."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
+import uuid
 from typing import Any
 
 from mitmproxy import ctx, http
@@ -16,12 +18,9 @@ from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy.addons.routing import API_CALL
 from anthropic_proxy.capture.exchange import Exchange
 from anthropic_proxy.providers.route import ClientRequest, Route
-from anthropic_proxy.record.bodies import parse_body
+from anthropic_proxy.record.capture import Capture
 from anthropic_proxy.record.hooks import AnthropicRecordCompleteHook
 from anthropic_proxy.record.masking import mask_headers
-from anthropic_proxy.record.model import HttpRequestPart, Record, single_attempt
-from anthropic_proxy.record.pricing import apply_cost
-from anthropic_proxy.record.stream_log import read_record
 from anthropic_proxy.wire.media import is_event_stream
 
 logger = logging.getLogger("anthropic_proxy.recording")
@@ -89,25 +88,20 @@ class Recorder:
         client = route.client if route else ClientRequest(flow.request.method, flow.request.path,
                                                           flow.request.headers.items(multi=True),
                                                           flow.request.content or b"")
-        record = Record(
-            timestamp=datetime.fromtimestamp(flow.request.timestamp_start, UTC),
-            request=HttpRequestPart(method=client.method, path=client.path, headers=mask_headers(client.headers)),
-        )
+        # The call's bytes as they are: whoever needs what they say reads them (derive.py), rather than this event
+        # loop parsing Claude Code's hundreds of KB of JSON on the client's path.
+        capture = Capture(id=uuid.uuid4().hex, started=flow.request.timestamp_start, method=client.method,
+                          path=client.path, request_headers=mask_headers(client.headers), request=client.content)
         if route is not None:
-            _take_target(record, route)
-        record.metrics.request_bytes = len(client.content)
-        # The body's bytes go to the store with the record: its writer parses them (and describes the call from them,
-        # unless someone here needed that sooner: Exchange.describe), rather than this event loop parsing and encoding
-        # Claude Code's hundreds of KB of JSON.
-        exchange = Exchange(record, bus=runtime.bus, on_final=lambda r: self._finished(flow.id, r, client.content),
-                            end_watched=_end_watched, request_content=client.content)
+            _take_target(capture, route)
+        exchange = Exchange(capture, bus=runtime.bus, on_end=lambda ended: self._finished(flow.id, ended))
         exchange.started -= max(0.0, time.time() - flow.request.timestamp_start)  # count from the first byte in
         exchange.transform = route.translator if route else None
         exchange.abort = lambda: close_upstream(flow)
         runtime.exchanges[flow.id] = exchange
-        flow.metadata[RECORD_ID] = record.id
+        flow.metadata[RECORD_ID] = capture.id
         # Stored and announced in the loop's next turn: the request goes upstream first.
-        asyncio.get_running_loop().call_soon(_announce, runtime, exchange, client.content)
+        asyncio.get_running_loop().call_soon(_announce, runtime, exchange)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
@@ -116,7 +110,7 @@ class Recorder:
         response = flow.response
         route = runtime_module.current_runtime().routes.get(flow.id)
         if route is not None and route.targets:  # the relay chose the target that answers
-            _take_target(exchange.record, route)
+            _take_target(exchange.capture, route)
             exchange.transform = route.translator
         if not is_event_stream(response.headers.get("content-type")):
             exchange.response_started(response.status_code, {})  # its headers come with its body (`response`)
@@ -136,85 +130,77 @@ class Recorder:
         streamed = bool(response.stream)
         route = runtime_module.current_runtime().routes.get(flow.id)
         if route is not None and route.upstream_response is not None:
-            exchange.record.upstream_response = parse_body(route.upstream_response)
-        if streamed:  # its headers went to the client before its body: the record has them (responseheaders)
+            exchange.capture.upstream_response = route.upstream_response
+        if streamed:  # its headers went to the client before its body: the capture has them (responseheaders)
             headers, body = None, None
         else:
             headers, body = mask_headers(response.headers.items(multi=True)), response.content
         exchange.ended(response.status_code, headers, body, streamed)
         # The client's response ends only once this hook returns (mitmproxy sends a stream's last chunk after it):
-        # the record's end is worked out in the loop's next turn, off the client's path.
+        # the capture is handed on in the loop's next turn, off the client's path.
         asyncio.get_running_loop().call_soon(_settle, exchange)
 
     def error(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
         if exchange is not None and flow.error is not None:
-            part = exchange.record.response
-            if part is not None and not part.headers and flow.response is not None:  # cut during a whole body
-                part.headers = mask_headers(flow.response.headers.items(multi=True))
+            capture = exchange.capture
+            if capture.status is not None and not capture.response_headers and flow.response is not None:
+                capture.response_headers = mask_headers(flow.response.headers.items(multi=True))  # cut in a body
             exchange.fail(flow.error.msg, cancelled=_is_client_gone(flow))
 
     @staticmethod
-    def _finished(flow_id: str, record: Record, request_body: bytes) -> None:
+    def _finished(flow_id: str, exchange: Exchange) -> None:
         runtime = runtime_module.current_runtime()
         if runtime is None:
             return
         runtime.exchanges.pop(flow_id, None)
         route = runtime.routes.pop(flow_id, None)
-        record.route = route.match if route is not None else None
-        if route is not None and route.attempts:  # the relay's tries; a call with one target gets its own once settled
-            record.attempts = route.attempts
-        if record.status == "ended":  # nobody here takes its end: the store's writer reads its outcome, and prices it
-            runtime.store.put(record, request_body=request_body)
-            return
-        _price(runtime, record, route)
-        if not record.attempts:
-            record.attempts = [single_attempt(record)]
-        runtime.store.put(record, request_body=request_body)
-        if runtime.bus.has_subscribers:
-            runtime.bus.publish("ended", record.summary())
-        if _has_handlers(AnthropicRecordCompleteHook.name):
-            runtime.spawn(ctx.master.addons.trigger_event(AnthropicRecordCompleteHook(read_record(record))))
+        capture = exchange.capture
+        if route is not None:
+            _take_route_end(runtime, capture, route)
+        runtime.store.put(capture)
+        watched = runtime.bus.has_subscribers
+        hooked = _has_handlers(AnthropicRecordCompleteHook.name)
+        if watched or hooked:  # someone here takes the end as it happens: derive the record for them
+            record = exchange.record(runtime.prices)
+            if watched:
+                runtime.bus.publish("ended", record.summary())
+            if hooked:
+                runtime.spawn(ctx.master.addons.trigger_event(AnthropicRecordCompleteHook(record)))
 
 
-def _take_target(record: Record, route: Route) -> None:
-    """What the record says of the target the call went to (the one that answered, once one has)."""
-    record.provider, record.upstream_model, record.upstream_request = (route.provider, route.upstream_model,
-                                                                       route.upstream_body)
+def _take_target(capture: Capture, route: Route) -> None:
+    """What the capture says of the target the call went to (the one that answered, once one has)."""
+    capture.provider, capture.upstream_model, capture.upstream_request = (route.provider, route.upstream_model,
+                                                                          route.upstream_content)
 
 
-def _end_watched() -> bool:
-    """Whether someone in the proxy takes a record's end as it happens: the live monitor, or a record-complete hook
-    (they need its outcome now; else the store's writer reads it from what passed, see Exchange.complete)."""
-    runtime = runtime_module.current_runtime()
-    return (runtime is not None and runtime.bus.has_subscribers) or _has_handlers(AnthropicRecordCompleteHook.name)
+def _take_route_end(runtime: runtime_module.Runtime, capture: Capture, route: Route) -> None:
+    """What the route knows at the call's end: the route that matched, the relay's tries, and the prices only the
+    proxy can look up (the provider's reported cost, else the model catalogue's price; a lookup bug costs no
+    record)."""
+    capture.route_match, capture.attempts = route.match, route.attempts
+    try:
+        capture.reported_cost = route.reported_cost()
+        if capture.reported_cost is None and capture.upstream_model:
+            capture.catalog_price = runtime.catalog.price_of(capture.upstream_model)
+    except Exception:
+        logger.exception("pricing failed for record %s", capture.id)
 
 
-def _announce(runtime: runtime_module.Runtime, exchange: Exchange, request_body: bytes) -> None:
-    record = exchange.record
-    if record.is_final:  # it ended at once (an error hook in the same turn): its final put says it all
+def _announce(runtime: runtime_module.Runtime, exchange: Exchange) -> None:
+    if exchange.is_over:  # it ended at once (an error hook in the same turn): its final put says it all
         return
-    runtime.store.put(record, request_body=request_body)
-    if runtime.bus.has_subscribers:  # a summary costs a model dump (and the call's description): only for a watcher
-        runtime.bus.publish("started", exchange.describe().summary())
+    runtime.store.put(exchange.capture)
+    if runtime.bus.has_subscribers:  # a summary costs the call's description and a model dump: only for a watcher
+        runtime.bus.publish("started", exchange.record().summary())
 
 
 def _settle(exchange: Exchange) -> None:
     try:
         exchange.settle()
     except Exception:  # (outside any hook: mitmproxy would not log it)
-        logger.exception("recording the end of record %s failed", exchange.record.id)
-
-
-def _price(runtime: runtime_module.Runtime, record: Record, route: Route | None) -> None:
-    """Set the record's cost, once, at its end (never on the per-chunk path; a pricing bug costs no record)."""
-    try:
-        reported = route.reported_cost() if route is not None else None
-        catalog = runtime.catalog.price_of(record.upstream_model) if route is not None and reported is None \
-            and record.upstream_model else None
-        apply_cost(record, runtime.prices, reported_cost=reported, catalog_price=catalog)
-    except Exception:
-        logger.exception("pricing failed for record %s", record.id)
+        logger.exception("recording the end of record %s failed", exchange.capture.id)
 
 
 _handlers_seen: dict[str, tuple[tuple[int, ...], bool]] = {}  # hook -> (the addons looked at, any implements it)

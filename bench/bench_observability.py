@@ -30,8 +30,9 @@ sys.path.append(str(ROOT / "tests"))
 
 from fakes.anthropic_upstream import sse  # noqa: E402
 
-from anthropic_proxy.record.call import describe_call  # noqa: E402
 from anthropic_proxy.record.call_end import CallEnd, call_end  # noqa: E402
+from anthropic_proxy.record.capture import Capture  # noqa: E402
+from anthropic_proxy.record.derive import describe  # noqa: E402
 from anthropic_proxy.record.model import HttpRequestPart, Metrics, Record, Usage  # noqa: E402
 from anthropic_proxy.record.stream_log import StreamReader  # noqa: E402
 from anthropic_proxy.store.writer import Report, WriterProcess, _Put  # noqa: E402
@@ -101,7 +102,7 @@ def main() -> None:
     writer = WriterProcess.__new__(WriterProcess)  # only its bookkeeping: no process started
 
     def first_reports() -> None:
-        writer.queued = {r.id: _Put(1, r, None) for r in records}
+        writer.queued = {r.id: _Put(1, r) for r in records}
         for i in range(0, calls, 50):
             writer._first_reports(ends[i:i + 50])
 
@@ -123,17 +124,17 @@ def main() -> None:
 
     print("\nthe alternative not taken: settling every call in the proxy")
     describe_calls = max(1, calls // 20)
-    bare = [Record(request=HttpRequestPart(method="POST", path="/v1/messages", headers={}))
-            for _ in range(describe_calls)]
+    bare = [Capture(id=str(n), started=0.0, method="POST", path="/v1/messages", request_headers={},
+                    request=request_bytes) for n in range(describe_calls)]
     per_call(f"proxy: describe a Claude Code call ({len(request_bytes) // 1024} KB body: model, session, params)",
-             describe_calls, lambda: [describe_call(r, request_bytes) for r in bare])
+             describe_calls, lambda: [describe(capture) for capture in bare])
     log = stream_log()
 
     def reads() -> None:
         for _ in range(describe_calls):
             StreamReader(keep=False).read(log)
 
-    per_call("proxy: read a 100-event stream's end (the exchange's reading: no chunks kept)", describe_calls, reads)
+    per_call("proxy: read a 100-event stream's end (no chunks kept)", describe_calls, reads)
     print(f"\nper-call counting cost in the proxy (taking the end + counting it): {taking + counting:.2f} µs "
           "(target < 20 µs)")
 

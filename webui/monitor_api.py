@@ -18,7 +18,6 @@ from aiohttp import BodyPartReader, web
 
 from anthropic_proxy.record.masking import mask_text
 from anthropic_proxy.record.model import FINAL_STATUSES, Record
-from anthropic_proxy.record.stream_log import read_record
 from anthropic_proxy.reports import analysis, conversation
 from anthropic_proxy.reports import export as exporting
 from anthropic_proxy.reports import ratelimits as rate_limits
@@ -116,8 +115,8 @@ def summary_matches(summary: dict[str, Any], flt: RecordFilter, search_text: str
 
 def _in_flight(runtime: Runtime, record_id: str) -> Record | None:
     """A record still in flight, its stream so far read from its log (the exchange itself keeps only bytes)."""
-    exchange = next((e for e in list(runtime.exchanges.values()) if e.record.id == record_id), None)
-    return read_record(exchange.describe(), runtime.prices) if exchange is not None else None
+    exchange = next((e for e in list(runtime.exchanges.values()) if e.capture.id == record_id), None)
+    return exchange.record(runtime.prices) if exchange is not None else None
 
 
 # ---- records ------------------------------------------------------------------------------------------------

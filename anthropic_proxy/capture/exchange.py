@@ -1,7 +1,11 @@
-"""One recorded API exchange in flight: the record plus the state that fills it as bytes pass.
+"""One recorded API call in flight: its capture (the raw facts, `record/capture.py`) and the machinery that fills it
+as bytes pass: the stream tap, the watchdog's facts, keep-alives, the abort.
 
-Pure (no mitmproxy): the Recorder addon feeds it request and response facts, and hands its
-`stream_tap` to mitmproxy as the streaming callable.
+Pure (no mitmproxy): the Recorder addon feeds it request and response facts, and hands its `stream_tap` to mitmproxy
+as the streaming callable. It decides nothing about the call's outcome: at its end it records how the call ended
+(`ended`, `fail`) and hands the capture on (`on_end`); the record is derived from the capture wherever it is needed
+(`derive.to_record`). For the live monitor it publishes the record's progress as the stream flows, read with one
+incremental reader so that what was read is not read again.
 """
 
 from __future__ import annotations
@@ -12,17 +16,11 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from anthropic_proxy.capture.live import LiveBus
-from anthropic_proxy.record.call import describe_call
-from anthropic_proxy.record.model import HttpResponsePart, Record, RecordError
-from anthropic_proxy.record.stream_log import (
-    StreamReader,
-    client_reader,
-    log_size,
-    stream_outcome,
-    take_response,
-    take_stream,
-)
-from anthropic_proxy.wire.accumulate import MessageAccumulator
+from anthropic_proxy.record.capture import Capture, Ending
+from anthropic_proxy.record.derive import Call, client_reader, describe, to_record
+from anthropic_proxy.record.model import Record
+from anthropic_proxy.record.pricing import PriceBook
+from anthropic_proxy.record.stream_log import StreamReader
 
 logger = logging.getLogger("anthropic_proxy.exchange")
 
@@ -30,12 +28,7 @@ _PROGRESS_INTERVAL = 0.5  # seconds between two live "progressed" events of one 
 
 
 class StreamTransform(Protocol):
-    """Turns upstream stream bytes into the client's Anthropic stream (the OpenAI-style translator). It keeps the
-    outline of what it wrote (`outline`: the message's own events; `events`: how many), so the exchange's end does
-    not read the client's stream again."""
-
-    outline: MessageAccumulator
-    events: int
+    """Turns upstream stream bytes into the client's Anthropic stream (the OpenAI-style translator)."""
 
     def feed(self, chunk: bytes) -> bytes: ...
     def finish(self) -> bytes: ...
@@ -43,16 +36,9 @@ class StreamTransform(Protocol):
     def fail(self, message: str, error_type: str = "api_error") -> bytes: ...
 
 
-def _always() -> bool:
-    return True
-
-
 class Exchange:
-    def __init__(self, record: Record, *, bus: LiveBus, on_final: Callable[[Record], None],
-                 end_watched: Callable[[], bool] = _always, request_content: bytes | None = None) -> None:
-        self.record = record
-        # The call's bytes, while what the record says of the call is still to be read from them (see `describe`).
-        self._undescribed = request_content
+    def __init__(self, capture: Capture, *, bus: LiveBus, on_end: Callable[[Exchange], None]) -> None:
+        self.capture = capture
         self.started = time.monotonic()
         self.last_activity = self.started  # the request, the response headers, the last chunk or body bytes
         # A whole body's bytes received so far (set by the Recorder): it arrives with no call to the stream tap, so
@@ -65,57 +51,49 @@ class Exchange:
         self.last_keepalive = self.started
         self.transform: StreamTransform | None = None
         self._bus = bus
-        self._on_final = on_final
-        # Whether someone in the proxy takes the record's end as it happens (the live monitor, a record-complete
-        # hook). When nobody does, a passthrough stream's outcome is left to the store's writer (`ended`).
-        self._end_watched = end_watched
-        # What the exchange's end needs of the client's stream (no chunks), read from its log only then (and for live
-        # progress); made on first use: an end left to the store's writer never reads it.
-        self._reader: StreamReader | None = None
+        self._on_end = on_end
+        self._call: Call | None = None  # the call's description, read from its bytes on first use
+        self._progress: StreamReader | None = None  # the live monitor's reading of the client's stream
         self._stream_ended = False
-        self._ended_at: float | None = None
-        self._client_bytes = 0  # the size of the client's stream so far
-        self._ending: tuple[int, dict[str, str] | None, bytes | None, bool] | None = None  # for `complete`
+        self._handed_on = False
         self._last_progress = 0.0
 
-    def describe(self) -> Record:
-        """The record, with what it says of the client's call (body, model, stream, session) read from the call's
-        bytes first if that is still to be done. Only for whoever shows the record or decides its end here: a Claude
-        Code body is hundreds of KB of JSON, and a record left to the store's writer (`ended`) is described there."""
-        if (content := self._undescribed) is not None:
-            self._undescribed = None
-            describe_call(self.record, content)
-        return self.record
+    @property
+    def is_over(self) -> bool:
+        """The call has ended (its capture says how); the hand-over may still be a moment away (`settle`)."""
+        return self.capture.ending is not None
+
+    def call(self) -> Call:
+        """What the record says of the client's call, read from its bytes once, when someone here first needs it (a
+        Claude Code body is hundreds of KB of JSON: never on the client's path, and not at all when nobody here
+        shows the record)."""
+        if self._call is None:
+            self._call = describe(self.capture)
+        return self._call
+
+    def record(self, prices: PriceBook | None = None) -> Record:
+        """The call's record as it is now (`derive.to_record`)."""
+        return to_record(self.capture, prices, call=self.call())
 
     def elapsed_ms(self) -> float:
-        """Since the request began; once the response has ended, until then."""
-        return round(((self._ended_at or time.monotonic()) - self.started) * 1000, 2)
-
-    def ended(self, status: int, headers: dict[str, str] | None, body: bytes | None, streamed: bool) -> None:
-        """The last byte of the response passed: `complete` with these, in a moment (`settle`)."""
-        self._ended_at = time.monotonic()
-        self._ending = (status, headers, body, streamed)
-
-    def settle(self) -> None:
-        """Complete an ended exchange now, if that has not happened yet."""
-        ending, self._ending = self._ending, None
-        if ending is not None:
-            self.complete(*ending)
+        """Since the request began."""
+        return round((time.monotonic() - self.started) * 1000, 2)
 
     # --- response -------------------------------------------------------------------------------
 
     def response_started(self, status: int, headers: dict[str, str], *, stream: bool = False) -> None:
-        """The response's headers arrived. A whole answer's first byte is now; a stream's is its first event, where
-        its timeline begins, read with the stream (`stream_log.take_stream`): OpenRouter sends its headers, then SSE
-        comments, well before that."""
+        """The response's headers arrived (`headers` masked). A whole answer's first byte is now; a stream's is its
+        first event, where its timeline begins, read from its log: OpenRouter sends its headers, then SSE comments,
+        well before that."""
         self.last_activity = time.monotonic()
+        capture = self.capture
+        capture.status, capture.response_headers, capture.streamed = status, headers, stream
         if not stream:
-            self.record.metrics.ttfb_ms = self.elapsed_ms()
-        self.record.response = HttpResponsePart(status=status, headers=headers)
+            capture.ttfb_ms = self.elapsed_ms()
 
     def stream_tap(self, data: bytes) -> bytes | Iterable[bytes]:
-        """mitmproxy's streaming callable: forward (or translate) each chunk, logging what passes (see stream_log.py:
-        nothing here parses the events).
+        """mitmproxy's streaming callable: forward (or translate) each chunk, logging what passes (nothing here
+        parses the events).
 
         Returning b"" mid-stream would end a chunked HTTP/1.1 response, so "nothing yet" is `[]`.
         """
@@ -130,11 +108,11 @@ class Exchange:
             out = data
         else:
             if data:
-                self.record.upstream_stream.append((t_ms, data))
+                self.capture.upstream_log.append((t_ms, data))
             try:
                 out = transform.finish() if end else transform.feed(data)
             except Exception as exc:  # a translator bug ends the client's stream with an error event, not a hang
-                logger.exception("stream translation failed for record %s", self.record.id)
+                logger.exception("stream translation failed for record %s", self.capture.id)
                 out = transform.fail(f"anthropic-proxy failed to translate the stream: {exc}")
         self._log_client_bytes(t_ms, out)
         if end:
@@ -144,74 +122,46 @@ class Exchange:
     def _log_client_bytes(self, t_ms: float, out: bytes) -> None:
         if not out:
             return
-        self.record.client_stream.append((t_ms, out))
-        self._client_bytes += len(out)
+        self.capture.client_log.append((t_ms, out))
         if self._bus.has_subscribers and self.last_activity - self._last_progress > _PROGRESS_INTERVAL:
             self._last_progress = self.last_activity
             try:
-                self._refresh_from_stream()
-                self._bus.publish("progressed", self.describe().summary())
+                if self._progress is None:
+                    self._progress = client_reader(self.capture, keep=False)
+                progress = to_record(self.capture, call=self.call(), client=self._progress)
+                self._bus.publish("progressed", progress.summary())
             except Exception:  # a recording bug must never cost the client a byte
-                logger.exception("live progress failed for record %s", self.record.id)
-
-    def _refresh_from_stream(self, *, finished: bool = False) -> StreamReader:
-        reader, log = self._reader, self.record.client_stream
-        if reader is None:
-            reader = self._reader = client_reader(self.record, keep=False)
-        if finished:
-            reader.finish(log)
-        else:
-            reader.read(log)
-        take_stream(self.record, reader.accumulator, reader.count, log_size(log))
-        return reader
+                logger.exception("live progress failed for record %s", self.capture.id)
 
     # --- endings --------------------------------------------------------------------------------
 
-    def complete(self, status: int, headers: dict[str, str] | None, body: bytes | None, streamed: bool) -> None:
-        """The whole response passed. Decide the record's final state from what the client received.
-        `headers`: the response's (masked), or None to keep those recorded when it started."""
-        record = self.record
-        if record.is_final:
+    def ended(self, status: int, headers: dict[str, str] | None, body: bytes | None, streamed: bool) -> None:
+        """The whole response passed: record how (`headers`: the response's, masked, or None to keep those recorded
+        when it started; `body`: a whole answer's bytes). The capture is handed on in a moment (`settle`), off the
+        client's path."""
+        capture = self.capture
+        if capture.ending is not None:
             return
-        if record.response is None:
+        if capture.status is None:  # (an answer the proxy made itself: no response headers hook before it)
             self.response_started(status, headers or {})
-        assert record.response is not None
         if headers is not None:
-            record.response.headers = headers
-        if record.provider == "anthropic" and not self._end_watched():
-            # Its outcome is read with the rest of what passed, off the proxy: by the store's writer, which reads
-            # every event and body anyway, or by `read_record` for whoever is shown the record sooner.
-            if not streamed:
-                record.response_content = body or b""
-            self._end("ended")
-            return
-        if streamed and (transform := self.transform) is not None:
-            # Its translator wrote every event the client got, and kept their outline as it went: nothing to reread.
-            take_stream(record, transform.outline, transform.events, self._client_bytes)
-            self._end(*stream_outcome(transform.outline))
-            return
-        if streamed:
-            reader = self._refresh_from_stream(finished=True)
-            self._end(*stream_outcome(reader.accumulator, reader.undecodable))
-            return
-        self._end(*take_response(record, body))
+            capture.response_headers = headers
+        if not streamed:
+            capture.response = body or b""
+        self._end(Ending("completed"))
 
     def fail(self, message: str, *, cancelled: bool, error_type: str = "upstream_error") -> None:
-        """The exchange broke off: the client left (`cancelled`) or the upstream failed (`error`). Not once the
-        response has ended: then `complete` decides (the client leaving during the last chunk changes nothing)."""
-        if self._ending is not None:
-            self.settle()
-        if self.record.is_final:
-            return
-        if error := self._refresh_from_stream(finished=True).accumulator.error:
-            # The client already got an error event (SDKs close the connection on it): that error ended the
-            # exchange, not the client leaving or the upstream going away afterwards.
-            self._end("error", RecordError.from_anthropic(error))
-            return
-        if cancelled:
-            self._end("cancelled", RecordError(type="client_disconnected", message=message))
-        else:
-            self._end("error", RecordError(type=error_type, message=message))
+        """The call broke off: the client left (`cancelled`) or the upstream failed. Not once the response has ended:
+        then that is how it ended (the client leaving during the last chunk changes nothing)."""
+        if self.capture.ending is None:
+            self._end(Ending("cancelled", message) if cancelled else Ending("failed", message, error_type))
+        self.settle()
+
+    def settle(self) -> None:
+        """Hand an ended call's capture on now, if that has not happened yet."""
+        if self.capture.ending is not None and not self._handed_on:
+            self._handed_on = True
+            self._on_end(self)
 
     def silent_for(self, now: float) -> float:
         """Seconds since the upstream last sent anything: a header, a chunk, a byte of a whole body."""
@@ -223,16 +173,13 @@ class Exchange:
     def keep_alive(self, now: float) -> None:
         """The upstream is quiet: send the client a keep-alive (a `ping` once the message has begun)."""
         self.last_keepalive = now
-        if self.transform is None or self.send_to_client is None or self.record.is_final or self._stream_ended:
+        if self.transform is None or self.send_to_client is None or self.is_over or self._stream_ended:
             return
         data = self.transform.keepalive()
         if data:
             self.send_to_client(data)
             self._log_client_bytes(self.elapsed_ms(), data)
 
-    def _end(self, status: str, error: RecordError | None = None) -> None:
-        record = self.record if status == "ended" else self.describe()
-        record.status = status  # type: ignore[assignment]
-        record.error = error
-        record.metrics.duration_ms = self.elapsed_ms()
-        self._on_final(record)
+    def _end(self, ending: Ending) -> None:
+        self.capture.duration_ms = self.elapsed_ms()
+        self.capture.ending = ending

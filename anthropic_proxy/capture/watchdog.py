@@ -28,14 +28,14 @@ def expire_silent(runtime: Runtime, now: float) -> int:
     keepalive = runtime.settings.stream_keepalive
     expired = 0
     for exchange in list(runtime.exchanges.values()):
-        if exchange.record.is_final:
+        if exchange.is_over:
             continue
         silent = exchange.silent_for(now)
         if silent <= timeout:
             if keepalive and silent >= keepalive and now - exchange.last_keepalive >= keepalive:
                 exchange.keep_alive(now)
             continue
-        logger.warning("record %s: the upstream sent nothing for %g s, giving up", exchange.record.id, timeout)
+        logger.warning("record %s: the upstream sent nothing for %g s, giving up", exchange.capture.id, timeout)
         exchange.fail(f"the upstream sent nothing for {timeout:g} s (request_timeout)", cancelled=False,
                       error_type="timeout_error")
         if exchange.abort is not None:

@@ -190,7 +190,8 @@ class Relay:
                 continue
             return await self._pass(request, upstream, attempt)
         assert last is not None
-        route.translated = route.translator = None  # the proxy's own answer: nothing to translate back
+        # the proxy's own answer: nothing to translate back
+        route.translated = route.translator = route.upstream_content = None
         return _local(last)
 
     @staticmethod

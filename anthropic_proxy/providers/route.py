@@ -57,16 +57,13 @@ class Route:
     upstream_model: str | None = None
     translated: TranslatedRequest | None = None
     translator: StreamTranslator | None = None
+    upstream_content: bytes | None = field(default=None, repr=False)  # the translated request's body, as sent
     upstream_response: bytes | None = field(default=None, repr=False)
     match: dict[str, Any] | None = None  # the route that matched ({"index", "when"}), None: the mode's default
     targets: list[Target] = field(default_factory=list)  # in order, when the failover relay tries them
     attempts: list[Attempt] = field(default_factory=list)
     body: dict[str, Any] | None = field(default=None, repr=False)  # the client's, parsed (to prepare fallbacks)
     dispatch: Dispatch | None = field(default=None, repr=False)
-
-    @property
-    def upstream_body(self) -> dict[str, Any] | None:
-        return self.translated.body if self.translated else None
 
     def reported_cost(self) -> float | None:
         """The cost in USD OpenRouter reported for this call (`usage.cost`), streamed or not."""

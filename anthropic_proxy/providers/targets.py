@@ -189,7 +189,7 @@ class Dispatch:
         provider = self.provider(target.provider)
         model = target.model or body["model"]
         route.provider, route.upstream_model = provider.name, model
-        route.translated = route.translator = None
+        route.translated = route.translator = route.upstream_content = None
         key = self.env(provider.api_key_env) if provider.api_key_env else ""
         if provider.api_key_env and not key:
             raise LocalAnswer(401, anthropic_error_body("authentication_error", missing_key_message(provider)))
@@ -232,7 +232,8 @@ class Dispatch:
                    ("accept-encoding", "identity")]  # the translator reads the bytes as they come
         if key:
             headers.append(("authorization", f"Bearer {key}"))
-        return UpstreamCall(provider.base_url, "/chat/completions", headers, fastjson.dumps(translated.body))
+        route.upstream_content = fastjson.dumps(translated.body)
+        return UpstreamCall(provider.base_url, "/chat/completions", headers, route.upstream_content)
 
 
 def openai_dialect(body: dict[str, Any]) -> None:

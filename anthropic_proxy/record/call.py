@@ -6,8 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from anthropic_proxy.record.bodies import parse_body
-from anthropic_proxy.record.model import Record, as_text
+from anthropic_proxy.record.model import as_text
 
 SESSION_HEADER = "x-claude-code-session-id"
 
@@ -30,9 +29,3 @@ def call_facts(headers: Mapping[str, str], body: Any) -> tuple[str | None, bool,
     from the body as `parse_body` made it, and the call's headers)."""
     model, stream = (as_text(body.get("model")), bool(body.get("stream"))) if isinstance(body, dict) else (None, False)
     return model, stream, session_of(headers, body)
-
-
-def describe_call(record: Record, content: bytes) -> None:
-    """Fill in what `record` says of the client's call from its bytes (the record has its masked headers)."""
-    body = record.request.body = parse_body(content)
-    record.model, record.stream, record.session_id = call_facts(record.request.headers, body)

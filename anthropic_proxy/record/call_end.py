@@ -1,19 +1,16 @@
 """A call's final facts (`CallEnd`) and how they reach the proxy: metrics, traces and anything else that needs the
 outcome, tokens and cost of every call as it ends.
 
-Where they come from. A passthrough exchange that nobody in the proxy watches ends `ended`: its outcome, usage and
-cost are read by the store's writer process, which parses every stream and body anyway (see stream_log.py). So the
-writer is where every call's final state is known, watched or not, and it is known there without the proxy's event
-loop parsing a byte more. The writer makes a `CallEnd` of each final record it takes (`call_end`, 5-17 µs of its
-CPU) and sends it back in its next report (the span, when tracing is on, it makes itself: tracing.py); the store's
-receiver thread hands it to `CallEnds.deliver`, which calls every listener (the Prometheus counters). Taking it
-costs the proxy 4-6 µs per call. Settling each call in the proxy instead would have meant describing the call
-(parsing Claude Code's request body, 0.5-0.8 ms of the event loop per call) and reading the stream's outline
-(50-150 µs) for every call, not only watched ones (bench/bench_observability.py measures all of these).
+Where they come from. The proxy hands each call's capture (its raw facts) to the store's writer process, which
+derives the record (`derive.to_record`) anyway before it writes it: so the writer is where every call's final state
+is known, watched or not, without the proxy's event loop parsing a byte of it. The writer makes a `CallEnd` of each
+final record it takes (`call_end`) and sends it back in its next report (the span, when tracing is on, it makes
+itself: tracing.py); the store's receiver thread hands it to `CallEnds.deliver`, which calls every listener (the
+Prometheus counters).
 
 Contract for listeners (`CallEnds.subscribe`):
 - one `CallEnd` per call that ended in this proxy, once (a writer restart sends a record again: the store drops
-  the second report, see `store_writer.WriterProcess`), typically 50-100 ms after the call's end; whether or not
+  the second report, see `store.writer.WriterProcess`), typically 50-100 ms after the call's end; whether or not
   the database accepted the write (facts come from the record, not from the disk);
 - called in the store's receiver thread, not the event loop: be quick (the receiver acknowledges writes after
   it), thread-safe, and never block; an exception is logged and the other listeners still run;

@@ -13,11 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-# "ended" lives only in the proxy's memory: an exchange has ended and its outcome (status, usage, cost), and perhaps
-# the call's description (body, model, session), are still to be read from what passed (the call's bytes, the
-# stream's log or the whole answer's body). The store's writer reads them before writing, and `stream_log.read_record`
-# for whoever is shown the record sooner; nothing stores or shows an "ended" record.
-Status = Literal["pending", "ended", "success", "error", "cancelled"]
+Status = Literal["pending", "success", "error", "cancelled"]
 Provider = str  # `anthropic`, `openrouter` or a provider named in config.json
 FINAL_STATUSES: frozenset[str] = frozenset({"success", "error", "cancelled"})  # the outcomes stored
 
@@ -134,13 +130,6 @@ class Record(_Model):
     metrics: Metrics = Field(default_factory=Metrics)
     chunks: list[Chunk] = Field(default_factory=list)
     upstream_chunks: list[Chunk] = Field(default_factory=list)
-    # The streams as they passed, (ms after the request, bytes) per network chunk: all the proxy keeps of a stream
-    # while it flows. `chunks`, `upstream_chunks` and `message` are read from them away from its hot path (see
-    # stream_log.py); until then `message` is at most what the exchange's end read (no chunks). Never serialised.
-    client_stream: list[tuple[float, bytes]] = Field(default_factory=list, exclude=True)
-    upstream_stream: list[tuple[float, bytes]] = Field(default_factory=list, exclude=True)
-    # A whole (not streamed) response's body as it passed, while its reading is left to the store's writer (`ended`).
-    response_content: bytes | None = Field(default=None, exclude=True)
     upstream_response: Any = None  # OpenRouter's raw answer when it was not streamed
     error: RecordError | None = None
     route: dict[str, Any] | None = None  # the route in config.json that matched: {"index", "when"}
@@ -150,7 +139,7 @@ class Record(_Model):
 
     @property
     def is_final(self) -> bool:
-        """Its exchange is over: nothing changes it any more (an `ended` one's outcome is only still unread)."""
+        """Its call is over: nothing changes it any more."""
         return self.status != "pending"
 
     def summary(self) -> dict[str, Any]:
@@ -185,8 +174,7 @@ def text_preview(record: Record, limit: int = 160) -> str:
 
 
 def single_attempt(record: Record) -> Attempt:
-    """The one try of a settled call that had no fallbacks to try: the same wherever its end is settled (the
-    Recorder for a call whose end someone watched, `stream_log.settle_ended` for one left to the store's writer)."""
+    """The one try of an ended call that had no fallbacks to try (`derive.to_record` gives it)."""
     response, error = record.response, record.error
     return Attempt(provider=record.provider, model=record.upstream_model or record.model,
                    status=response.status if response else None,

@@ -246,8 +246,6 @@ def _validate(data: Any, where: str) -> Record:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors()[:5])
         raise ImportFailed(f"{where}: not a valid record ({problems})") from None
-    if record.status == "ended":  # (its outcome still unread: a state of a running proxy's memory, never stored)
-        raise ImportFailed(f"{where}: status 'ended' is not a stored outcome")
     return record
 
 

@@ -52,12 +52,12 @@ from pathlib import Path
 from typing import Any
 
 from anthropic_proxy.record import bodies
-from anthropic_proxy.record.call import describe_call
 from anthropic_proxy.record.call_end import CallEnds
+from anthropic_proxy.record.capture import Capture
+from anthropic_proxy.record.derive import to_record
 from anthropic_proxy.record.masking import mask_text
 from anthropic_proxy.record.model import CacheBreak, Record, RecordError
 from anthropic_proxy.record.pricing import PRICES_FILE, PriceBook, savings_for_tokens
-from anthropic_proxy.record.stream_log import read_record
 from anthropic_proxy.store import writer as store_writer
 from anthropic_proxy.store.dialects import DB_NAME, SQLITE_MIGRATIONS, Connection, Dialect, dialect_for
 from anthropic_proxy.store.rows import METRIC_COLUMNS, RowWriter, prepare
@@ -227,16 +227,14 @@ class Store:
 
     # --- writing -------------------------------------------------------------------------------
 
-    def put(self, record: Record, *, request_body: bytes | None = None) -> None:
+    def put(self, item: Record | Capture) -> None:
         """Queue an insert-or-replace; the latest put of a record wins. `get` sees it at once.
 
-        `request_body`: the bytes `record.request.body` was parsed from (`exchange.parse_body`), when the caller has
-        them: the writer then parses those instead of the proxy encoding the body again (see `store_writer.encode`).
-        A record still pending is kept as it is, not copied, while its exchange goes on changing it: `get` then
-        shows it as it is now, and the writer's sender encodes it if its call still runs `PENDING_DELAY` later
-        (pydantic's encoder holds the GIL throughout, so the JSON is one state of it); a newer put supersedes it.
-        A final record is no longer changed (the record-complete hook gets a copy: `stream_log.read_record`)."""
-        self._writer_process().put(record, request_body)
+        A call's capture (`record/capture.py`) goes to the writer as its raw facts, and its record is derived there
+        (`derive.to_stored`); a record goes as it is. A running call's capture is kept as it is, not copied, while
+        its exchange goes on filling it: `get` then shows its record as it is now, and the writer's sender encodes
+        it if the call still runs `PENDING_DELAY` later; a newer put supersedes it."""
+        self._writer_process().put(item)
 
     def configure_tracing(self, config: TraceConfig | None) -> None:
         """An OpenTelemetry span per call from now on, made by the writer process (None: none)."""
@@ -370,13 +368,8 @@ class Store:
 
     def get(self, record_id: str) -> Record | None:
         if self._writer is not None and (queued := self._writer.pending(record_id)) is not None:
-            # newer than the database until written (and a stream's events still in its log; the call perhaps not
-            # described yet: that is read from its bytes into the copy, as the writer will)
-            record, request_body = queued
-            if request_body is not None and record.request.body is None:  # (before its cost: that needs the model)
-                record = record.model_copy(update={"request": record.request.model_copy()})  # (the proxy holds it)
-                describe_call(record, request_body)
-            return read_record(record, self.prices)
+            # newer than the database until written: a call's record is derived from its capture, as the writer will
+            return to_record(queued, self.prices) if isinstance(queued, Capture) else queued.model_copy()
         with self._reader() as db:
             row = db.execute("SELECT data, refs, cache_break FROM records WHERE id = ?", (record_id,)).fetchone()
             return self._load(db, *row) if row else None

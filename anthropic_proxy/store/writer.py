@@ -45,12 +45,11 @@ from pathlib import Path
 from typing import Any
 
 from anthropic_proxy import __version__
-from anthropic_proxy.record.bodies import parse_body
-from anthropic_proxy.record.call import call_facts
 from anthropic_proxy.record.call_end import CallEnd, call_end
+from anthropic_proxy.record.capture import Capture
+from anthropic_proxy.record.derive import to_stored
 from anthropic_proxy.record.model import Record
 from anthropic_proxy.record.pricing import PRICES_FILE, PriceBook
-from anthropic_proxy.record.stream_log import StreamLog, StreamReader, client_reader, settle_ended
 from anthropic_proxy.store.dialects import Connection, dialect_for
 from anthropic_proxy.store.rows import Prepared, RowWriter, prepare
 from anthropic_proxy.telemetry.call_log import log_call
@@ -111,62 +110,30 @@ class Report:
     ends: list[CallEnd] = field(default_factory=list)  # the final records taken this round (see call_end.py)
 
 
-# The record's JSON; its request body's own bytes if they go apart; its logged streams (client, upstream) if any;
-# the body of a whole response whose reading is left to the writer (`ended`).
-Encoded = tuple[bytes, bytes | None, tuple[StreamLog, StreamLog] | None, bytes | None]
+# (is it a capture, its bytes): a capture's encoding (`Capture.encode`), or a record's JSON
+Encoded = tuple[bool, bytes]
 
 
-def encode(record: Record, request_body: bytes | None = None) -> Encoded:
-    """The record as JSON for the writer (a lone surrogate, which UTF-8 cannot hold, goes as a JSON escape).
-
-    `request_body`: the bytes `record.request.body` was parsed from (`exchange.parse_body`). Then the body goes
-    as those bytes and the writer parses them again: Claude Code's bodies are hundreds of KB, and encoding one
-    costs milliseconds of the proxy's event loop; handing over bytes costs nothing. A stream goes the same way, as
-    the bytes it logged: the writer reads its events (see stream_log.py)."""
-    exclude: Any = {"request": {"body"}} if request_body is not None else None
-    streams = (list(record.client_stream), list(record.upstream_stream)) \
-        if record.client_stream or record.upstream_stream else None
+def encode(item: Record | Capture) -> Encoded:
+    """What the writer is sent of a put: a capture as its own compact encoding (its record is derived there), a
+    record as its JSON (a lone surrogate, which UTF-8 cannot hold, goes as a JSON escape)."""
+    if isinstance(item, Capture):
+        return True, item.encode()
     try:
-        payload = record.model_dump_json(by_alias=True, exclude=exclude).encode()
+        return False, item.model_dump_json(by_alias=True).encode()
     except ValueError:
-        payload = json.dumps(record.model_dump(mode="json", by_alias=True, exclude=exclude)).encode()
-    return payload, request_body, streams, record.response_content
+        return False, json.dumps(item.model_dump(mode="json", by_alias=True)).encode()
 
 
 def decode(encoded: Encoded, prices: PriceBook | None = None) -> tuple[Record, dict[str, Any]]:
-    """`encode`'s record, and its JSON data (`model_dump(mode="json", by_alias=True)`) for `prepare`. The two share
-    their bodies (`prepare` reads the record before it cuts the data).
-
-    A stream's events are read from its logs here, straight into their JSON form: the record gets only the message
-    (what `prepare` uses of them), the data gets the chunks too. An `ended` record gets its outcome here, and its
-    cost from `prices` (`stream_log.settle_ended`)."""
-    payload, request_body, streams, response_content = encoded
+    """`encode`'s record, and its JSON data (`model_dump(mode="json", by_alias=True)`) for `prepare`: a capture's
+    derived here (`derive.to_stored`, priced with `prices`)."""
+    is_capture, payload = encoded
+    if is_capture:
+        return to_stored(Capture.decode(payload), prices)
     data = fastjson.loads(payload)
-    if request_body is not None:  # what the record says of the call is read here (unless the proxy did already)
-        request = data["request"]
-        body = request["body"] = parse_body(request_body)  # the last key of `request`, as in the model
-        data["model"], data["stream"], data["sessionId"] = call_facts(request["headers"], body)
-    record = Record.model_validate(data)
-    if streams is not None or record.status == "ended":  # (an ended stream may have logged nothing)
-        client_log, upstream_log = streams or ([], [])
-        client, upstream = client_reader(record, as_json=True), StreamReader(as_json=True)
-        client.finish(client_log)
-        upstream.finish(upstream_log)
-        data["chunks"], data["upstreamChunks"] = client.chunks, upstream.chunks
-        if (first := client.first_event_ms) is not None:  # a stream's first byte: where its timeline begins
-            record.metrics.ttfb_ms = data["metrics"]["ttfbMs"] = first
-        if (message := client.accumulator.message) is not None:
-            record.message = data["message"] = message
-        if record.status == "ended":
-            record.response_content = response_content
-            settle_ended(record, client, client_log, prices)
-            # (a whole response's body and message are read there too)
-            fields = _OUTCOME_FIELDS if response_content is None else _OUTCOME_FIELDS | {"response", "message"}
-            data.update(record.model_dump(mode="json", by_alias=True, include=fields))
-    return record, data
+    return Record.model_validate(data), data
 
-
-_OUTCOME_FIELDS = frozenset({"status", "error", "usage", "stop_reason", "cost_usd", "cost_note", "metrics", "attempts"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +146,7 @@ class _Tracing:
 @dataclass(slots=True)
 class _Put:
     seq: int
-    record: Record
-    request_body: bytes | None
+    item: Record | Capture
     ended: bool = False  # its CallEnd was handed on (a restarted writer reports it again)
 
 
@@ -224,29 +190,29 @@ class WriterProcess:
         self._sender = self._thread(self._send_loop, "sender")
         self._receiver = self._thread(self._receive_loop, "receiver")
 
-    def put(self, record: Record, request_body: bytes | None = None) -> None:
+    def put(self, item: Record | Capture) -> None:
         seq = next(self._seq)
-        if record.is_final:
+        if item.ending is not None if isinstance(item, Capture) else item.is_final:
             try:
-                data: Encoded | None = encode(record, request_body)
+                data: Encoded | None = encode(item)
             except Exception:  # one record that cannot be serialised must not stop the others
-                self.queued.pop(record.id, None)  # (nor be written half-way, as its pending put)
-                self._lose(record.id)
+                self.queued.pop(item.id, None)  # (nor be written half-way, as its pending put)
+                self._lose(item.id)
                 return
         else:
             data = None
-        self.queued[record.id] = _Put(seq, record, request_body)
-        self._send((record.id, seq, data))
+        self.queued[item.id] = _Put(seq, item)
+        self._send((item.id, seq, data))
         if len(self.queued) > 2 * MAX_UNSAVED:  # the writer cannot keep up or keeps dying: keep the newest
             self.queued.pop(next(iter(self.queued)))
             self.lost += 1
             if self.lost == 1 or self.lost % 1000 == 0:
                 _log(logging.ERROR, "store: %d record(s) lost: the writer process is not taking them", self.lost)
 
-    def pending(self, record_id: str) -> tuple[Record, bytes | None] | None:
-        """A record put and not yet written, and its request body's bytes (if they go apart)."""
+    def pending(self, record_id: str) -> Record | Capture | None:
+        """A record (or a call's capture) put and not yet written."""
         item = self.queued.get(record_id)
-        return (item.record, item.request_body) if item else None
+        return item.item if item else None
 
     def configure_tracing(self, config: TraceConfig | None) -> None:
         """Spans from now on (None: none), also from a writer process started after this one dies."""
@@ -394,7 +360,7 @@ class WriterProcess:
         if item is None or item.seq != seq or record_id in ready:
             return
         try:
-            ready[record_id] = (seq, encode(item.record, item.request_body))
+            ready[record_id] = (seq, encode(item.item))
         except Exception:
             self._forget(record_id, seq)
             self._lose(record_id)
@@ -468,7 +434,7 @@ class Writer:
         self.channel = channel
         self.logs = logs
         self.dialect = dialect_for(settings.state_dir, settings.url, busy_timeout=settings.busy_timeout)
-        self.prices = PriceBook(settings.state_dir / PRICES_FILE)  # prices `ended` records, as the proxy's would
+        self.prices = PriceBook(settings.state_dir / PRICES_FILE)  # prices the calls, on the proxy's prices.json
         self.rows = RowWriter(self.dialect, self.prices)
         self.db: Connection = self.dialect.connect(lazy=True)  # opened by the first write (which reports failure)
         self.legacy = settings.legacy
@@ -580,7 +546,7 @@ class Writer:
                 report.dropped.append((record_id, seq))
                 logger.exception("store: record %s cannot be stored", record_id)
                 continue
-            log_call(record)  # (here every record's outcome, usage and cost are known: see call_log.py)
+            log_call(record)  # (here every call's record is derived: see call_log.py)
             self.unsaved.pop(record_id, None)
             self.unsaved[record_id] = (seq, prepared)  # the latest put of a record wins
             if end is not None:

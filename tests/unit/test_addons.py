@@ -20,7 +20,6 @@ from anthropic_proxy.addons.recording import RECORD_ID
 from anthropic_proxy.addons.routing import API_CALL
 from anthropic_proxy.addons.startup import Startup
 from anthropic_proxy.capture import exchange as exchange_module
-from anthropic_proxy.record.stream_log import read_record
 from anthropic_proxy.webui.app import WebRoutes, create_app
 from anthropic_proxy.wire.sse import encode_event
 
@@ -100,7 +99,7 @@ async def test_streamed_call_is_routed_recorded_and_passed_through_unchanged(pro
     assert flow.request.content == json.dumps(body).encode(), "passthrough must not touch the body"
     runtime = runtime_module.current_runtime()
     exchange = runtime.exchanges[flow.id]
-    assert exchange.record.status == "pending" and exchange.record.id == flow.metadata[RECORD_ID]
+    assert not exchange.is_over and exchange.capture.id == flow.metadata[RECORD_ID]
 
     flow.response = tutils.tresp(headers=[(b"content-type", b"text/event-stream")], content=None)
     run_response(addons, flow, "responseheaders")
@@ -124,12 +123,12 @@ async def test_streamed_call_is_routed_recorded_and_passed_through_unchanged(pro
     out = [tap(stream[:cut]), tap(stream[cut:]), tap(b"")]
     assert out[0] == stream[:cut] and out[1] == stream[cut:], "the tap must forward bytes unchanged"
     run_response(addons, flow, "response")
-    assert exchange.record.status == "pending", "the record's end is worked out off the client's path"
+    assert flow.id in runtime.exchanges, "the capture is handed on off the client's path"
     await asyncio.sleep(0)
 
-    assert exchange.record.status == "ended" and exchange.record.request.body is None, \
-        "nobody here watched: the stream's outcome and the call's body are read by the store's writer"
-    record = runtime.store.get(exchange.record.id)  # not written yet: read from the stream's log and the call's bytes
+    assert exchange.is_over and exchange._call is None, \
+        "nobody here watched: the call's body is read where its record is derived (the store's writer)"
+    record = runtime.store.get(exchange.capture.id)  # not written yet: derived from the capture
     assert record.status == "success" and record.stop_reason == "end_turn"
     assert record.message["content"] == [{"type": "text", "text": "héllo"}]
     assert (record.usage.input_tokens, record.usage.output_tokens, record.usage.cache_read_input_tokens) == (7, 5, 3)
@@ -166,7 +165,8 @@ async def test_client_disconnect_cancels_and_upstream_cut_errors(proxy):
         exchange = runtime.exchanges[flow.id]
         flow.error = tflow.terr(message)
         run_response(addons, flow, "error")
-        assert exchange.record.status == expected and exchange.record.error.message == message
+        record = exchange.record()
+        assert record.status == expected and record.error.message == message
 
 
 async def test_web_app_paths_are_not_api_calls(proxy):
@@ -216,7 +216,7 @@ async def test_a_body_with_odd_field_types_is_still_recorded(proxy):
                      "messages": [{"role": "user", "content": "hi"}]})
     del flow.request.headers["x-claude-code-session-id"]
     await run_request(addons, flow)
-    record = runtime_module.current_runtime().exchanges[flow.id].describe()
+    record = runtime_module.current_runtime().exchanges[flow.id].record()
     assert (record.model, record.session_id, record.stream) == (None, None, True)
     assert record.request.body["model"] == 5, "the body itself is recorded as sent"
 
@@ -227,18 +227,18 @@ async def test_the_call_is_parsed_only_where_the_record_is_shown_or_its_end_deci
     _, addons = proxy
     runtime = runtime_module.current_runtime()
     described: list[str] = []
-    original = exchange_module.describe_call
-    monkeypatch.setattr(exchange_module, "describe_call", lambda record, content: (described.append(record.id),
-                                                                                   original(record, content)))
+    original = exchange_module.describe
+    monkeypatch.setattr(exchange_module, "describe", lambda capture: (described.append(capture.id),
+                                                                      original(capture))[1])
     flow = api_flow({"model": "claude-sonnet-4-5", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
     await run_request(addons, flow)
     await asyncio.sleep(0)  # (stored pending, unwatched)
     exchange = runtime.exchanges[flow.id]
-    assert described == [] and exchange.record.model is None
-    record = exchange.describe()
+    assert described == []
+    record = exchange.record()
     assert (record.model, record.session_id, record.stream, record.request.body["messages"][0]["content"]) == \
         ("claude-sonnet-4-5", "session-1", True, "hi")
-    exchange.describe()
+    exchange.record()
     assert described == [record.id], "described once"
 
     watcher = runtime.bus.subscribe()
@@ -264,7 +264,7 @@ async def test_openrouter_mode_records_the_clients_session_header(proxy, monkeyp
     flow = api_flow({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
     await run_request(addons, flow)
     assert "x-claude-code-session-id" not in flow.request.headers, "the call to OpenRouter has its own headers"
-    record = runtime_module.current_runtime().exchanges[flow.id].describe()
+    record = runtime_module.current_runtime().exchanges[flow.id].record()
     assert record.provider == "openrouter" and record.session_id == "session-1"
     assert record.request.headers["x-api-key"] == KEY[:10] + "..." + KEY[-4:], "the client's headers, masked"
 
@@ -274,13 +274,14 @@ async def test_a_whole_body_cut_off_keeps_its_response_headers(proxy):
     _, addons = proxy
     flow = api_flow({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
     await run_request(addons, flow)
-    record = runtime_module.current_runtime().exchanges[flow.id].record
+    exchange = runtime_module.current_runtime().exchanges[flow.id]
     flow.response = tutils.tresp(status_code=529, headers=[(b"content-type", b"application/json"),
                                                            (b"request-id", b"req_1"), (b"set-cookie", KEY.encode())])
     run_response(addons, flow, "responseheaders")
-    assert record.response.status == 529 and record.response.headers == {}
+    assert exchange.record().response.status == 529 and exchange.record().response.headers == {}
     flow.error = flow_module.Error("server disconnected")
     run_response(addons, flow, "error")
+    record = exchange.record()
     assert record.status == "error" and record.error.type == "upstream_error"
     assert record.response.headers["request-id"] == "req_1"
     assert record.response.headers["set-cookie"] == KEY[:10] + "..." + KEY[-4:]
@@ -293,27 +294,26 @@ async def test_an_error_right_after_the_response_ends_the_record_as_the_response
     flow = api_flow({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
     await run_request(addons, flow)
     runtime = runtime_module.current_runtime()
-    record = runtime.exchanges[flow.id].record
+    exchange = runtime.exchanges[flow.id]
     finals: list[str] = []
     put = runtime.store.put
-    monkeypatch.setattr(runtime.store, "put", lambda r, **kw: (finals.append(r.status) if r.is_final else None,
-                                                                put(r, **kw)))
+    monkeypatch.setattr(runtime.store, "put", lambda capture: (finals.append(capture.ending.kind) if capture.ending
+                                                               else None, put(capture)))
     flow.response = tutils.tresp(status_code=200, headers=[(b"content-type", b"application/json")],
                                  content=json.dumps({"type": "message", "stop_reason": "end_turn",
                                                      "usage": {"input_tokens": 3, "output_tokens": 4}}).encode())
     run_response(addons, flow, "responseheaders")
     run_response(addons, flow, "response")
-    assert record.status == "pending"
+    assert flow.id in runtime.exchanges and finals == []
     flow.error = flow_module.Error("client disconnected")
     run_response(addons, flow, "error")
-    # Nobody here watched: the answer's reading is left to the store's writer (`ended`), from the body kept.
-    assert record.status == "ended" and flow.id not in runtime.exchanges and finals == ["ended"]
-    read = read_record(record)
+    assert flow.id not in runtime.exchanges and finals == ["completed"]
+    read = exchange.record()
     assert (read.status, read.stop_reason, read.usage.output_tokens) == ("success", "end_turn", 4)
-    await asyncio.sleep(0)  # the deferred end finds the record complete and does nothing more
-    assert record.status == "ended" and finals == ["ended"]
+    await asyncio.sleep(0)  # the deferred end finds the capture handed on and does nothing more
+    assert finals == ["completed"]
     runtime.store.flush()
-    stored = runtime.store.get(record.id)
+    stored = runtime.store.get(read.id)
     assert (stored.status, stored.stop_reason, stored.usage.output_tokens, stored.response.body["type"]) == \
         ("success", "end_turn", 4, "message")
     assert stored.cost_usd, "priced by the writer"

@@ -8,8 +8,9 @@ from typing import Any
 
 from anthropic_proxy.capture.exchange import Exchange
 from anthropic_proxy.capture.live import LiveBus
-from anthropic_proxy.record.model import HttpRequestPart, Record
-from anthropic_proxy.record.stream_log import read_record
+from anthropic_proxy.record.capture import Capture
+from anthropic_proxy.record.derive import to_record
+from anthropic_proxy.record.model import Record
 
 EVENTS: list[tuple[str, Any]] = [
     ("message_start", {"type": "message_start", "message": {"id": "m1", "role": "assistant", "content": [],
@@ -26,16 +27,19 @@ STREAM = b"".join(f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\
 
 
 def record_stream(pieces: list[bytes]) -> tuple[Record, bytes]:
-    """The record of a stream that came in `pieces` (its streams read, as the store's writer reads them), and the
-    bytes the client got."""
-    record = Record(request=HttpRequestPart(method="POST", path="/v1/messages"), stream=True)
-    exchange = Exchange(record, bus=LiveBus(), on_final=lambda _: None)
-    exchange.response_started(200, {"content-type": "text/event-stream"})
+    """The record of a stream that came in `pieces`, and the bytes the client got."""
+    capture = Capture(id="r", started=0.0, method="POST", path="/v1/messages", request_headers={}, request=b"")
+    ended: list[Exchange] = []
+    exchange = Exchange(capture, bus=LiveBus(), on_end=ended.append)
+    exchange.response_started(200, {"content-type": "text/event-stream"}, stream=True)
     sent = b"".join(as_bytes(exchange.stream_tap(piece)) for piece in [*pieces, b""])  # b"": the end of the stream
-    exchange.complete(200, {}, None, True)
-    # The exchange itself kept no chunks: the end's facts only.
-    assert record.chunks == [] and b"".join(data for _, data in record.client_stream) == sent
-    return read_record(record), sent
+    exchange.ended(200, None, None, True)
+    assert ended == [] and exchange.is_over, "handed on a moment later, off the client's path"
+    exchange.settle()
+    assert ended == [exchange]
+    # The exchange itself reads nothing: it keeps the bytes as they passed.
+    assert b"".join(data for _, data in capture.client_log) == sent
+    return to_record(capture), sent
 
 
 def as_bytes(out: bytes | Iterable[bytes]) -> bytes:

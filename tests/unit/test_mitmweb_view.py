@@ -21,6 +21,7 @@ from anthropic_proxy.addons.mitmweb_view import (
     hide_internal_flows,
 )
 from anthropic_proxy.addons.webapp import INTERNAL_FLOW
+from anthropic_proxy.record.capture import Capture
 from anthropic_proxy.record.model import Attempt, HttpRequestPart, Metrics, Record, RecordError, Usage
 
 
@@ -62,9 +63,10 @@ def test_describe_openrouter_error_cancel_and_unknown_cost():
 
 
 def test_client_stream_body_is_the_bytes_the_client_received():
-    record = make_record(client_stream=[(1.0, b'event: message_start\ndata: {"type": "message_start"}\n'),
-                                        (2.5, b'\nevent: ping\r\ndata: {"type":"ping"}\r\n\r\n')])
-    assert client_stream_body(record) == (b'event: message_start\ndata: {"type": "message_start"}\n'
+    capture = Capture(id="r", started=0.0, method="POST", path="/v1/messages", request_headers={}, request=b"",
+                      client_log=[(1.0, b'event: message_start\ndata: {"type": "message_start"}\n'),
+                                  (2.5, b'\nevent: ping\r\ndata: {"type":"ping"}\r\n\r\n')])
+    assert client_stream_body(capture) == (b'event: message_start\ndata: {"type": "message_start"}\n'
                                           b'\nevent: ping\r\ndata: {"type":"ping"}\r\n\r\n')
 
 

@@ -7,13 +7,15 @@ import sqlite3
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from anthropic_proxy.record.call_end import CallEnd, CallEnds
-from anthropic_proxy.record.model import HttpResponsePart, Metrics, Record
+from anthropic_proxy.record.capture import Capture, Ending
+from anthropic_proxy.record.model import Record
 from anthropic_proxy.store import DB_NAME, Store
 from anthropic_proxy.telemetry.metrics import MAX_MODELS, ProxyMetrics, ProxyState
 from anthropic_proxy.telemetry.tracing import TraceConfig, span_attributes, trace_config
@@ -38,14 +40,14 @@ STREAM = (b'event: message_start\ndata: {"type":"message_start","message":{"id":
 REQUEST = b'{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}'
 
 
-def ended_stream_record() -> Record:
-    """A passthrough stream nobody in the proxy watched: `ended`, its call (REQUEST) and outcome left to the writer,
-    as the Recorder puts it."""
-    record = make_record(status="ended", body=None, metrics=Metrics(duration_ms=1234.5, ttfb_ms=250.0))
-    record.request.headers["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-    record.response = HttpResponsePart(status=200, headers={"content-type": "text/event-stream"})
-    record.client_stream = [(100.0, STREAM[:150]), (200.0, STREAM[150:])]
-    return record
+def ended_stream_capture() -> Capture:
+    """A passthrough stream that ended, as the Recorder puts it: its record is derived by the writer."""
+    return Capture(id=uuid.uuid4().hex, started=time.time(), method="POST", path="/v1/messages",
+                   request_headers={"x-api-key": "masked",
+                                    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+                   request=REQUEST, status=200, response_headers={"content-type": "text/event-stream"}, streamed=True,
+                   client_log=[(100.0, STREAM[:150]), (200.0, STREAM[150:])], duration_ms=1234.5,
+                   ending=Ending("completed"))
 
 
 class Collected:
@@ -63,9 +65,9 @@ def test_the_writer_reports_the_end_of_a_call_nobody_watched(tmp_path: Path):
     got = Collected()
     store.call_ends.subscribe(got)
     try:
-        record = ended_stream_record()
+        record = ended_stream_capture()
         store.put(make_record(id=record.id, status="pending"))  # a pending put brings no end
-        store.put(record, request_body=REQUEST)
+        store.put(record)
         store.flush()
         wait_until(lambda: got.ends)
         [end] = got.ends
@@ -80,7 +82,7 @@ def test_the_writer_reports_the_end_of_a_call_nobody_watched(tmp_path: Path):
         assert end.cost_usd == stored.cost_usd and stored.cost_usd > 0  # priced by the writer, as stored
         # a stream's first byte is its first event (the 2nd log entry completes it), as the writer reads the stream
         assert (end.duration_ms, end.ttfb_ms) == (1234.5, 200.0) == (1234.5, stored.chunks[0].t_ms)
-        assert end.started == record.timestamp.timestamp()
+        assert end.started == pytest.approx(record.started, abs=1e-6)
     finally:
         store.close()
 
@@ -173,7 +175,7 @@ def test_counters_histograms_and_gauges():
 
 def test_failovers_count_each_try_given_up():
     from anthropic_proxy.record.call_end import call_end
-    from anthropic_proxy.record.model import Attempt, HttpRequestPart, Record
+    from anthropic_proxy.record.model import Attempt, HttpRequestPart
 
     record = Record(status="success", provider="openrouter", model="claude-sonnet-4-5",
                     upstream_model="anthropic/claude-sonnet-4.5",

@@ -1,9 +1,13 @@
 import sqlite3
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from anthropic_proxy.record.capture import Capture, Ending
+from anthropic_proxy.record.derive import to_record
 from anthropic_proxy.record.model import HttpRequestPart, Record, RecordError, Usage
 from anthropic_proxy.store import DB_NAME, RecordFilter, Store, parse_time_range, record_json
 
@@ -162,17 +166,17 @@ def test_time_range_validation():
     b"",
 ])
 def test_a_request_body_handed_over_as_bytes_is_stored_as_parsed(store: Store, raw: bytes):
-    """The proxy gives the writer the body's bytes instead of encoding the parsed body: same record stored (the
-    call described from them as the proxy would)."""
-    from anthropic_proxy.record.call import describe_call
-
-    with_bytes, encoded = make_record(status="success"), make_record(status="success")
-    for record in (with_bytes, encoded):
-        describe_call(record, raw)
-    store.put(with_bytes, request_body=raw)
+    """The proxy gives the writer a call's capture (the body's bytes) instead of a record: the record stored is the
+    one derived from it, as a record put as it is would be stored."""
+    capture = Capture(id=uuid.uuid4().hex, started=time.time(), method="POST", path="/v1/messages",
+                      request_headers={"x-api-key": "masked"}, request=raw, status=200, response=b'{"input_tokens":3}',
+                      ending=Ending("completed"), duration_ms=1.5)
+    derived = to_record(capture, store.prices)
+    encoded = derived.model_copy(update={"id": uuid.uuid4().hex})
+    store.put(capture)
     store.put(encoded)
     store.flush()
     assert store._writer is not None and not store._writer.queued  # what follows reads the database
-    assert store.get(with_bytes.id) == with_bytes
-    assert record_json(store.get(with_bytes.id)) == record_json(with_bytes)
-    assert store.get(encoded.id).request == store.get(with_bytes.id).request
+    assert store.get(capture.id) == derived
+    assert record_json(store.get(capture.id)) == record_json(derived)
+    assert store.get(encoded.id).request == store.get(capture.id).request

@@ -1,7 +1,7 @@
 """Fuzz-style: every recorded stream in tests/data/anthropic_sse, re-encoded every legal way (each SSE line end, each
 content coding, with and without `event:` lines or a byte order mark) and cut at random, must give the same record,
-whether or not anyone in the proxy watches its end (a live monitor, a record-complete hook) and whoever reads it
-(the exchange, `read_record`, the store's writer)."""
+whether or not anyone in the proxy watches it live (the monitor's progress reads it as it flows) and whoever derives
+it (`to_record` in the proxy, `to_stored` in the store's writer, from the capture as it crossed to the writer)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import pytest
 
 from anthropic_proxy.capture.exchange import Exchange
 from anthropic_proxy.capture.live import LiveBus
-from anthropic_proxy.record.model import HttpRequestPart, Record
-from anthropic_proxy.record.stream_log import read_record
-from anthropic_proxy.store.writer import decode, encode
+from anthropic_proxy.record.capture import Capture
+from anthropic_proxy.record.derive import to_record, to_stored
+from anthropic_proxy.record.model import Record
 from anthropic_proxy.wire.codings import ContentDecoder
 
 try:
@@ -68,15 +68,15 @@ def cuts(data: bytes, rng: random.Random) -> list[list[bytes]]:
 
 
 def record_of(pieces: list[bytes], coding: str, *, watched: bool) -> list[Record]:
-    """The stream through an exchange, watched (someone subscribed: live progress, the end read in the proxy) or
-    not (left `ended` to the writer), and the record each reader makes of it."""
+    """The stream through an exchange, watched (someone subscribed: live progress) or not, and the record each
+    derivation makes of it."""
     bus = LiveBus()
     if watched:
         bus.subscribe()
-    record = Record(request=HttpRequestPart(method="POST", path="/v1/messages"), stream=True)
-    exchange = Exchange(record, bus=bus, on_final=lambda _: None, end_watched=lambda: watched)
+    capture = Capture(id="r", started=0.0, method="POST", path="/v1/messages", request_headers={}, request=b"")
+    exchange = Exchange(capture, bus=bus, on_end=lambda _: None)
     headers = {"content-type": "text/event-stream"} | ({} if coding == "identity" else {"Content-Encoding": coding})
-    exchange.response_started(200, headers)
+    exchange.response_started(200, headers, stream=True)
     passed = b""
     for n, piece in enumerate(pieces):
         if n % 5 == 0:
@@ -84,11 +84,10 @@ def record_of(pieces: list[bytes], coding: str, *, watched: bool) -> list[Record
         out = exchange.stream_tap(piece)
         passed += out if isinstance(out, bytes) else b"".join(out)
     exchange.stream_tap(b"")
-    exchange.complete(200, None, None, True)
+    exchange.ended(200, None, None, True)
     assert passed == b"".join(pieces), "the client gets the bytes as they came"
-    assert record.status == ("ended" if not watched else record.status)
-    _, data = decode(encode(record))  # (the writer's record; `data` is what it stores)
-    return [read_record(record), Record.model_validate(data)]
+    _, data = to_stored(Capture.decode(capture.encode()), None)  # (the writer's record; `data` is what it stores)
+    return [to_record(capture), Record.model_validate(data)]
 
 
 def facts(record: Record) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Reading a logged stream: the exchange's own reading (no chunks kept, read as the stream flows) must agree with the
+"""Reading a logged stream: the live progress's reading (no chunks kept, read as the stream flows) must agree with the
 whole read, however the network cut the stream and whatever its line ends."""
 
 from __future__ import annotations
@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from anthropic_proxy.capture.exchange import Exchange
-from anthropic_proxy.capture.live import LiveBus
-from anthropic_proxy.record.model import HttpRequestPart, Record
-from anthropic_proxy.record.pricing import PriceBook, apply_cost
-from anthropic_proxy.record.stream_log import StreamLog, StreamReader, read_record
-from anthropic_proxy.store.writer import decode, encode
+from anthropic_proxy.record.capture import Capture, Ending
+from anthropic_proxy.record.derive import to_record, to_stored
+from anthropic_proxy.record.model import Record
+from anthropic_proxy.record.pricing import PriceBook
+from anthropic_proxy.record.stream_log import StreamLog, StreamReader
 from anthropic_proxy.wire.sse import encode_event
 
 FIXTURES = Path(__file__).parent.parent / "data" / "anthropic_sse" / "anthropic"
@@ -34,7 +33,7 @@ def cut(stream: bytes, rng: random.Random, pieces: int) -> StreamLog:
 
 
 def as_exchange_reads(log: StreamLog, *, step: int = 1) -> StreamReader:
-    """The stream as an exchange reads it: some entries at a time while the stream flows, then the end."""
+    """The stream as the live progress reads it: some entries at a time while the stream flows, then the end."""
     reader = StreamReader(keep=False)
     for end in range(step, len(log), step):
         reader.read(log[:end])
@@ -91,21 +90,6 @@ def test_the_exchanges_reading_reads_the_message_events_of_any_stream() -> None:
         assert full.accumulator.message["content"] == [{"type": "text", "text": "xxx"}]
 
 
-def test_the_writer_reads_what_read_record_reads() -> None:
-    """The store's writer reads a stream straight into JSON; the proxy's `read_record` into the model. Same record."""
-    stream = sse("anthropic-json-tool.1")
-    record = Record(request=HttpRequestPart(method="POST", path="/v1/messages"), stream=True, status="success")
-    record.client_stream = cut(stream, random.Random(1), 9)
-    record.upstream_stream = [(0.5, b'data: {"choices":[]}\n\n'), (0.75, b"data: [DONE]\n\n")]
-    read = read_record(record)
-    assert record.chunks == [] and record.message is None, "read_record leaves the record it was given alone"
-    stored, data = decode(encode(record))
-    assert stored.message == read.message and read.message["content"][0]["type"] == "tool_use"
-    assert data["chunks"] == read.model_dump(mode="json", by_alias=True)["chunks"]
-    assert [c["data"] for c in data["upstreamChunks"]] == [{"choices": []}, "[DONE]"]
-    assert Record.model_validate(data).chunks == read.chunks
-
-
 def test_events_are_read_by_their_data_however_they_are_named() -> None:
     """A block renamed by a second event line, and an event name written inside a data line, are read as a decoder
     reads them: by the data's type."""
@@ -124,57 +108,7 @@ def test_events_are_read_by_their_data_however_they_are_named() -> None:
     assert not as_exchange_reads([(0.0, truncated)]).accumulator.stopped, "the ping's data is not the end"
 
 
-def ended_and_watched(log: StreamLog) -> tuple[Record, Record]:
-    """One stream ended twice: with nobody in the proxy taking its end (left `ended`) and with someone taking it
-    (the exchange reads it; the Recorder prices it)."""
-    records = []
-    for watched in (False, True):
-        record = Record(request=HttpRequestPart(method="POST", path="/v1/messages"), stream=True,
-                        model="claude-sonnet-4-5")
-        exchange = Exchange(record, bus=LiveBus(), on_final=lambda _: None, end_watched=lambda w=watched: w)
-        exchange.response_started(200, {"content-type": "text/event-stream"})
-        for _, data in log:
-            exchange.stream_tap(data)
-        exchange.stream_tap(b"")
-        exchange.complete(200, None, None, True)
-        if record.status != "ended":
-            apply_cost(record, BOOK)
-        records.append(record)
-    return records[0], records[1]
-
-
 BOOK = PriceBook()
-OUTCOME = ("status", "error", "usage", "stop_reason", "cost_usd", "cost_note")
-WHOLE = sse("anthropic-json-tool.1")
-ERROR_EVENT = b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"busy"}}\n\n'
-
-
-@pytest.mark.parametrize(("stream", "status", "error"), [
-    (WHOLE, "success", None),
-    (WHOLE[:WHOLE.index(b"event: message_stop")] + ERROR_EVENT, "error", "overloaded_error"),
-    (WHOLE[:700], "error", "incomplete_stream"),
-    (b"", "error", "incomplete_stream"),
-], ids=["success", "error-event", "cut-short", "empty"])
-def test_an_ended_stream_is_read_where_it_is_shown_as_the_exchange_would_have_decided(
-        stream: bytes, status: str, error: str | None) -> None:
-    """Nobody in the proxy took the stream's end, so the record is `ended`: `read_record` (what shows a record
-    sooner) and the store's writer give it the outcome and cost the exchange and Recorder would have."""
-    log = cut(stream, random.Random(3), 7) if stream else []
-    ended, watched = ended_and_watched(log)
-    assert ended.status == "ended" and watched.status == status
-    assert (watched.error.type if watched.error else None) == error
-    assert ended.metrics.duration_ms is not None, "its duration stops at its end all the same"
-    expected = {name: getattr(watched, name) for name in OUTCOME}
-    expected_counts = (watched.metrics.chunk_count, watched.metrics.response_bytes)
-    read = read_record(ended, BOOK)
-    stored, data = decode(encode(ended), BOOK)
-    for shown in (read, stored, Record.model_validate(data)):
-        assert {name: getattr(shown, name) for name in OUTCOME} == expected
-        assert (shown.metrics.chunk_count, shown.metrics.response_bytes) == expected_counts
-        assert shown.metrics.duration_ms == ended.metrics.duration_ms
-    assert ended.status == "ended" and ended.metrics.chunk_count == 0, "read_record leaves the record alone"
-    if status == "success":
-        assert expected["cost_usd"] and expected["usage"].output_tokens > 0
 
 
 def odd_stream() -> bytes:
@@ -200,11 +134,13 @@ def odd_stream() -> bytes:
 
 
 def test_a_stream_of_odd_shapes_is_still_recorded() -> None:
-    """Odd fields are ignored, never raised on: a raise would leave the record pending in the proxy, or lose it in
-    the store's writer (and a start at a huge index must not fill memory with empty blocks)."""
-    ended, watched = ended_and_watched(cut(odd_stream(), random.Random(5), 6))
-    stored, data = decode(encode(ended), BOOK)
-    for record in (watched, read_record(ended, BOOK), stored, Record.model_validate(data)):
+    """Odd fields are ignored, never raised on: a raise would lose the record in the store's writer (and a start at a
+    huge index must not fill memory with empty blocks)."""
+    capture = Capture(id="r", started=0.0, method="POST", path="/v1/messages", request_headers={}, request=b"",
+                      status=200, streamed=True, client_log=cut(odd_stream(), random.Random(5), 6),
+                      ending=Ending("completed"))
+    stored, data = to_stored(capture, BOOK)
+    for record in (to_record(capture, BOOK), stored, Record.model_validate(data)):
         assert record.status == "success" and record.stop_reason is None
         assert (record.usage.input_tokens, record.usage.output_tokens, record.usage.cache_read_input_tokens) == \
             (0, 3, 0)
@@ -235,33 +171,3 @@ def test_a_whole_log_read_at_once_is_what_the_decoder_makes_of_it(name: str) -> 
             assert at_once.count == incremental.count == len(at_once.chunks)
             assert at_once.accumulator.message == incremental.accumulator.message
             assert at_once.accumulator.stopped == incremental.accumulator.stopped
-
-
-@pytest.mark.parametrize(("status_code", "body"), [
-    (200, {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "stop_reason":
-           "end_turn", "content": [{"type": "text", "text": "hi"}], "usage": {"input_tokens": 9, "output_tokens": 2}}),
-    (200, {"input_tokens": 1234}),
-    (529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
-    (502, "<html>bad gateway</html>"),
-], ids=["message", "count-tokens", "error-body", "html-error"])
-def test_an_ended_whole_response_is_read_as_the_exchange_would_have_decided(status_code: int, body: object) -> None:
-    """A whole answer nobody in the proxy watched is left `ended` with its body's bytes: `read_record` and the
-    store's writer give it what the exchange would have (outcome, body, message, usage, cost)."""
-    content = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-    records = []
-    for watched in (False, True):
-        record = Record(request=HttpRequestPart(method="POST", path="/v1/messages"), model="claude-sonnet-4-5")
-        exchange = Exchange(record, bus=LiveBus(), on_final=lambda _: None, end_watched=lambda w=watched: w)
-        exchange.complete(status_code, {"content-type": "application/json"}, content, False)
-        if record.status != "ended":
-            apply_cost(record, BOOK)
-        records.append(record)
-    ended, watched = records
-    assert ended.status == "ended" and ended.response.body is None and watched.status != "ended"
-    fields = (*OUTCOME, "message", "response")
-    expected = {name: getattr(watched, name) for name in fields}
-    stored, data = decode(encode(ended), BOOK)
-    for shown in (read_record(ended, BOOK), stored, Record.model_validate(data)):
-        assert {name: getattr(shown, name) for name in fields} == expected
-        assert shown.metrics.response_bytes == len(content)
-    assert ended.status == "ended" and ended.response.body is None, "read_record leaves the record alone"
