@@ -35,7 +35,8 @@ from anthropic_proxy.record.capture import Capture  # noqa: E402
 from anthropic_proxy.record.derive import describe  # noqa: E402
 from anthropic_proxy.record.model import HttpRequestPart, Metrics, Record, Usage  # noqa: E402
 from anthropic_proxy.record.stream_log import StreamReader  # noqa: E402
-from anthropic_proxy.store.writer import Report, WriterProcess, _Put  # noqa: E402
+from anthropic_proxy.store.writer.process import WriterProcess, _Queued  # noqa: E402
+from anthropic_proxy.store.writer.protocol import Report  # noqa: E402
 from anthropic_proxy.telemetry.metrics import ProxyMetrics, ProxyState  # noqa: E402
 
 CLAUDE_CODE_REQUEST = ROOT / "tests" / "data" / "claude_code" / "claude_code_request_03_haiku_thinking_roundtrip.json"
@@ -102,7 +103,7 @@ def main() -> None:
     writer = WriterProcess.__new__(WriterProcess)  # only its bookkeeping: no process started
 
     def first_reports() -> None:
-        writer.queued = {r.id: _Put(1, r) for r in records}
+        writer.queued = {r.id: _Queued(1, r) for r in records}
         for i in range(0, calls, 50):
             writer._first_reports(ends[i:i + 50])
 
