@@ -28,7 +28,6 @@ from mitmproxy.addonmanager import Loader
 
 from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy.addons.webapp import INTERNAL_FLOW
-from anthropic_proxy.capture.exchange import Exchange
 from anthropic_proxy.environment import environment
 from anthropic_proxy.record.capture import Capture
 from anthropic_proxy.record.masking import SECRET_HEADERS, mask_header_value
@@ -44,10 +43,6 @@ DEFAULT_MAX_FLOWS = 1000
 MARK_ERROR = ":x:"
 MARK_CANCELLED = ":heavy_multiplication_x:"
 MARK_TRANSLATED = ":twisted_rightwards_arrows:"
-
-# The API flows in flight, by flow id. Module state on purpose: it lives in the installed package,
-# so a reload of the `-s` script (which replaces the addon instances) keeps it.
-_live_records: dict[str, Exchange] = {}
 
 
 class HideInternal:
@@ -180,11 +175,11 @@ class MitmwebView:
         if self.view is None:
             return
         runtime = runtime_module.current_runtime()
-        exchange = runtime.exchanges.get(flow.id) if runtime else None
+        exchange = runtime.inflight.exchange_of(flow.id) if runtime else None
         if exchange is None:
             return
+        runtime.inflight.keep_ended = True  # its end is read here after the Recorder's (`_finished`)
         record = exchange.record()  # (shown in mitmweb at once: its model, and later its outcome)
-        _live_records[flow.id] = exchange
         flow.comment = f"{record.model or '?'} {via(record)} · in progress\nrecord {record.id}"
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -212,10 +207,11 @@ class MitmwebView:
         if flow.metadata.get(INTERNAL_FLOW):
             self._spawn(self._forget_when_done(flow))
             return
-        exchange = _live_records.pop(flow.id, None)
+        runtime = runtime_module.current_runtime()
+        ended = runtime.inflight.take_ended(flow.id) if runtime else None
+        exchange = ended.exchange if ended is not None else None
         if exchange is None:
             return
-        runtime = runtime_module.current_runtime()
         flow.comment, flow.marked = describe(exchange.record(runtime.prices if runtime else None))
         response = flow.response
         if response is not None and response.stream and response.raw_content is None and exchange.capture.client_log:

@@ -30,7 +30,7 @@ RECORD_ID = "anthropic_proxy.record_id"
 
 def exchange_of(flow: http.HTTPFlow) -> Exchange | None:
     runtime = runtime_module.current_runtime()
-    return runtime.exchanges.get(flow.id) if runtime else None
+    return runtime.inflight.exchange_of(flow.id) if runtime else None
 
 
 def close_upstream(flow: http.HTTPFlow) -> None:
@@ -84,7 +84,7 @@ class Recorder:
         runtime = runtime_module.current_runtime()
         if runtime is None:
             return
-        route = runtime.routes.get(flow.id)
+        route = runtime.inflight.route_of(flow.id)
         client = route.client if route else ClientRequest(flow.request.method, flow.request.path,
                                                           flow.request.headers.items(multi=True),
                                                           flow.request.content or b"")
@@ -98,7 +98,7 @@ class Recorder:
         exchange.started -= max(0.0, time.time() - flow.request.timestamp_start)  # count from the first byte in
         exchange.transform = route.translator if route else None
         exchange.abort = lambda: close_upstream(flow)
-        runtime.exchanges[flow.id] = exchange
+        runtime.inflight.begin(flow.id, exchange)
         flow.metadata[RECORD_ID] = capture.id
         # Stored and announced in the loop's next turn: the request goes upstream first.
         asyncio.get_running_loop().call_soon(_announce, runtime, exchange)
@@ -108,7 +108,7 @@ class Recorder:
         if exchange is None or flow.response is None:
             return
         response = flow.response
-        route = runtime_module.current_runtime().routes.get(flow.id)
+        route = runtime_module.current_runtime().inflight.route_of(flow.id)
         if route is not None and route.targets:  # the relay chose the target that answers
             _take_target(exchange.capture, route)
             exchange.transform = route.translator
@@ -128,7 +128,7 @@ class Recorder:
             return
         response = flow.response
         streamed = bool(response.stream)
-        route = runtime_module.current_runtime().routes.get(flow.id)
+        route = runtime_module.current_runtime().inflight.route_of(flow.id)
         if route is not None and route.upstream_response is not None:
             exchange.capture.upstream_response = route.upstream_response
         if streamed:  # its headers went to the client before its body: the capture has them (responseheaders)
@@ -153,8 +153,8 @@ class Recorder:
         runtime = runtime_module.current_runtime()
         if runtime is None:
             return
-        runtime.exchanges.pop(flow_id, None)
-        route = runtime.routes.pop(flow_id, None)
+        ended = runtime.inflight.end(flow_id)
+        route = ended.route if ended is not None else None
         capture = exchange.capture
         if route is not None:
             _take_route_end(runtime, capture, route)

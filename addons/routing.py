@@ -46,7 +46,7 @@ def json_response(status: int, body: dict, headers: dict[str, str] | None = None
 
 def route_of(flow: http.HTTPFlow) -> Route | None:
     runtime = runtime_module.current_runtime()
-    return runtime.routes.get(flow.id) if runtime else None
+    return runtime.inflight.route_of(flow.id) if runtime else None
 
 
 class Router:
@@ -103,7 +103,7 @@ class Router:
         # (a list: routes and the record both read the headers)
         route = Route(client=ClientRequest(request.method, request.path, list(request.headers.items(multi=True)),
                                            request.content or b""))
-        runtime.routes[flow.id] = route
+        runtime.inflight.route(flow.id, route)
         settings = runtime.settings
         dispatch = Dispatch(config, settings.anthropic_upstream, settings.openrouter_base_url, environment.get,
                             newest=runtime.catalog.newest)

@@ -245,6 +245,6 @@ class Startup:
         if ctx.master.should_exit.is_set():  # shutdown, not a script reload
             runtime = runtime_module.current_runtime()
             if runtime is not None:
-                for exchange in list(runtime.exchanges.values()):  # (an ended one is completed, not failed)
+                for exchange in runtime.inflight.exchanges():  # (an ended one is completed, not failed)
                     exchange.fail("the proxy shut down before this exchange finished", cancelled=False)
                 runtime_module.close_runtime()

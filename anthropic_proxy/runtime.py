@@ -12,17 +12,14 @@ import secrets
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
 
-if TYPE_CHECKING:
-    from anthropic_proxy.providers.route import Route
-
 from anthropic_proxy import __version__
-from anthropic_proxy.capture.exchange import Exchange
 from anthropic_proxy.capture.live import LiveBus
+from anthropic_proxy.capture.registry import InFlight
 from anthropic_proxy.providers.failover import CoolDowns, Relay
 from anthropic_proxy.providers.openrouter_api import ModelCatalog
 from anthropic_proxy.providers.proxy_config import ConfigStore
@@ -65,8 +62,7 @@ class Runtime:
     catalog: ModelCatalog
     settings: ProxySettings = field(default_factory=ProxySettings)
     bus: LiveBus = field(default_factory=LiveBus)
-    exchanges: dict[str, Exchange] = field(default_factory=dict)  # by mitmproxy flow id
-    routes: dict[str, Route] = field(default_factory=dict)  # by mitmproxy flow id, calls routed by config
+    inflight: InFlight = field(default_factory=InFlight)  # the calls in flight: routes and exchanges
     cooldowns: CoolDowns = field(default_factory=CoolDowns)  # targets skipped for now (429/529 retry-after)
     relay: Relay | None = None  # tries the targets of calls that have fallbacks (started by the Router)
     # Proves to the internal web server that a request came through the proxy's own checks.
@@ -87,7 +83,7 @@ class Runtime:
     def state(self) -> ProxyState:
         """What the proxy holds right now (read at each scrape of /metrics)."""
         store = self.store
-        return ProxyState(in_flight=len(self.exchanges), store_queue=store.queued, store_unsaved=store.unsaved,
+        return ProxyState(in_flight=len(self.inflight), store_queue=store.queued, store_unsaved=store.unsaved,
                           store_write_errors=store.write_errors, store_degraded=store.last_write_error is not None,
                           store_lost=store.lost, writer_restarts=store.writer_restarts,
                           cooldowns=len(self.cooldowns.view()))

@@ -38,7 +38,7 @@ async def health(request: web.Request) -> web.Response:
     # one of its threads had died.
     reason = store["lastWriteError"] or store["readError"] or store["notice"] or store["lastThreadError"]
     return web.json_response({"status": "degraded" if reason else "ok", "reason": reason, "mode": mode,
-                              "upstream": upstream, "version": runtime.version, "inFlight": len(runtime.exchanges),
+                              "upstream": upstream, "version": runtime.version, "inFlight": len(runtime.inflight),
                               "store": store, "coolDowns": runtime.cooldowns.view()})
 
 

@@ -115,7 +115,7 @@ def summary_matches(summary: dict[str, Any], flt: RecordFilter, search_text: str
 
 def _in_flight(runtime: Runtime, record_id: str) -> Record | None:
     """A record still in flight, its stream so far read from its log (the exchange itself keeps only bytes)."""
-    exchange = next((e for e in list(runtime.exchanges.values()) if e.capture.id == record_id), None)
+    exchange = runtime.inflight.by_record(record_id)
     return exchange.record(runtime.prices) if exchange is not None else None
 
 
@@ -146,7 +146,7 @@ async def stats(request: web.Request) -> web.Response:
     flt = record_filter(request)
     figures = await asyncio.to_thread(runtime.store.aggregate, flt, book=runtime.prices)
     facets = await asyncio.to_thread(runtime.store.facets)
-    return web.json_response({**figures, "inFlight": len(runtime.exchanges), "facets": facets,
+    return web.json_response({**figures, "inFlight": len(runtime.inflight), "facets": facets,
                               "filters": filter_view(flt)})
 
 
@@ -180,7 +180,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     streams.add(queue)
     sent_ids: set[str] = set()
     try:
-        await response.write(b"retry: 2000\n" + _sse("hello", {"inFlight": len(runtime.exchanges)}))
+        await response.write(b"retry: 2000\n" + _sse("hello", {"inFlight": len(runtime.inflight)}))
         while True:
             try:
                 event = await asyncio.wait_for(queue.get(), HEARTBEAT_SECONDS)
@@ -366,7 +366,7 @@ async def monitor_config(request: web.Request) -> web.Response:
         "listenHost": settings.listen_host, "listenPort": settings.listen_port,
         "anthropicUpstream": settings.anthropic_upstream, "openrouterBaseUrl": settings.openrouter_base_url,
         "maxRecords": store.max_records, "retentionDays": store.retention_days,
-        "tokenRequired": token_required(settings), "inFlight": len(runtime.exchanges), "prices": prices,
+        "tokenRequired": token_required(settings), "inFlight": len(runtime.inflight), "prices": prices,
         "modelMap": model_map(runtime),
     })
 

@@ -27,7 +27,7 @@ def expire_silent(runtime: Runtime, now: float) -> int:
     timeout = runtime.settings.request_timeout
     keepalive = runtime.settings.stream_keepalive
     expired = 0
-    for exchange in list(runtime.exchanges.values()):
+    for exchange in runtime.inflight.exchanges():
         if exchange.is_over:
             continue
         silent = exchange.silent_for(now)

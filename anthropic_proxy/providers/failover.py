@@ -145,7 +145,7 @@ class Relay:
         runtime = self._runtime
         if request.headers.get("x-anthropic-proxy-internal") != runtime.internal_token:
             return web.Response(status=403, text="forbidden")
-        route = runtime.routes.get(request.headers.get(RELAY_HEADER, ""))
+        route = runtime.inflight.route_of(request.headers.get(RELAY_HEADER, ""))
         if route is None or route.dispatch is None or route.body is None:
             return _local(LocalAnswer(502, anthropic_error_body("api_error", "anthropic-proxy lost this call's route")))
         targets = route.targets

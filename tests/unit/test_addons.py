@@ -98,7 +98,7 @@ async def test_streamed_call_is_routed_recorded_and_passed_through_unchanged(pro
     assert flow.request.path == "/base/v1/messages?beta=true"
     assert flow.request.content == json.dumps(body).encode(), "passthrough must not touch the body"
     runtime = runtime_module.current_runtime()
-    exchange = runtime.exchanges[flow.id]
+    exchange = runtime.inflight.exchange_of(flow.id)
     assert not exchange.is_over and exchange.capture.id == flow.metadata[RECORD_ID]
 
     flow.response = tutils.tresp(headers=[(b"content-type", b"text/event-stream")], content=None)
@@ -123,7 +123,7 @@ async def test_streamed_call_is_routed_recorded_and_passed_through_unchanged(pro
     out = [tap(stream[:cut]), tap(stream[cut:]), tap(b"")]
     assert out[0] == stream[:cut] and out[1] == stream[cut:], "the tap must forward bytes unchanged"
     run_response(addons, flow, "response")
-    assert flow.id in runtime.exchanges, "the capture is handed on off the client's path"
+    assert runtime.inflight.exchange_of(flow.id) is not None, "the capture is handed on off the client's path"
     await asyncio.sleep(0)
 
     assert exchange.is_over and exchange._call is None, \
@@ -137,7 +137,7 @@ async def test_streamed_call_is_routed_recorded_and_passed_through_unchanged(pro
         ("session-1", "claude-sonnet-4-5", True, body)
     assert record.cost_usd, "priced as the writer will, the call described first"
     assert record.request.headers["x-api-key"] == KEY[:10] + "..." + KEY[-4:]
-    assert flow.id not in runtime.exchanges
+    assert runtime.inflight.exchange_of(flow.id) is None
     runtime.store.flush()
     stored = runtime.store.get(record.id)
     assert (stored.status, stored.session_id, stored.model, stored.stream) == ("success", "session-1",
@@ -162,7 +162,7 @@ async def test_client_disconnect_cancels_and_upstream_cut_errors(proxy):
     for message, expected in (("Client disconnected.", "cancelled"), ("peer closed connection", "error")):
         flow = api_flow({"model": "m", "messages": []})
         await run_request(addons, flow)
-        exchange = runtime.exchanges[flow.id]
+        exchange = runtime.inflight.exchange_of(flow.id)
         flow.error = tflow.terr(message)
         run_response(addons, flow, "error")
         record = exchange.record()
@@ -177,7 +177,7 @@ async def test_web_app_paths_are_not_api_calls(proxy):
     flow = reverse_flow()
     flow.request.path = "/api/monitor/requests"
     await run_request(addons, flow)
-    assert API_CALL not in flow.metadata and flow.id not in runtime.exchanges
+    assert API_CALL not in flow.metadata and runtime.inflight.exchange_of(flow.id) is None
     assert (flow.request.host, flow.request.port) == ("127.0.0.1", 1)
     assert flow.request.headers["x-anthropic-proxy-internal"] == runtime.internal_token
 
@@ -187,7 +187,7 @@ async def test_forward_proxy_flows_are_refused_until_reverse_mode_is_up(proxy):
     flow = tflow.tflow()  # a regular (forward) proxy flow, as in the moment before the addon moves the server
     await run_request(addons, flow)
     assert not flow.live and flow.error is not None
-    assert runtime_module.current_runtime().exchanges == {}
+    assert len(runtime_module.current_runtime().inflight) == 0
 
 
 def test_record_complete_handlers_are_looked_up_again_when_addons_change():
@@ -216,7 +216,7 @@ async def test_a_body_with_odd_field_types_is_still_recorded(proxy):
                      "messages": [{"role": "user", "content": "hi"}]})
     del flow.request.headers["x-claude-code-session-id"]
     await run_request(addons, flow)
-    record = runtime_module.current_runtime().exchanges[flow.id].record()
+    record = runtime_module.current_runtime().inflight.exchange_of(flow.id).record()
     assert (record.model, record.session_id, record.stream) == (None, None, True)
     assert record.request.body["model"] == 5, "the body itself is recorded as sent"
 
@@ -233,7 +233,7 @@ async def test_the_call_is_parsed_only_where_the_record_is_shown_or_its_end_deci
     flow = api_flow({"model": "claude-sonnet-4-5", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
     await run_request(addons, flow)
     await asyncio.sleep(0)  # (stored pending, unwatched)
-    exchange = runtime.exchanges[flow.id]
+    exchange = runtime.inflight.exchange_of(flow.id)
     assert described == []
     record = exchange.record()
     assert (record.model, record.session_id, record.stream, record.request.body["messages"][0]["content"]) == \
@@ -264,7 +264,7 @@ async def test_openrouter_mode_records_the_clients_session_header(proxy, monkeyp
     flow = api_flow({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
     await run_request(addons, flow)
     assert "x-claude-code-session-id" not in flow.request.headers, "the call to OpenRouter has its own headers"
-    record = runtime_module.current_runtime().exchanges[flow.id].record()
+    record = runtime_module.current_runtime().inflight.exchange_of(flow.id).record()
     assert record.provider == "openrouter" and record.session_id == "session-1"
     assert record.request.headers["x-api-key"] == KEY[:10] + "..." + KEY[-4:], "the client's headers, masked"
 
@@ -274,7 +274,7 @@ async def test_a_whole_body_cut_off_keeps_its_response_headers(proxy):
     _, addons = proxy
     flow = api_flow({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
     await run_request(addons, flow)
-    exchange = runtime_module.current_runtime().exchanges[flow.id]
+    exchange = runtime_module.current_runtime().inflight.exchange_of(flow.id)
     flow.response = tutils.tresp(status_code=529, headers=[(b"content-type", b"application/json"),
                                                            (b"request-id", b"req_1"), (b"set-cookie", KEY.encode())])
     run_response(addons, flow, "responseheaders")
@@ -294,7 +294,7 @@ async def test_an_error_right_after_the_response_ends_the_record_as_the_response
     flow = api_flow({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
     await run_request(addons, flow)
     runtime = runtime_module.current_runtime()
-    exchange = runtime.exchanges[flow.id]
+    exchange = runtime.inflight.exchange_of(flow.id)
     finals: list[str] = []
     put = runtime.store.put
     monkeypatch.setattr(runtime.store, "put", lambda capture: (finals.append(capture.ending.kind) if capture.ending
@@ -304,10 +304,10 @@ async def test_an_error_right_after_the_response_ends_the_record_as_the_response
                                                      "usage": {"input_tokens": 3, "output_tokens": 4}}).encode())
     run_response(addons, flow, "responseheaders")
     run_response(addons, flow, "response")
-    assert flow.id in runtime.exchanges and finals == []
+    assert runtime.inflight.exchange_of(flow.id) is not None and finals == []
     flow.error = flow_module.Error("client disconnected")
     run_response(addons, flow, "error")
-    assert flow.id not in runtime.exchanges and finals == ["completed"]
+    assert runtime.inflight.exchange_of(flow.id) is None and finals == ["completed"]
     read = exchange.record()
     assert (read.status, read.stop_reason, read.usage.output_tokens) == ("success", "end_turn", 4)
     await asyncio.sleep(0)  # the deferred end finds the capture handed on and does nothing more
