@@ -36,7 +36,7 @@ def _not_json(constant: str) -> Any:
 
 
 def loads_event(data: bytes | str) -> Any:
-    """A stream event's data: `loads` without its check for long numbers (up to 1 µs on every event). Events
+    """A stream event's data: `loads` without its check for long numbers (a cost paid on every event). Events
     carry no integer beyond 64 bits outside a string: tool input streams as partial JSON *text*."""
     try:
         return orjson.loads(data)
