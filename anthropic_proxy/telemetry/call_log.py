@@ -1,8 +1,8 @@
 """How a finished API call reads in one line: the terminal log's line per call and mitmweb's flow comment.
 
-The terminal line is logged by the store's writer process (`store_writer.Writer`), the one place that learns
-every record's outcome, usage and cost: a record nobody in the proxy watched reaches it `ended`, and only there
-is it read, so the proxy's event loop does not parse a stream or a request body for a log line.
+The terminal line is logged by the store's writer process (`store.writer.child.Writer`), the one place that learns
+every record's outcome, usage and cost: it derives each call's record from its capture, so the proxy's event loop
+does not parse a stream or a request body for a log line.
 """
 
 from __future__ import annotations
