@@ -75,6 +75,11 @@ class Capture:
 
     def encode(self) -> bytes:
         """This capture as bytes (`decode` reads them). Safe while the call still runs: the logs are read once."""
+        return b"".join(self.encode_parts())
+
+    def encode_parts(self) -> list[bytes]:
+        """`encode`'s bytes in pieces, not joined: the prefix and header, then the byte fields and chunks themselves
+        (not copied: whoever writes them out copies them once, as the store's writer protocol does)."""
         client, upstream = list(self.client_log), list(self.upstream_log)
         fields = (self.request, self.upstream_request, self.response, self.upstream_response)
         ending = self.ending
@@ -92,9 +97,8 @@ class Capture:
             "upstreamLog": [[t_ms for t_ms, _ in upstream], [len(data) for _, data in upstream]],
         }
         head = orjson.dumps(header)
-        return b"".join([_PREFIX.pack(MAGIC, VERSION, len(head)), head,
-                         *(data for data in fields if data), *(data for _, data in client),
-                         *(data for _, data in upstream)])
+        return [_PREFIX.pack(MAGIC, VERSION, len(head)) + head, *(data for data in fields if data),
+                *(data for _, data in client), *(data for _, data in upstream)]
 
     @classmethod
     def decode(cls, data: bytes) -> Capture:

@@ -64,6 +64,8 @@ def test_encoding_is_lossless_and_versioned():
         data = original.encode()
         assert Capture.decode(data) == original
     assert b'"content_block_delta"' in full.encode() and WHOLE[100:200] in full.encode(), "bodies go as they are"
+    parts = full.encode_parts()
+    assert parts[1] is full.request and parts[-2] is full.upstream_log[0][1], "handed on without a copy"
     data = bytearray(full.encode())
     data[4] = 99
     with pytest.raises(ValueError, match="version 99"):

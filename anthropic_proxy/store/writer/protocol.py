@@ -46,12 +46,13 @@ class WriterSettings:
 
 @dataclass(frozen=True, slots=True)
 class Put:
-    """One put of a record: the `seq` of the put (the latest of a record wins), and its bytes."""
+    """One put of a record: the `seq` of the put (the latest of a record wins), and its bytes, in pieces (a
+    capture's are its own bytes, not copied until they are sent)."""
 
     record_id: str
     seq: int
     capture: bool  # `data` is a capture's encoding; else a record's JSON
-    data: bytes
+    data: list[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,18 +103,19 @@ def encode(item: Record | Capture, seq: int) -> Put:
     """What the writer is sent of a put: a capture in its own compact encoding, a record as its JSON (a lone
     surrogate, which UTF-8 cannot hold, goes as a JSON escape)."""
     if isinstance(item, Capture):
-        return Put(item.id, seq, True, item.encode())
+        return Put(item.id, seq, True, item.encode_parts())
     try:
         data = item.model_dump_json(by_alias=True).encode()
     except ValueError:
         data = json.dumps(item.model_dump(mode="json", by_alias=True)).encode()
-    return Put(item.id, seq, False, data)
+    return Put(item.id, seq, False, [data])
 
 
 def decode(put: Put, prices: PriceBook | None = None) -> tuple[Record, dict[str, Any]]:
     """A put's record, and its JSON data (`model_dump(mode="json", by_alias=True)`) for `prepare`: a capture's is
     derived here (`derive.to_stored`, priced with `prices`)."""
+    payload = b"".join(put.data)
     if put.capture:
-        return to_stored(Capture.decode(put.data), prices)
-    data = fastjson.loads(put.data)
+        return to_stored(Capture.decode(payload), prices)
+    data = fastjson.loads(payload)
     return Record.model_validate(data), data
