@@ -16,10 +16,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from importlib import resources
 from string import Template
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from anthropic_proxy.reports.analysis import AnalysisReport, Breakdown
+from anthropic_proxy.reports.analysis_model import AnalysisReport, Breakdown
 
 # What the report page may load: its inline stylesheet (and style attributes), nothing else. The page says it in
 # a meta tag; the web app sends the same policy as the response's header (webui/monitor_api.py).
