@@ -8,7 +8,8 @@ import functools
 import json
 from urllib.parse import urlsplit
 
-from mitmproxy import http
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
 from mitmproxy.net.http import url
 
 from anthropic_proxy import runtime as runtime_module
@@ -26,7 +27,7 @@ from anthropic_proxy.providers.route import (
     translate_full_response,
 )
 from anthropic_proxy.providers.targets import CallFacts, Dispatch, UpstreamCall, select_targets
-from anthropic_proxy.runtime import Runtime
+from anthropic_proxy.runtime import Pin, Runtime
 from anthropic_proxy.translate.reasoning import SIGNATURE_PREFIX, strip_openrouter_reasoning
 from anthropic_proxy.translate.tokens import estimate_input_tokens
 from anthropic_proxy.webui.common import INTERNAL_HEADER
@@ -37,11 +38,37 @@ COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 _OPENROUTER_SIGNATURE = SIGNATURE_PREFIX.encode()
 # flow.metadata key set on the calls that are recorded (and translated in openrouter mode): their client path.
 API_CALL = "anthropic_proxy.api_call"
+PROXY_MODES = ("anthropic", "openrouter")
+_LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::", ""}
 
 
 def json_response(status: int, body: dict, headers: dict[str, str] | None = None) -> http.Response:
     headers = {"content-type": "application/json", **(headers or {})}
     return http.Response.make(status, json.dumps(body).encode(), headers)
+
+
+def check_upstream(url: str, option: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise exceptions.OptionsError(f"{option} must be an http(s) URL such as https://api.anthropic.com "
+                                      f"(got {url!r})")
+
+
+def _is_own_address(url: str, listen_host: str, listen_port: int) -> bool:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = (parts.hostname or "").lower()
+    own_hosts = _LOOPBACK_NAMES | {listen_host.lower()}
+    return port == listen_port and (host in own_hosts or host.startswith("127."))
+
+
+def _config_pins(proxy_mode: str) -> dict[str, Pin]:
+    """What the proxy_mode option fixes at every start (it is saved in config.json then), and by what."""
+    if not proxy_mode:
+        return {}
+    origin = environment.origin("PROXY_MODE")
+    by = f"PROXY_MODE ({origin})" if origin and environment.get("PROXY_MODE") == proxy_mode else "--set proxy_mode"
+    return {"mode": Pin(value=proxy_mode, by=by)}
 
 
 def route_of(flow: http.HTTPFlow) -> Route | None:
@@ -51,7 +78,40 @@ def route_of(flow: http.HTTPFlow) -> Route | None:
 
 class Router:
     """Routes the flows Capture marked as Anthropic API traffic; any other flow (another host's, through a
-    forward proxy or local capture) goes on to its own host untouched."""
+    forward proxy or local capture) goes on to its own host untouched. Its options say where calls go."""
+
+    def load(self, loader: Loader) -> None:
+        env = environment
+        loader.add_option("anthropic_upstream", str,
+                          env.get("ANTHROPIC_UPSTREAM_URL", "https://api.anthropic.com"),
+                          "Where Anthropic API calls go in anthropic mode (env ANTHROPIC_UPSTREAM_URL).")
+        loader.add_option("openrouter_base_url", str, env.get("OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1"),
+                          "OpenRouter's API base URL for openrouter mode (env OPENROUTER_BASE_URL).")
+        loader.add_option("proxy_mode", str, env.get("PROXY_MODE"),
+                          "anthropic: pass calls through to anthropic_upstream; openrouter: translate them to "
+                          "OpenRouter. Empty: the mode saved in state_dir/config.json (env PROXY_MODE).",
+                          choices=("", *PROXY_MODES))
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        for option in ("anthropic_upstream", "openrouter_base_url"):
+            if option in updated:
+                check_upstream(getattr(opts, option), option)
+        runtime = runtime_module.current_runtime()  # (opened by the Startup addon, which runs first)
+        if runtime is None:
+            return
+        settings = runtime.settings  # its listen address: the Startup addon's, set just before
+        host, port = settings.listen_host, settings.listen_port
+        if _is_own_address(opts.anthropic_upstream, host, port):
+            raise exceptions.OptionsError(
+                f"anthropic_upstream {opts.anthropic_upstream} is this proxy's own address ({host}:{port}): "
+                "requests would loop forever. Set ANTHROPIC_UPSTREAM_URL (not ANTHROPIC_BASE_URL) to the real API."
+            )
+        if "proxy_mode" in updated and opts.proxy_mode:
+            runtime.config.update({"mode": opts.proxy_mode})
+        runtime.settings = settings.model_copy(update={
+            "anthropic_upstream": opts.anthropic_upstream.rstrip("/"),
+            "openrouter_base_url": opts.openrouter_base_url.rstrip("/"), "pins": _config_pins(opts.proxy_mode)})
 
     def running(self) -> None:
         runtime = runtime_module.current_runtime()
