@@ -1,6 +1,6 @@
 """A record as database rows: what every writer of the store shares (the writer process, `import`, the closing
-of orphans at start-up). Inside the caller's transaction; no threads, no queues (see `store.py` for the schema,
-`search.py` for the `search` column and the `turns` table).
+of orphans at start-up). Inside the caller's transaction; no threads, no queues (see store/schema.py for the schema,
+store/search.py for the `search` column and the `turns` table).
 """
 
 from __future__ import annotations
