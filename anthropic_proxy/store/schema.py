@@ -10,12 +10,10 @@ stay one text for both.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from anthropic_proxy.store.dialects import Connection
-
-Migration = str | Callable[["Connection"], None]
+# SQL, or a Python step given the migration's `dialects.Connection` (not imported: dialects.py reads this module)
+Migration = str | Callable[[Any], None]
 
 # v5 (PostgreSQL v2): what explains a call's cache break (`cache_break.py`): the first piece of its prompt and
 # its last breakpoint (written with the record), and the explanation with the two figures the statistics sum.
@@ -36,7 +34,7 @@ _TURNS = """
 """
 
 
-def _search_over_pieces(db: Connection) -> None:
+def _search_over_pieces(db: Any) -> None:
     """v7 (PostgreSQL v4): existing records' turns listed, their prompts' text dropped from `search`."""
     from anthropic_proxy.store.search import convert  # (search.py builds on dialects.py, which reads these lists)
 

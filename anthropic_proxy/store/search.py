@@ -4,8 +4,8 @@ repeats and the system prompt are not searched (they would make every later reco
 Nothing is kept twice for it. The prompt is what the call added to its conversation (`bodies.new_turn`: the latest
 user turn, with its tool results): those messages are pieces the store keeps anyway (`blobs`), and the table
 `turns` lists each record's new-turn blobs. The `search` column holds the rest, lower-cased and masked: the
-answer's text (small beside a prompt, and kept in the record's JSON only among its stream's events, where a text
-match cannot see it whole) and a body that is not JSON (its first `MAX_BODY_TEXT` characters).
+answer's text (small beside a prompt; in the record's JSON it sits among headers, usage and stream events, which
+a text match there would find too) and a body that is not JSON (its first `MAX_BODY_TEXT` characters).
 
 A query (`where`) reads both: the `search` column with the dialect's text match; the new turns' blobs with a coarse
 match on their JSON text (lower-cased, it contains the query's longest ASCII run as JSON writes it), then, for
@@ -54,8 +54,7 @@ def _rest_texts(body: Any, message: Any) -> Iterator[str]:
     """What is searched besides the new turn: a body that is not JSON, and the answer's text."""
     if isinstance(body, str):
         yield body[:MAX_BODY_TEXT]
-    if isinstance(message, dict):
-        yield from bodies.iter_texts(message.get("content"))
+    yield from _message_texts(message)
 
 
 def column_text(body: Any, message: Any) -> str:
