@@ -24,7 +24,7 @@ from anthropic_proxy.reports import ratelimits as rate_limits
 from anthropic_proxy.runtime import RUNTIME_KEY as RUNTIME
 from anthropic_proxy.runtime import Runtime
 from anthropic_proxy.store import RecordFilter, parse_time_range, record_json
-from anthropic_proxy.store.rows import search_text
+from anthropic_proxy.store.search import search_text
 from anthropic_proxy.webui.common import error_response
 from anthropic_proxy.webui.config_api import model_map
 from anthropic_proxy.webui.security import token_required
