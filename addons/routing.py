@@ -1,6 +1,6 @@
 """Sends each Anthropic API call to its target: the route that matches it (config.json `routes`), else the mode's
 provider; Anthropic-type providers get the body as it is, OpenAI-type ones a translation. A call with fallbacks
-goes through the failover relay (anthropic_proxy/failover.py), which tries its targets in order."""
+goes through the failover relay (anthropic_proxy/providers/failover.py), which tries its targets in order."""
 
 from __future__ import annotations
 

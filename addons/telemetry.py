@@ -1,5 +1,5 @@
 """OpenTelemetry traces: the `otel_endpoint` option, and the store's tracing (its writer process makes the spans)
-kept in step with it and with the standard `OTEL_*` environment variables (see anthropic_proxy/tracing.py).
+kept in step with it and with the standard `OTEL_*` environment variables (see anthropic_proxy/telemetry/tracing.py).
 Prometheus metrics need no addon: the runtime always counts, and the web app serves `/metrics`."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What metrics and traces cost per call, and what the design saves (see anthropic_proxy/call_end.py).
+"""What metrics and traces cost per call, and what the design saves (see anthropic_proxy/record/call_end.py).
 
 Every figure is CPU time per call on the proxy's side (its threads share the event loop's GIL) unless it says
 "writer" (the store's writer process, on another core):

@@ -1,5 +1,6 @@
-"""`GET /metrics`: the proxy's Prometheus metrics (anthropic_proxy/metrics.py), behind the web app's safety rules
-(beyond loopback, the token: Prometheus sends it as `authorization: {credentials: ...}`, see docs/observability.md)."""
+"""`GET /metrics`: the proxy's Prometheus metrics (anthropic_proxy/telemetry/metrics.py), behind the web app's
+safety rules (beyond loopback, the token: Prometheus sends it as `authorization: {credentials: ...}`, see
+docs/observability.md)."""
 
 from __future__ import annotations
 

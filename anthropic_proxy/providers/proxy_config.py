@@ -1,5 +1,5 @@
 """The user's proxy configuration: mode, model mapping, extra OpenRouter headers, providers, routes and
-fallbacks (see providers.py), kept in config.json.
+fallbacks (see entries.py), kept in config.json.
 
 Never a secret: the OpenRouter key stays in the environment. Each `ProxyConfig` is immutable, so a
 request keeps the snapshot it started with however the configuration changes meanwhile.

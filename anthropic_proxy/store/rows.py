@@ -1,5 +1,5 @@
 """A record as database rows: what every writer of the store shares (the writer process, `import`, the closing
-of orphans at start-up). Inside the caller's transaction; no threads, no queues (see `store.py` for the schema).
+of orphans at start-up). Inside the caller's transaction; no threads, no queues (see store/schema.py for the schema).
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """Prometheus metrics of the proxy, served as `GET /metrics` by the web app (prometheus-client's exposition).
 
-Per call, counted from its `CallEnd` (call_end.py) when the store's writer has read the call's outcome: off the
-client's path, in the store's receiver thread, for every call, watched or not. The counts are kept in plain
-numbers per (provider, model, operation) under one lock, and handed to prometheus-client as metric families when
-Prometheus scrapes (a custom collector, prometheus-client's own exposition): counting a call so costs about 3 µs,
-where prometheus-client's `Counter`/`Histogram` children took 11-18 µs for the same eight updates (a lock and
-Python checks per increment, a Python loop per histogram observation; bench/bench_observability.py). What the
-proxy holds right now (calls in flight, the store's queue and errors) is read at the scrape too, so it costs the
-calls nothing.
+Per call, counted from its `CallEnd` (record/call_end.py) when the store's writer has read the call's outcome:
+off the client's path, in the store's receiver thread, for every call, watched or not. The counts are kept in
+plain numbers per (provider, model, operation) under one lock, and handed to prometheus-client as metric families
+when Prometheus scrapes (a custom collector, prometheus-client's own exposition): prometheus-client's
+`Counter`/`Histogram` children take a lock and Python checks per increment and a Python loop per histogram
+observation, several times the cost of these plain updates (bench/RESULTS.md). What the proxy
+holds right now (calls in flight, the store's queue and errors) is read at the scrape too, so it costs the calls
+nothing.
 
 Every metric lives in the runtime's own `CollectorRegistry`, not prometheus-client's global one: the runtime
 outlives mitmproxy's reloads of the addon script, and a second registration in a global registry would fail.

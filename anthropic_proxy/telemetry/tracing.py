@@ -1,11 +1,11 @@
 """OpenTelemetry traces: one span per API call, following the GenAI semantic conventions (optional extra `otel`).
 
-Spans are made in the store's writer process (store_writer.py), from each final record and its `CallEnd`
-(call_end.py), where the call's outcome, usage and cost are read anyway: the OpenTelemetry SDK takes about 160 µs
-of CPU to make a span and 95 µs to encode it (bench/bench_observability.py), which the proxy's event loop would
-otherwise pay in its own process (GIL). A span is timed from the record, not from when it is made: it starts when
-the request's first byte arrived and ends when the answer's last byte left (`start_time`/`end_time` given
-explicitly). A client that sends a W3C `traceparent` gets the span as a child of its own trace.
+Spans are made in the store's writer process (store/writer.py), from each final record and its `CallEnd`
+(record/call_end.py), where the call's outcome, usage and cost are read anyway: making and encoding a span takes
+the OpenTelemetry SDK far more CPU than the proxy spends on a call (bench/RESULTS.md), which the proxy's event
+loop would otherwise pay in its own process (GIL). A span is timed from the record, not from when it is made: it
+starts when the request's first byte arrived and ends when the answer's last byte left (`start_time`/`end_time`
+given explicitly). A client that sends a W3C `traceparent` gets the span as a child of its own trace.
 
 Export is the SDK's: a `BatchSpanProcessor` queues spans and a thread of its own sends them with the OTLP exporter
 (HTTP/protobuf by default, gRPC when `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL=grpc`), configured by the standard

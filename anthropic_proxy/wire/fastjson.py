@@ -1,5 +1,5 @@
-"""JSON on the proxy's hot paths (every stream event, every request body): orjson, about six times faster
-than the standard library, with the standard library as the fallback for what orjson gets wrong or refuses:
+"""JSON on the proxy's hot paths (every stream event, every request body): orjson, several times faster than
+the standard library, with the standard library as the fallback for what orjson gets wrong or refuses:
 it reads an integer beyond 64 bits as a float (a number that long sends the input to the exact parser) and
 cannot write one. `NaN` and `Infinity` are not JSON: both parsers refuse them (the standard library's would read
 them as floats, which every JSON encoder then writes as `null`). Output is compact UTF-8, like
@@ -36,7 +36,7 @@ def _not_json(constant: str) -> Any:
 
 
 def loads_event(data: bytes | str) -> Any:
-    """A stream event's data: `loads` without its check for long numbers (up to 1 µs on every event). Events
+    """A stream event's data: `loads` without its check for long numbers (a cost paid on every event). Events
     carry no integer beyond 64 bits outside a string: tool input streams as partial JSON *text*."""
     try:
         return orjson.loads(data)

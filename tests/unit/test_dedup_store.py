@@ -14,7 +14,8 @@ from fakes.claude_session import session_records
 
 from anthropic_proxy.record.bodies import new_turn
 from anthropic_proxy.record.model import HttpRequestPart, Record, RecordError
-from anthropic_proxy.store import _MIGRATIONS, DB_NAME, RecordFilter, Store, record_json
+from anthropic_proxy.store import DB_NAME, RecordFilter, Store, record_json
+from anthropic_proxy.store.schema import SQLITE_MIGRATIONS
 
 from .test_store import KEY, make_record
 
@@ -242,7 +243,7 @@ def _old_store(tmp_path: Path, version: int, records: list[Record]) -> None:
     """A database as anthropic-proxy wrote it at schema `version` (whole records in `data`)."""
     db = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
-    for number, script in enumerate(_MIGRATIONS[:version], start=1):
+    for number, script in enumerate(SQLITE_MIGRATIONS[:version], start=1):
         db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
     for r in records:
         text = "\n".join(json.dumps(m) for m in (r.request.body or {}).get("messages", []))  # v2's whole history
@@ -285,7 +286,7 @@ def test_old_databases_migrate_and_stay_exact(tmp_path: Path, version: int):
     finally:
         store.close()
     db = sqlite3.connect(tmp_path / DB_NAME)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == len(_MIGRATIONS)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(SQLITE_MIGRATIONS)
     db.close()
 
 

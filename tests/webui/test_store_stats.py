@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 from anthropic_proxy.record.model import HttpRequestPart, Metrics, Record, Usage
 from anthropic_proxy.record.pricing import PriceBook
-from anthropic_proxy.store import _MIGRATIONS, RecordFilter, Store, record_json
+from anthropic_proxy.store import RecordFilter, Store, record_json
+from anthropic_proxy.store.schema import SQLITE_MIGRATIONS
 
 
 def make(i: int, *, status: str = "success", model: str = "m-a", duration: float | None = 100.0,
@@ -53,7 +54,7 @@ def test_aggregate_figures(tmp_path, store_url):
 def test_v1_store_is_migrated_and_backfilled(tmp_path):
     record = make(3, duration=321.0, cost=0.5)
     db = sqlite3.connect(tmp_path / "records.sqlite3")
-    db.executescript(f"BEGIN; {_MIGRATIONS[0]}; PRAGMA user_version = 1; COMMIT;")
+    db.executescript(f"BEGIN; {SQLITE_MIGRATIONS[0]}; PRAGMA user_version = 1; COMMIT;")
     db.execute("INSERT INTO records (id, ts, status, provider, model, session, search, summary, data) "
                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                (record.id, record.timestamp.timestamp(), "success", "anthropic", "m-a", None, "",
