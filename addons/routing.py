@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from mitmproxy import ctx, exceptions, http
@@ -36,6 +37,10 @@ from anthropic_proxy.wire.media import is_event_stream
 MESSAGES_PATH = "/v1/messages"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 _OPENROUTER_SIGNATURE = SIGNATURE_PREFIX.encode()
+# What a translated stream's response headers become (the body changes): None removes the header.
+_STREAM_HEADERS: dict[bytes, bytes | None] = {b"content-length": None, b"content-encoding": None,
+                                              b"content-type": b"text/event-stream; charset=utf-8",
+                                              b"cache-control": b"no-cache"}
 # flow.metadata key set on the calls that are recorded (and translated in openrouter mode): their client path.
 API_CALL = "anthropic_proxy.api_call"
 PROXY_MODES = ("anthropic", "openrouter")
@@ -203,9 +208,7 @@ class Router:
     @staticmethod
     def _send(flow: http.HTTPFlow, call: UpstreamCall) -> None:
         request = flow.request
-        request.headers.clear()
-        for name, value in call.headers:
-            request.headers.add(name, value)
+        request.headers = _headers(call.headers)
         # Setting scheme/host/port also fixes SNI and, for an absolute URL in forward mode, the target.
         request.scheme, request.host, request.port, prefix, request.host_header = _upstream_parts(call.base_url)
         request.path = prefix + call.path
@@ -214,9 +217,8 @@ class Router:
     @staticmethod
     def _to_relay(flow: http.HTTPFlow, runtime: Runtime, port: int) -> None:
         request = flow.request
-        request.headers.clear()  # the relay sends each target its own (route.client keeps the client's)
-        request.headers[INTERNAL_HEADER] = runtime.internal_token
-        request.headers[RELAY_HEADER] = flow.id
+        # the relay sends each target its own headers (route.client keeps the client's)
+        request.headers = _headers([(INTERNAL_HEADER, runtime.internal_token), (RELAY_HEADER, flow.id)])
         request.scheme, request.host, request.port = "http", "127.0.0.1", port
         request.host_header = f"127.0.0.1:{port}"
         request.content = b""
@@ -228,12 +230,10 @@ class Router:
             return
         if 200 <= response.status_code < 300 and is_event_stream(response.headers.get("content-type")):
             # The Recorder streams it through route.translator; the body changes, so do these headers.
-            for name in ("content-length", "content-encoding"):
-                response.headers.pop(name, None)
-            response.headers["content-type"] = "text/event-stream; charset=utf-8"
-            response.headers["cache-control"] = "no-cache"
+            replace = dict(_STREAM_HEADERS)
             if response.http_version == "HTTP/1.1" and flow.request.http_version == "HTTP/1.1":
-                response.headers["transfer-encoding"] = "chunked"
+                replace[b"transfer-encoding"] = b"chunked"
+            response.headers = _replaced(response.headers, replace)
         else:
             route.translator = None  # an error answer comes whole: the response hook translates it
 
@@ -247,6 +247,31 @@ class Router:
         status, body, headers = translate_full_response(route, response.status_code, content,
                                                         dict(response.headers))
         flow.response = json_response(status, body, {**_passed_headers(response), **headers})
+
+
+def _headers(pairs: Iterable[tuple[str, str]]) -> http.Headers:
+    """Headers made at once from (name, value) pairs: `Headers.clear()` then `add` for each would rebuild the whole
+    header tuple on every step (quadratic in the number of headers)."""
+    return http.Headers([(name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
+                         for name, value in pairs])
+
+
+def _replaced(headers: http.Headers, replace: dict[bytes, bytes | None]) -> http.Headers:
+    """`headers` with each name in `replace` (lower-case) set to its value, or removed where the value is None, in one
+    pass, as `headers[name] = value` and `pop` would leave them: a value set takes the place (and the spelling) of the
+    name's first field; a name not there yet comes last."""
+    fields: list[tuple[bytes, bytes]] = []
+    done: set[bytes] = set()
+    for name, value in headers.fields:
+        key = name.lower()
+        if key not in replace:
+            fields.append((name, value))
+        elif key not in done:
+            done.add(key)
+            if replace[key] is not None:
+                fields.append((name, replace[key]))
+    fields += [(key, value) for key, value in replace.items() if key not in done and value is not None]
+    return http.Headers(fields)
 
 
 @functools.lru_cache(maxsize=64)
