@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from mitmproxy import http
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
 from mitmproxy.net.http import url
 
 from anthropic_proxy import runtime as runtime_module
@@ -26,7 +28,7 @@ from anthropic_proxy.providers.route import (
     translate_full_response,
 )
 from anthropic_proxy.providers.targets import CallFacts, Dispatch, UpstreamCall, select_targets
-from anthropic_proxy.runtime import Runtime
+from anthropic_proxy.runtime import Pin, Runtime
 from anthropic_proxy.translate.reasoning import SIGNATURE_PREFIX, strip_openrouter_reasoning
 from anthropic_proxy.translate.tokens import estimate_input_tokens
 from anthropic_proxy.webui.common import INTERNAL_HEADER
@@ -35,13 +37,43 @@ from anthropic_proxy.wire.media import is_event_stream
 MESSAGES_PATH = "/v1/messages"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 _OPENROUTER_SIGNATURE = SIGNATURE_PREFIX.encode()
+# What a translated stream's response headers become (the body changes): None removes the header.
+_STREAM_HEADERS: dict[bytes, bytes | None] = {b"content-length": None, b"content-encoding": None,
+                                              b"content-type": b"text/event-stream; charset=utf-8",
+                                              b"cache-control": b"no-cache"}
 # flow.metadata key set on the calls that are recorded (and translated in openrouter mode): their client path.
 API_CALL = "anthropic_proxy.api_call"
+PROXY_MODES = ("anthropic", "openrouter")
+_LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::", ""}
 
 
 def json_response(status: int, body: dict, headers: dict[str, str] | None = None) -> http.Response:
     headers = {"content-type": "application/json", **(headers or {})}
     return http.Response.make(status, json.dumps(body).encode(), headers)
+
+
+def check_upstream(url: str, option: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise exceptions.OptionsError(f"{option} must be an http(s) URL such as https://api.anthropic.com "
+                                      f"(got {url!r})")
+
+
+def _is_own_address(url: str, listen_host: str, listen_port: int) -> bool:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = (parts.hostname or "").lower()
+    own_hosts = _LOOPBACK_NAMES | {listen_host.lower()}
+    return port == listen_port and (host in own_hosts or host.startswith("127."))
+
+
+def _config_pins(proxy_mode: str) -> dict[str, Pin]:
+    """What the proxy_mode option fixes at every start (it is saved in config.json then), and by what."""
+    if not proxy_mode:
+        return {}
+    origin = environment.origin("PROXY_MODE")
+    by = f"PROXY_MODE ({origin})" if origin and environment.get("PROXY_MODE") == proxy_mode else "--set proxy_mode"
+    return {"mode": Pin(value=proxy_mode, by=by)}
 
 
 def route_of(flow: http.HTTPFlow) -> Route | None:
@@ -51,7 +83,40 @@ def route_of(flow: http.HTTPFlow) -> Route | None:
 
 class Router:
     """Routes the flows Capture marked as Anthropic API traffic; any other flow (another host's, through a
-    forward proxy or local capture) goes on to its own host untouched."""
+    forward proxy or local capture) goes on to its own host untouched. Its options say where calls go."""
+
+    def load(self, loader: Loader) -> None:
+        env = environment
+        loader.add_option("anthropic_upstream", str,
+                          env.get("ANTHROPIC_UPSTREAM_URL", "https://api.anthropic.com"),
+                          "Where Anthropic API calls go in anthropic mode (env ANTHROPIC_UPSTREAM_URL).")
+        loader.add_option("openrouter_base_url", str, env.get("OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1"),
+                          "OpenRouter's API base URL for openrouter mode (env OPENROUTER_BASE_URL).")
+        loader.add_option("proxy_mode", str, env.get("PROXY_MODE"),
+                          "anthropic: pass calls through to anthropic_upstream; openrouter: translate them to "
+                          "OpenRouter. Empty: the mode saved in state_dir/config.json (env PROXY_MODE).",
+                          choices=("", *PROXY_MODES))
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        for option in ("anthropic_upstream", "openrouter_base_url"):
+            if option in updated:
+                check_upstream(getattr(opts, option), option)
+        runtime = runtime_module.current_runtime()  # (opened by the Startup addon, which runs first)
+        if runtime is None:
+            return
+        settings = runtime.settings  # its listen address: the Startup addon's, set just before
+        host, port = settings.listen_host, settings.listen_port
+        if _is_own_address(opts.anthropic_upstream, host, port):
+            raise exceptions.OptionsError(
+                f"anthropic_upstream {opts.anthropic_upstream} is this proxy's own address ({host}:{port}): "
+                "requests would loop forever. Set ANTHROPIC_UPSTREAM_URL (not ANTHROPIC_BASE_URL) to the real API."
+            )
+        if "proxy_mode" in updated and opts.proxy_mode:
+            runtime.config.update({"mode": opts.proxy_mode})
+        runtime.settings = settings.model_copy(update={
+            "anthropic_upstream": opts.anthropic_upstream.rstrip("/"),
+            "openrouter_base_url": opts.openrouter_base_url.rstrip("/"), "pins": _config_pins(opts.proxy_mode)})
 
     def running(self) -> None:
         runtime = runtime_module.current_runtime()
@@ -143,9 +208,7 @@ class Router:
     @staticmethod
     def _send(flow: http.HTTPFlow, call: UpstreamCall) -> None:
         request = flow.request
-        request.headers.clear()
-        for name, value in call.headers:
-            request.headers.add(name, value)
+        request.headers = _headers(call.headers)
         # Setting scheme/host/port also fixes SNI and, for an absolute URL in forward mode, the target.
         request.scheme, request.host, request.port, prefix, request.host_header = _upstream_parts(call.base_url)
         request.path = prefix + call.path
@@ -154,9 +217,8 @@ class Router:
     @staticmethod
     def _to_relay(flow: http.HTTPFlow, runtime: Runtime, port: int) -> None:
         request = flow.request
-        request.headers.clear()  # the relay sends each target its own (route.client keeps the client's)
-        request.headers[INTERNAL_HEADER] = runtime.internal_token
-        request.headers[RELAY_HEADER] = flow.id
+        # the relay sends each target its own headers (route.client keeps the client's)
+        request.headers = _headers([(INTERNAL_HEADER, runtime.internal_token), (RELAY_HEADER, flow.id)])
         request.scheme, request.host, request.port = "http", "127.0.0.1", port
         request.host_header = f"127.0.0.1:{port}"
         request.content = b""
@@ -168,12 +230,10 @@ class Router:
             return
         if 200 <= response.status_code < 300 and is_event_stream(response.headers.get("content-type")):
             # The Recorder streams it through route.translator; the body changes, so do these headers.
-            for name in ("content-length", "content-encoding"):
-                response.headers.pop(name, None)
-            response.headers["content-type"] = "text/event-stream; charset=utf-8"
-            response.headers["cache-control"] = "no-cache"
+            replace = dict(_STREAM_HEADERS)
             if response.http_version == "HTTP/1.1" and flow.request.http_version == "HTTP/1.1":
-                response.headers["transfer-encoding"] = "chunked"
+                replace[b"transfer-encoding"] = b"chunked"
+            response.headers = _replaced(response.headers, replace)
         else:
             route.translator = None  # an error answer comes whole: the response hook translates it
 
@@ -187,6 +247,31 @@ class Router:
         status, body, headers = translate_full_response(route, response.status_code, content,
                                                         dict(response.headers))
         flow.response = json_response(status, body, {**_passed_headers(response), **headers})
+
+
+def _headers(pairs: Iterable[tuple[str, str]]) -> http.Headers:
+    """Headers made at once from (name, value) pairs: `Headers.clear()` then `add` for each would rebuild the whole
+    header tuple on every step (quadratic in the number of headers)."""
+    return http.Headers([(name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
+                         for name, value in pairs])
+
+
+def _replaced(headers: http.Headers, replace: dict[bytes, bytes | None]) -> http.Headers:
+    """`headers` with each name in `replace` (lower-case) set to its value, or removed where the value is None, in one
+    pass, as `headers[name] = value` and `pop` would leave them: a value set takes the place (and the spelling) of the
+    name's first field; a name not there yet comes last."""
+    fields: list[tuple[bytes, bytes]] = []
+    done: set[bytes] = set()
+    for name, value in headers.fields:
+        key = name.lower()
+        if key not in replace:
+            fields.append((name, value))
+        elif key not in done:
+            done.add(key)
+            if replace[key] is not None:
+                fields.append((name, replace[key]))
+    fields += [(key, value) for key, value in replace.items() if key not in done and value is not None]
+    return http.Headers(fields)
 
 
 @functools.lru_cache(maxsize=64)

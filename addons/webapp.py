@@ -10,15 +10,23 @@ and on any other listener (forward proxy, local capture) nothing of ours answers
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import secrets
+import socket
 from collections.abc import Awaitable
 
 from aiohttp import web
-from mitmproxy import http
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import mode_specs
 
 from anthropic_proxy import runtime as runtime_module
+from anthropic_proxy.environment import environment
+from anthropic_proxy.runtime import ProxySettings
 from anthropic_proxy.webui.app import INTERNAL_HEADER, WebRoutes, create_app
+from anthropic_proxy.webui.security import is_loopback, is_unspecified, public_url, split_host
 
 logger = logging.getLogger("anthropic_proxy.webapp")
 
@@ -30,10 +38,73 @@ def is_api_path(path: str) -> bool:
     return path == "/v1" or path.startswith(("/v1/", "/v1?"))
 
 
+@functools.cache
+def machine_names() -> tuple[str, ...]:
+    """This machine's address on its default route, host name and other addresses: the names a browser on
+    another machine uses when the proxy listens on all interfaces (loopback ones are allowed anyway)."""
+    names: list[str] = []
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # (UDP: nothing is sent; the kernel only picks the outgoing address)
+        names.append(probe.getsockname()[0])
+    hostname = socket.gethostname()  # (not getfqdn(): a reverse DNS lookup can stall start-up for seconds)
+    names.append(hostname)
+    with contextlib.suppress(OSError):
+        names += [info[4][0] for info in socket.getaddrinfo(hostname, None)]
+    return tuple(dict.fromkeys(name.lower() for name in names if name and not is_loopback(name)))
+
+
 class WebApp:
+    """The web app, and the options that guard it: `web_token` and `web_hosts`."""
+
     def __init__(self) -> None:
         self._ready = asyncio.Event()
         self._routes: WebRoutes | None = None  # set with _ready
+        self._generated_token: str | None = None
+
+    def load(self, loader: Loader) -> None:
+        env = environment
+        loader.add_option("web_token", str, env.get("WEB_TOKEN"),
+                          "Token the web pages and API require (env WEB_TOKEN). Listening beyond loopback without "
+                          "one, the proxy makes one up and prints it at start-up.")
+        loader.add_option("web_hosts", str, env.get("WEB_HOSTS"),
+                          "More host names the web pages answer to, comma-separated: name (with the listen port, "
+                          "or none behind a reverse proxy) or name:port. Listening on all interfaces, the "
+                          "machine's own names and addresses are allowed too (env WEB_HOSTS).")
+
+    def configure(self, updated: set[str]) -> None:
+        given = tuple(entry.strip() for entry in ctx.options.web_hosts.split(",") if entry.strip())
+        for entry in given:
+            try:
+                split_host(entry)
+            except ValueError:
+                raise exceptions.OptionsError(f"web_hosts: {entry!r} is not a host name, address or name:port "
+                                              "(such as proxy.example.com or 192.168.1.5:8082)") from None
+        runtime = runtime_module.current_runtime()  # (opened by the Startup addon, which runs first)
+        if runtime is None:
+            return
+        settings = runtime.settings  # its listen address: the Startup addon's, set just before
+        settings = settings.model_copy(update={"web_hosts": self._web_hosts(given, settings)})
+        runtime.settings = settings.model_copy(update={"web_token": self._web_token(settings)})
+
+    @staticmethod
+    def _web_hosts(given: tuple[str, ...], settings: ProxySettings) -> tuple[str, ...]:
+        """web_hosts as given, then (listening on all interfaces) the machine's own names with the port."""
+        if not is_unspecified(settings.listen_host):
+            return given
+        port = settings.listen_port
+        return given + tuple(f"[{name}]:{port}" if ":" in name else f"{name}:{port}" for name in machine_names())
+
+    def _web_token(self, settings: ProxySettings) -> str | None:
+        if ctx.options.web_token:
+            return ctx.options.web_token
+        if is_loopback(settings.listen_host):
+            return None
+        if self._generated_token is None:
+            self._generated_token = secrets.token_urlsafe(24)
+            logger.warning("anthropic-proxy listens beyond loopback: the web pages need a token. Open "
+                           "%s/monitor?token=%s (or set web_token / WEB_TOKEN)", public_url(settings),
+                           self._generated_token)
+        return self._generated_token
 
     def running(self) -> None:
         runtime = runtime_module.current_runtime()

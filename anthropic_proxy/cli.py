@@ -155,7 +155,8 @@ def _instant(value: str) -> datetime:
 
 def store_command(argv: list[str]) -> int:
     """`export` / `import`: see the module docstring."""
-    from anthropic_proxy.reports.export import FORMATS, ImportFailed, export_chunks, gzipped, read_records
+    from anthropic_proxy.reports.export import FORMATS, export_chunks, gzipped
+    from anthropic_proxy.reports.importing import ImportFailed, read_records
     from anthropic_proxy.store import RecordFilter, Store, parse_time_range
 
     parser = argparse.ArgumentParser(prog="anthropic-proxy", description="Export or import recorded calls.")

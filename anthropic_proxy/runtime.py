@@ -38,7 +38,8 @@ class Pin(BaseModel):
 
 
 class ProxySettings(BaseModel):
-    """The options that matter outside mitmproxy (web app, health), as last validated by `configure`."""
+    """The options that matter outside mitmproxy (web app, health), as last validated: each addon's `configure` sets
+    the part of its own options (Startup, Router, WebApp)."""
 
     anthropic_upstream: str = "https://api.anthropic.com"
     openrouter_base_url: str = "https://openrouter.ai/api/v1"

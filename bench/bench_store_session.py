@@ -6,8 +6,11 @@
    record, next to the final request body's size.
 2. Write speed: `--sessions` sessions of `--session-turns` calls each (bodies of 76-130 KB, the size of a young
    Claude Code session), put in the store and flushed; prints records per second (best of `--repeat`).
+3. Unique bodies: `--unique` calls whose 50 KB bodies share nothing (random words); prints the database's size
+   per record next to the body's, and how long a list query (`q`) over them takes (best of `--repeat`).
 
     .venv/bin/python bench/bench_store_session.py [--turns 200] [--sessions 30] [--session-turns 10] [--repeat 3]
+                                                  [--unique 2000]
 
 Any version of the store can be measured: `PYTHONPATH=<a checkout> .venv/bin/python bench/bench_store_session.py`
 (only the public Store API is used).
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sqlite3
 import sys
 import tempfile
@@ -26,9 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.append(str(ROOT / "tests"))
 
-from fakes.claude_session import session_records  # noqa: E402
+from fakes.claude_session import WORDS, session_records  # noqa: E402
 
-from anthropic_proxy.store import DB_NAME, Store  # noqa: E402
+from anthropic_proxy.record.model import HttpRequestPart, Record  # noqa: E402
+from anthropic_proxy.store import DB_NAME, RecordFilter, Store  # noqa: E402
 
 
 def db_bytes(state_dir: Path) -> int:
@@ -74,15 +79,42 @@ def throughput(sessions: int, session_turns: int, repeat: int) -> None:
           f"{best:.0f} records/s ({1000 / best:.2f} ms per record, best of {repeat})")
 
 
+def unique(count: int, repeat: int) -> None:
+    rng = random.Random(5)
+    body_bytes = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp)
+        store = Store(state)
+        for i in range(count):
+            text = " ".join(rng.choice(WORDS) + str(rng.randrange(1000)) for _ in range(6_000))[:50_000]
+            body = {"model": "claude-sonnet-4-5", "max_tokens": 100,
+                    "messages": [{"role": "user", "content": f"item{i} {text}"}]}
+            body_bytes += len(json.dumps(body, separators=(",", ":")))
+            store.put(Record(request=HttpRequestPart(method="POST", path="/v1/messages", body=body),
+                             status="success", message={"content": [{"type": "text", "text": f"answer {i}"}]}))
+        store.flush(timeout=600)
+        best = float("inf")
+        for _ in range(repeat):
+            started = time.perf_counter()
+            assert store.query(RecordFilter(q=f"item{count - 1} "))[1] == 1
+            best = min(best, time.perf_counter() - started)
+        store.close()
+        total = db_bytes(state)
+    print(f"unique bodies: {count} of {body_bytes / count / 1024:.1f} KiB: store {total / count / 1024:.1f} KiB per "
+          f"record ({total / body_bytes:.2f} x the bodies); list with q: {best * 1000:.0f} ms (best of {repeat})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=200)
     parser.add_argument("--sessions", type=int, default=30)
     parser.add_argument("--session-turns", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--unique", type=int, default=2000)
     args = parser.parse_args()
     size(args.turns)
     throughput(args.sessions, args.session_turns, args.repeat)
+    unique(args.unique, args.repeat)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
-
-from pydantic import BaseModel
 
 from anthropic_proxy.translate.content import Dropped, Parts
 from anthropic_proxy.translate.history import History, HistoryError
@@ -23,13 +22,15 @@ _HANDLED = frozenset((
     "metadata", "stream", "tools", "tool_choice", "thinking", "output_config",
 ))
 _REASONING_EFFORTS = ("minimal", "low", "medium", "high")
+_TOOL_FIELDS = frozenset(("name", "description", "input_schema", "type", "cache_control"))  # the rest: dropped
 
 
 class RequestTranslationError(ValueError):
     """The request cannot be translated; the proxy answers 400 invalid_request_error with this message."""
 
 
-class TranslatedRequest(BaseModel):
+@dataclass(slots=True)
+class TranslatedRequest:
     body: dict[str, Any]
     tool_names: dict[str, str]  # shortened name -> original, for names over OpenAI's limit
     requested_model: str
@@ -46,11 +47,13 @@ def _system(system: Any, parts: Parts, dropped: Dropped) -> None:
             dropped.add("system: a block that is not text")
             continue
         text = str(block.get("text") or "")
-        lines = text.split("\n")
-        kept = [line for line in lines if not line.startswith(BILLING_LINE_PREFIX)]
-        if len(kept) != len(lines):
-            dropped.add("system: Claude Code's per-request billing line (it would defeat prompt caching)")
-        parts.text("\n".join(kept).strip("\n"), block)
+        if BILLING_LINE_PREFIX in text:  # (only then split: Claude Code's system prompt is tens of KB of lines)
+            lines = text.split("\n")
+            kept = [line for line in lines if not line.startswith(BILLING_LINE_PREFIX)]
+            if len(kept) != len(lines):
+                dropped.add("system: Claude Code's per-request billing line (it would defeat prompt caching)")
+            text = "\n".join(kept)
+        parts.text(text.strip("\n"), block)
 
 
 def _tools(tools: Any, dropped: Dropped) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -65,9 +68,8 @@ def _tools(tools: Any, dropped: Dropped) -> tuple[list[dict[str, Any]], dict[str
             # Server tools (web_search_2025..., bash_2025..., ...) run inside Anthropic's API only.
             dropped.add(f"tools: server tool {tool['name']!r} ({tool.get('type')}) has no OpenAI equivalent")
             continue
-        extra = sorted(set(tool) - {"name", "description", "input_schema", "type", "cache_control"})
-        if extra:
-            dropped.add(f"tools: Anthropic-only tool fields {', '.join(extra)}")
+        if extra := tool.keys() - _TOOL_FIELDS:
+            dropped.add(f"tools: Anthropic-only tool fields {', '.join(sorted(extra))}")
         name = str(tool["name"])
         short = shorten_tool_name(name)
         if short != name:

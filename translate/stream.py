@@ -45,6 +45,20 @@ logger = logging.getLogger("anthropic_proxy.translate")
 
 
 _OUTLINE_EVENTS = frozenset({"message_start", "message_delta", "message_stop"})
+_TEXT_DELTA = frozenset({"content", "role"})  # the keys of a delta that holds text alone (or nothing)
+# The delta that carries a block's pieces, by the kind of block: (delta type, its string field).
+_PIECE_DELTAS = {"text": ("text_delta", "text"), "thinking": ("thinking_delta", "thinking"),
+                 "tool_use": ("input_json_delta", "partial_json")}
+
+
+def _piece_template(index: int, delta_type: str, field: str) -> tuple[bytes, bytes]:
+    """The content_block_delta event of block `index` that carries a piece of its `field`, cut around the piece: the
+    event for a piece `p` is `prefix + fastjson.dumps(p) + suffix`, byte for byte what `encode_event` writes (it
+    writes keys in order, so the piece, the last value, is the last string in the event)."""
+    event = encode_event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                 "delta": {"type": delta_type, field: ""}})
+    cut = event.rindex(b'""')
+    return event[:cut], event[cut + 2:]
 
 
 class _State(Enum):
@@ -79,6 +93,7 @@ class StreamTranslator:
         self._out: list[bytes] = []
         self._next_index = 0
         self._open: str | None = None  # kind of the open block: "text" / "thinking" / "tool_use"
+        self._template = (b"", b"")  # the open block's `_piece_template`
         self._open_tool: _ToolCall | None = None
         self._tools: dict[Any, _ToolCall] = {}
         self._tool_ids: set[str] = set()
@@ -152,6 +167,13 @@ class StreamTranslator:
         if event in _OUTLINE_EVENTS:
             self.outline.add(data)
 
+    def _piece(self, text: str) -> None:
+        """The open block's next piece (text, thinking or tool input JSON): the event `_delta` would write, made
+        from the block's template (see `_piece_template`); nearly every event of a stream is one."""
+        prefix, suffix = self._template
+        self._out.append(prefix + fastjson.dumps(text) + suffix)
+        self.events += 1
+
     def _on_data(self, data: str) -> None:
         if data == "[DONE]":
             self._end_of_stream()
@@ -185,6 +207,21 @@ class StreamTranslator:
 
     def _on_choice(self, choice: dict[str, Any]) -> None:
         delta = choice.get("delta") or {}
+        if delta.keys() <= _TEXT_DELTA:  # nearly every chunk: `_on_delta` would look for the other keys in vain
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                self._text(text)
+        else:
+            self._on_delta(delta)
+        finish_reason = choice.get("finish_reason")
+        if finish_reason == "error":
+            self._error("api_error", "the upstream model stopped with an error")
+        elif isinstance(finish_reason, str) and finish_reason:
+            self._finish_reason = finish_reason
+            native = choice.get("native_finish_reason")
+            self._native_finish_reason = native if isinstance(native, str) else None
+
+    def _on_delta(self, delta: dict[str, Any]) -> None:
         details = delta.get("reasoning_details")
         # OpenRouter sends the same reasoning as `reasoning` and `reasoning_details`: read it once.
         if isinstance(details, list) and details:
@@ -200,13 +237,6 @@ class StreamTranslator:
         for call in delta.get("tool_calls") or ():
             if isinstance(call, dict):
                 self._tool_call(call)
-        finish_reason = choice.get("finish_reason")
-        if finish_reason == "error":
-            self._error("api_error", "the upstream model stopped with an error")
-        elif isinstance(finish_reason, str) and finish_reason:
-            self._finish_reason = finish_reason
-            native = choice.get("native_finish_reason")
-            self._native_finish_reason = native if isinstance(native, str) else None
 
     def _keepalive(self) -> None:
         """OpenRouter's `: OPENROUTER PROCESSING` comments keep a quiet connection open; the client must get
@@ -236,6 +266,8 @@ class StreamTranslator:
     def _open_block(self, kind: str, content_block: dict[str, Any]) -> None:
         self._emit("content_block_start", {"index": self._next_index, "content_block": content_block})
         self._open = kind
+        if kind in _PIECE_DELTAS:
+            self._template = _piece_template(self._next_index, *_PIECE_DELTAS[kind])
 
     def _delta(self, delta: dict[str, Any]) -> None:
         self._emit("content_block_delta", {"index": self._next_index, "delta": delta})
@@ -264,7 +296,7 @@ class StreamTranslator:
         if self._open != "text":
             self._settle()
             self._open_block("text", {"type": "text", "text": ""})
-        self._delta({"type": "text_delta", "text": text})
+        self._piece(text)
 
     def _thinking(self, text: str, detail: dict[str, Any] | None) -> None:
         if self._open != "thinking":
@@ -274,7 +306,7 @@ class StreamTranslator:
             merge_detail(self._thinking_details, detail)
         if text:
             self._thinking_parts.append(text)
-            self._delta({"type": "thinking_delta", "thinking": text})
+            self._piece(text)
 
     def _reasoning_detail(self, detail: dict[str, Any]) -> None:
         if self._open == "thinking" or is_text_detail(detail):
@@ -311,7 +343,7 @@ class StreamTranslator:
                 return
             tool.fragments.append(arguments)
             if tool is self._open_tool:
-                self._delta({"type": "input_json_delta", "partial_json": arguments})
+                self._piece(arguments)
         if self._pending:
             self._advance_tools()
 
@@ -331,7 +363,7 @@ class StreamTranslator:
         tool.written = True
         self._tool_emitted = True
         for fragment in tool.fragments:
-            self._delta({"type": "input_json_delta", "partial_json": fragment})
+            self._piece(fragment)
 
     # -- the end ----------------------------------------------------------------------------------
 

@@ -18,13 +18,13 @@ from aiohttp import BodyPartReader, web
 
 from anthropic_proxy.record.masking import mask_text
 from anthropic_proxy.record.model import FINAL_STATUSES, Record
-from anthropic_proxy.reports import analysis, conversation
+from anthropic_proxy.reports import analysis, conversation, importing
 from anthropic_proxy.reports import export as exporting
 from anthropic_proxy.reports import ratelimits as rate_limits
 from anthropic_proxy.runtime import RUNTIME_KEY as RUNTIME
 from anthropic_proxy.runtime import Runtime
 from anthropic_proxy.store import RecordFilter, parse_time_range, record_json
-from anthropic_proxy.store.rows import search_text
+from anthropic_proxy.store.search import search_text
 from anthropic_proxy.webui.common import error_response
 from anthropic_proxy.webui.config_api import model_map
 from anthropic_proxy.webui.security import token_required
@@ -316,8 +316,8 @@ async def import_records(request: web.Request) -> web.Response:
         result: dict[str, Any] = {}
         try:
             counts = await asyncio.to_thread(
-                runtime.store.import_records, exporting.read_records(spool, fmt, result))  # type: ignore[arg-type]
-        except exporting.ImportFailed as exc:
+                runtime.store.import_records, importing.read_records(spool, fmt, result))  # type: ignore[arg-type]
+        except importing.ImportFailed as exc:
             raise _bad_request(f"nothing imported: {exc}") from None
     if counts["imported"]:
         runtime.bus.publish("lagged", {})  # live views re-read the list

@@ -2,6 +2,7 @@
 
     store.py       the `Store` API: writes handed to the writer process, reads, import, orphans at start-up
     filters.py     `RecordFilter` and the monitor's time ranges
+    search.py      the text filter (`q`), over the pieces the store keeps anyway
     reading.py     a stored row back as its record; `record_json`
     statistics.py  the monitor's figures (`Store.aggregate`, `Store.analyze`)
     rows.py        a record as rows (every writer's), retention, collection of unused pieces

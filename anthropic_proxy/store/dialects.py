@@ -9,6 +9,7 @@ differently. `Connection` gives both one calling convention.
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from anthropic_proxy.store.schema import SQLITE_MIGRATIONS
+
+logger = logging.getLogger("anthropic_proxy.store")
 
 DB_NAME = "records.sqlite3"
 POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -93,6 +96,7 @@ class Dialect:
     unstorable: tuple[type[BaseException], ...] = ()  # errors of the data, not the database: retrying cannot help
     unlimited = "-1"  # LIMIT <this> OFFSET n: no limit
     search = "instr(lower(search), ?) > 0"  # `q`: the lower-cased text appears in the search column
+    json_values = "json_each(?)"  # a JSON array parameter as rows of one column, `value`
 
     def __init__(self, state_dir: Path, *, busy_timeout: float = 30) -> None:
         self.path = state_dir / DB_NAME
@@ -161,13 +165,36 @@ class Dialect:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > len(migrations):
             raise RuntimeError(f"store schema v{version} is newer than this anthropic-proxy supports")
-        for number, script in enumerate(migrations[version:], start=version + 1):
-            db.script(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+        rewrote = False
+        for number, step in enumerate(migrations[version:], start=version + 1):
+            if isinstance(step, str):
+                db.script(f"BEGIN; {step}; PRAGMA user_version = {number}; COMMIT;")
+                continue
+            db.begin_write()
+            try:
+                step(db)
+                db.execute(f"PRAGMA user_version = {number}")
+                db.commit()
+            except BaseException:
+                db.rollback()
+                raise
+            rewrote = True
+        if rewrote:  # a step that rewrote rows left their old pages free: give them back to the file system
+            try:
+                db.execute("VACUUM")
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:  # (another process reading: the pages are reused by later writes)
+                logger.info("store: could not vacuum %s after its migration (%s)", self.path, exc)
 
     def size(self, db: Connection) -> int:
         return sum(p.stat().st_size for p in self.path.parent.glob(DB_NAME + "*") if p.exists())
 
     # --- expressions ---
+    @staticmethod
+    def contains_lower(expr: str) -> str:
+        """`expr` lower-cased (ASCII at least) contains the parameter."""
+        return f"instr(lower({expr}), ?) > 0"
+
     @staticmethod
     def json_text(column: str, *path: str) -> str:
         return f"json_extract({column}, '$.{'.'.join(path)}')"
@@ -188,6 +215,14 @@ class Dialect:
         db.execute("INSERT INTO sess SELECT rowid, session FROM records WHERE session IS NOT NULL")
         db.execute(f"CREATE TEMP TABLE sel AS SELECT {columns}, sess.sid AS session "
                    f"FROM records LEFT JOIN sess ON sess.rid = records.rowid{where}", params)
+
+
+def storable_text(text: str | None) -> str | None:
+    """Text both databases can store: a lone surrogate (valid in a JSON escape, not in UTF-8) becomes '?', and so
+    does NUL (PostgreSQL's text cannot hold it)."""
+    if text is None or (text.isascii() and "\x00" not in text):
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "?")
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from anthropic_proxy.store.dialects import Dialect
-
 
 @dataclass(frozen=True, slots=True)
 class RecordFilter:
@@ -20,8 +18,9 @@ class RecordFilter:
     session: str | None = None
     q: str | None = None
 
-    def where(self, search: str = Dialect.search) -> tuple[str, list[Any]]:
-        """The SQL condition (`?` placeholders) and its parameters; `search`: the dialect's text match."""
+    def columns_where(self) -> tuple[str, list[Any]]:
+        """The SQL condition (`?` placeholders) and its parameters for everything but the text (`q`), which
+        `search.where` resolves (reads go through that)."""
         clauses: list[str] = []
         params: list[Any] = []
         for column, value in (("status", self.status), ("model", self.model),
@@ -35,9 +34,6 @@ class RecordFilter:
         if self.until:
             clauses.append("ts <= ?")
             params.append(self.until.timestamp())
-        if self.q:
-            clauses.append(search)
-            params.append(self.q.lower())
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 

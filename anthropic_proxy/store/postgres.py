@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from anthropic_proxy.store.dialects import Connection, Dialect, mask_url
 from anthropic_proxy.store.schema import POSTGRES_MIGRATIONS
 
-_RECORD_TABLES = ("records", "blobs", "nodes", "record_refs")
+_RECORD_TABLES = ("records", "blobs", "nodes", "record_refs", "turns")
 _LOCK_MIGRATE = 0x616E7001  # advisory lock keys ("anp" + n), the same in every anthropic-proxy
 _LOCK_WRITE = 0x616E7002
 
@@ -22,6 +22,7 @@ class PostgresDialect(Dialect):
     shared = True
     unlimited = "ALL"
     search = "strpos(search, ?) > 0"  # the column is lower-cased already
+    json_values = "json_array_elements_text(CAST(? AS json)) AS value"
 
     def __init__(self, url: str) -> None:
         try:
@@ -93,8 +94,12 @@ class PostgresDialect(Dialect):
             version = row[0] or 0
             if version > len(migrations):
                 raise RuntimeError(f"store schema v{version} is newer than this anthropic-proxy supports")
-            for number, script in enumerate(migrations[version:], start=version + 1):
-                db.raw.execute(script)
+            for number, step in enumerate(migrations[version:], start=version + 1):
+                if isinstance(step, str):
+                    db.raw.execute(step)
+                else:  # a step that rewrites rows: while no instance writes
+                    db.raw.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_WRITE,))
+                    step(db)
                 db.raw.execute("DELETE FROM anthropic_proxy_schema")
                 db.raw.execute("INSERT INTO anthropic_proxy_schema (version) VALUES (%s)", (number,))
             db.raw.execute("COMMIT")
@@ -105,6 +110,10 @@ class PostgresDialect(Dialect):
     def size(self, db: Connection) -> int:
         sizes = " + ".join(f"pg_total_relation_size('{table}')" for table in _RECORD_TABLES)
         return int(db.execute(f"SELECT {sizes}").fetchone()[0])
+
+    @staticmethod
+    def contains_lower(expr: str) -> str:
+        return f"strpos(lower({expr}), ?) > 0"
 
     @staticmethod
     def json_text(column: str, *path: str) -> str:

@@ -21,13 +21,15 @@ def record_json(record: Record) -> str:
         return mask_text(json.dumps(record.model_dump(mode="json", by_alias=True), separators=(",", ":")))
 
 
-_CHAIN = """
+# (parent, blob id, blob text) of the last ? messages of the chain that ends at node ?, first message first
+CHAIN = """
     WITH RECURSIVE chain(id, parent, blob, depth) AS (
         SELECT id, parent, blob, 0 FROM nodes WHERE id = ?
         UNION ALL SELECT nodes.id, nodes.parent, nodes.blob, chain.depth + 1
         FROM nodes JOIN chain ON nodes.id = chain.parent WHERE chain.depth + 1 < ?
     )
-    SELECT chain.parent, blobs.data FROM chain LEFT JOIN blobs ON blobs.id = chain.blob ORDER BY chain.depth DESC
+    SELECT chain.parent, chain.blob, blobs.data FROM chain LEFT JOIN blobs ON blobs.id = chain.blob
+    ORDER BY chain.depth DESC
 """
 
 
@@ -58,10 +60,10 @@ def _assemble(db: Connection, data: str, refs: str | None, tail: int | None = No
         return json.loads(row[0])
 
     def messages(leaf: str) -> list[Any]:
-        rows = db.execute(_CHAIN, (leaf, tail or 2**62)).fetchall()
+        rows = db.execute(CHAIN, (leaf, tail or 2**62)).fetchall()
         whole = tail is None or len(rows) < tail
-        if not rows or (whole and rows[0][0] is not None) or any(text is None for _, text in rows):
+        if not rows or (whole and rows[0][0] is not None) or any(text is None for _, _, text in rows):
             raise StoreCorrupt(f"message chain {leaf} is incomplete in {DB_NAME}")
-        return [json.loads(text) for _, text in rows]
+        return [json.loads(text) for _, _, text in rows]
 
     return Record.model_validate(bodies.assemble(json.loads(data), json.loads(refs), blob, messages))

@@ -1,5 +1,6 @@
 """A record as database rows: what every writer of the store shares (the writer process, `import`, the closing
-of orphans at start-up). Inside the caller's transaction; no threads, no queues (see store/schema.py for the schema).
+of orphans at start-up). Inside the caller's transaction; no threads, no queues (see store/schema.py for the schema,
+store/search.py for the `search` column and the `turns` table).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from anthropic_proxy.record import bodies
 from anthropic_proxy.record.masking import mask_text
 from anthropic_proxy.record.model import Record
 from anthropic_proxy.record.pricing import PriceBook
+from anthropic_proxy.store import search
 from anthropic_proxy.store.cache_break import explain_around, prompt_facts
-from anthropic_proxy.store.dialects import Connection, Dialect
+from anthropic_proxy.store.dialects import Connection, Dialect, storable_text
 
 logger = logging.getLogger("anthropic_proxy.store")
 
@@ -33,31 +35,6 @@ def metric_values(record: Record) -> tuple[Any, ...]:
             usage.cache_creation_input_tokens, usage.cache_read_input_tokens, record.cost_usd)
 
 
-def search_text(record: Record) -> str:
-    """What `q` searches: the text this call added to its conversation (its latest turn) and the answer's
-    text, lower-cased and masked. Bounded per record: the resent history is not repeated here."""
-    parts: list[str] = []
-    body = record.request.body
-    if isinstance(body, dict):
-        messages = body.get("messages")
-        for message in bodies.new_turn(messages) if isinstance(messages, list) else ():
-            if isinstance(message, dict):
-                parts.extend(bodies.iter_texts(message.get("content")))
-    elif isinstance(body, str):
-        parts.append(body[:10_000])
-    if record.message:
-        parts.extend(bodies.iter_texts(record.message.get("content")))
-    return _utf8(mask_text("\n".join(parts)).lower())
-
-
-def _utf8(text: str | None) -> str | None:
-    """Text both databases can store: a lone surrogate (valid in a JSON escape, not in UTF-8) becomes '?', and so
-    does NUL (PostgreSQL's text cannot hold it)."""
-    if text is None or (text.isascii() and "\x00" not in text):
-        return text
-    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "?")
-
-
 @dataclass(slots=True)
 class Prepared:
     """A record made ready for the database (done outside the write transaction)."""
@@ -65,18 +42,24 @@ class Prepared:
     record_id: str
     row: tuple[Any, ...]
     split: bodies.Split
+    turn: list[str]  # the blobs of the messages this call added to its conversation (`search.py`)
 
 
 def prepare(record: Record, owner: str, data: dict[str, Any] | None = None) -> Prepared:
     """`data`: the record's JSON form (`model_dump(mode="json", by_alias=True)`) when the caller has it already. It
     is cut in place, and may share its values with `record`: all that is read from the record is read first."""
-    search, summary = search_text(record), mask_text(json.dumps(record.summary()))
-    head, breakpoint = prompt_facts(record.request.path, record.request.body)
+    body = record.request.body
+    searched = storable_text(search.column_text(body, record.message))
+    summary = mask_text(json.dumps(record.summary()))
+    head, breakpoint = prompt_facts(record.request.path, body)
+    turn = len(search.turn_messages(body))
     split = bodies.split(data if data is not None else record.model_dump(mode="json", by_alias=True))
-    row = (record.id, record.timestamp.timestamp(), record.status, record.provider, _utf8(record.model),
-           _utf8(record.session_id), search, summary, split.skeleton, json.dumps(split.refs, separators=(",", ":")),
+    chain = split.chains.get(search.BODY_SLOT, [])
+    row = (record.id, record.timestamp.timestamp(), record.status, record.provider, storable_text(record.model),
+           storable_text(record.session_id), searched, summary, split.skeleton,
+           json.dumps(split.refs, separators=(",", ":")),
            *metric_values(record), owner, head, breakpoint, None, None, None)  # the break: `explain_around`
-    return Prepared(record.id, row, split)
+    return Prepared(record.id, row, split, search.turn_blobs([blob for _, _, blob in chain], turn))
 
 
 class RowWriter:
@@ -89,6 +72,7 @@ class RowWriter:
         self._upsert = dialect.upsert("records", RECORD_COLUMNS, "id")
         self._add_blob = dialect.insert_ignore("blobs", ("id", "data"))
         self._add_node = dialect.insert_ignore("nodes", ("id", "parent", "blob"))
+        self._add_turn = dialect.insert_ignore("turns", ("record_id", "blob"))
         # An instance says it is alive (id, name, seen): at start-up and in the writer's heartbeats.
         self.announce = dialect.upsert("instances", ("id", "name", "seen"), "id")
 
@@ -122,6 +106,11 @@ class RowWriter:
                 db.executemany("INSERT INTO record_refs (record_id, ref) VALUES (?, ?)",
                                [(item.record_id, ref) for ref in new - old])
                 garbage |= old - new
+            old_turn = {blob for (blob,) in db.execute("SELECT blob FROM turns WHERE record_id = ?",
+                                                       (item.record_id,))}
+            if old_turn != set(item.turn):
+                db.execute("DELETE FROM turns WHERE record_id = ?", (item.record_id,))
+                db.executemany(self._add_turn, [(item.record_id, blob) for blob in item.turn])
         if garbage:
             collect(db, garbage)
         explain_around(db, [item.record_id for item in prepared], self.book, _unexplained)
@@ -165,6 +154,7 @@ def delete_records(db: Connection, ids: list[str]) -> None:
         garbage.update(ref for (ref,) in db.execute(f"SELECT ref FROM record_refs WHERE record_id IN ({marks})",
                                                     chunk))
         db.execute(f"DELETE FROM record_refs WHERE record_id IN ({marks})", chunk)
+        db.execute(f"DELETE FROM turns WHERE record_id IN ({marks})", chunk)
         db.execute(f"DELETE FROM records WHERE id IN ({marks})", chunk)
     collect(db, garbage)
 

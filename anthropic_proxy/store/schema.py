@@ -1,12 +1,19 @@
 """The store's schema: the migrations that build it, one list per database (`Dialect.migrate` runs them).
 
-Each entry moves the schema one version up; never edit a released one, append a new one. SQLite counts its
+Each entry moves the schema one version up, in a transaction of its own: SQL, or a Python step that rewrites rows
+(SQLite then vacuums). Never edit a released one, append a new one. SQLite counts its
 versions in `PRAGMA user_version`; PostgreSQL in the table `anthropic_proxy_schema`, from its own v1 (SQLite's v4
 in one step). PostgreSQL gets SQLite's `total()` and `json_group_array()` aggregates, so the statistics queries
 stay one text for both.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+# SQL, or a Python step given the migration's `dialects.Connection` (not imported: dialects.py reads this module)
+Migration = str | Callable[[Any], None]
 
 # v5 (PostgreSQL v2): what explains a call's cache break (`cache_break.py`): the first piece of its prompt and
 # its last breakpoint (written with the record), and the explanation with the two figures the statistics sum.
@@ -21,7 +28,20 @@ _CACHE_BREAK_COLUMNS = """
     CREATE INDEX records_cache_breaks ON records(ts, cache_break_at, cache_break_usd) WHERE cache_break_at IS NOT NULL;
 """
 
-SQLITE_MIGRATIONS: list[str] = [
+# v6 (PostgreSQL v3): search without a second copy of each prompt (`search.py`): each record's new-turn blobs.
+_TURNS = """
+    CREATE TABLE turns (record_id TEXT NOT NULL, blob TEXT NOT NULL, PRIMARY KEY (record_id, blob));
+"""
+
+
+def _search_over_pieces(db: Any) -> None:
+    """v7 (PostgreSQL v4): existing records' turns listed, their prompts' text dropped from `search`."""
+    from anthropic_proxy.store.search import convert  # (search.py builds on dialects.py, which reads these lists)
+
+    convert(db)
+
+
+SQLITE_MIGRATIONS: list[Migration] = [
     """
     CREATE TABLE records (
         id TEXT PRIMARY KEY,
@@ -77,11 +97,13 @@ SQLITE_MIGRATIONS: list[str] = [
     CREATE TABLE instances (id TEXT PRIMARY KEY, name TEXT NOT NULL, seen REAL NOT NULL);
     """,
     _CACHE_BREAK_COLUMNS.replace("DOUBLE PRECISION", "REAL"),
+    _TURNS.replace("));", ")) WITHOUT ROWID;"),
+    _search_over_pieces,
 ]
 
 
 # PostgreSQL's schema: SQLite's v4 in one step (PostgreSQL's own versions count from 1).
-POSTGRES_MIGRATIONS: list[str] = [
+POSTGRES_MIGRATIONS: list[Migration] = [
     """
     CREATE TABLE records (
         id TEXT PRIMARY KEY,
@@ -129,5 +151,7 @@ POSTGRES_MIGRATIONS: list[str] = [
                                              FINALFUNC = anthropic_proxy_json_array);
     """,
     _CACHE_BREAK_COLUMNS,
+    _TURNS,
+    _search_over_pieces,
 ]
 

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from anthropic_proxy.record.pricing import PriceBook, savings_for_tokens
+from anthropic_proxy.store import search
 from anthropic_proxy.store.dialects import Connection, Dialect
 from anthropic_proxy.store.filters import RecordFilter
 from anthropic_proxy.store.rows import METRIC_COLUMNS
@@ -43,7 +44,7 @@ def aggregate(db: Connection, dialect: Dialect, flt: RecordFilter, *, now: float
     records (base rates: a long-context request saves a little more than this says); cache reads without
     a price (unknown models, OpenRouter) are counted in `cacheSavingsUnpricedTokens`.
     """
-    where, params = flt.where(dialect.search)
+    where, params = search.where(db, dialect, flt)
     now = time.time() if now is None else now
     # One pass over the matching rows (a covering index when unfiltered), then every figure
     # from that narrow copy: a text search (`q`) scans the big rows once, not once per figure.
@@ -111,7 +112,7 @@ def aggregate(db: Connection, dialect: Dialect, flt: RecordFilter, *, now: float
 
 def analyze(db: Connection, dialect: Dialect, flt: RecordFilter, *, top: int = 5) -> dict[str, Any]:
     """Errors by type and the slowest exchanges among the records matching `flt`."""
-    where, params = flt.where(dialect.search)
+    where, params = search.where(db, dialect, flt)
     error_where = (where + " AND" if where else " WHERE") + " status = 'error'"
     timed_where = (where + " AND" if where else " WHERE") + " duration_ms IS NOT NULL"
     errors = [{"type": t or "unknown", "count": n} for t, n in db.execute(

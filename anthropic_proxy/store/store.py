@@ -31,10 +31,8 @@ record carries its writer's instance id (`owner`). On PostgreSQL an instance ann
 its own predecessor (same host and state dir) and of instances silent for five minutes. SQLite serves one proxy
 per state dir: at start-up all its `pending` records are orphans.
 
-Search (`q`): the `search` column holds what is *new* in each record, lower-cased and masked: the text of the
-messages this call added to its conversation (`bodies.new_turn`: the latest user turn, with its tool results)
-and of the answer. A record is found by its own prompt and its answer; the history it repeats and the system
-prompt are not searched (they would make every later record of the session match, at quadratic cost).
+Search (`q`, `search.py`): a record is found by its own prompt and its answer, over the pieces stored anyway
+(`turns` lists each record's new-turn blobs); the `search` column keeps only the answer's text.
 """
 
 from __future__ import annotations
@@ -54,7 +52,7 @@ from anthropic_proxy.record.derive import to_record
 from anthropic_proxy.record.masking import mask_text
 from anthropic_proxy.record.model import Record, RecordError
 from anthropic_proxy.record.pricing import PRICES_FILE, PriceBook
-from anthropic_proxy.store import reading, statistics
+from anthropic_proxy.store import reading, search, statistics
 from anthropic_proxy.store import writer as store_writer
 from anthropic_proxy.store.dialects import Connection, dialect_for
 from anthropic_proxy.store.filters import RecordFilter
@@ -260,8 +258,8 @@ class Store:
     def query(self, flt: RecordFilter, *, page: int = 1, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
         """Summaries of one page of matching records, newest first, and the count of all matches."""
         self._settle()
-        where, params = flt.where(self.dialect.search)
         with self._reader() as db:
+            where, params = search.where(db, self.dialect, flt)
             total = db.execute(f"SELECT count(*) FROM records{where}", params).fetchone()[0]
             rows = db.execute(f"SELECT summary, cache_break FROM records{where} ORDER BY ts DESC LIMIT ? OFFSET ?",
                               [*params, limit, (page - 1) * limit]).fetchall()
@@ -271,7 +269,8 @@ class Store:
     def iter_records(self, flt: RecordFilter, *, tail: int | None = None) -> Iterator[Record]:
         """Every matching record, oldest first, read in batches (exports stream from this). `tail`: see `_load`."""
         self._settle()
-        where, params = flt.where(self.dialect.search)
+        with self._reader() as db:
+            where, params = search.where(db, self.dialect, flt)
         last_ts, last_id = float("-inf"), ""
         while True:
             with self._reader() as db:
@@ -300,8 +299,8 @@ class Store:
         """(timestamp, id, response headers) of the newest `limit` matching records, oldest first: what
         `ratelimits.report` reads (from the summaries, which keep the headers)."""
         self._settle()
-        where, params = flt.where(self.dialect.search)
         with self._reader() as db:
+            where, params = search.where(db, self.dialect, flt)
             rows = db.execute(f"SELECT ts, id, summary FROM records{where} ORDER BY ts DESC LIMIT ?",
                               [*params, limit]).fetchall()
         found = []
@@ -342,7 +341,7 @@ class Store:
             db.begin_write()
             try:
                 deleted = db.execute("DELETE FROM records").rowcount
-                for table in ("record_refs", "nodes", "blobs"):
+                for table in ("record_refs", "turns", "nodes", "blobs"):
                     db.execute(f"DELETE FROM {table}")
                 db.commit()
             except BaseException:

@@ -123,10 +123,17 @@ class SSEDecoder:
 
 def _plain_run(text: str, start: int) -> tuple[int, list[SSEEvent]]:
     """The run of plain events of one shape at `start`: where it ends, and its events (one regex pass to find the
-    end, one to take the fields)."""
+    end, one to take the fields; a single pass when the rest of the text is one event, as a chunk on the wire
+    usually is)."""
+    # (A plain event ends at its first blank line: the rest of the text is one event at most when that is its end.)
+    single = text.find("\n\n", start) == len(text) - 2
     if text.startswith("event:", start):
+        if single and (one := _NAMED_FIELDS.fullmatch(text, start)):
+            return len(text), [SSEEvent(one[1], one[2])]
         end = _NAMED_RUN.match(text, start).end()
         return end, [SSEEvent(name, data) for name, data in _NAMED_FIELDS.findall(text, start, end)]
+    if single and (one := _UNNAMED_FIELDS.fullmatch(text, start)):
+        return len(text), [SSEEvent(None, one[1])]
     end = _UNNAMED_RUN.match(text, start).end()
     return end, [SSEEvent(None, data) for data in _UNNAMED_FIELDS.findall(text, start, end)]
 

@@ -190,6 +190,7 @@ def test_a_wheel_installed_outside_the_checkout_records_a_call(tmp_path, fake_an
         anthropic.Anthropic(base_url=proxy.url, api_key=FAKE_API_KEY, max_retries=0).messages.create(**BODY)
         assert proxy.wait_record(lambda r: True)["status"] == "success"
         assert proxy.get("/monitor").status_code == 200, "the pages ship in the wheel"
+        assert "Cost by model" in proxy.get("/api/monitor/analyze").text, "the analysis page's template ships too"
     finally:
         proxy.stop()
     assert f"Loading script {Path(site) / 'anthropic_proxy' / 'addons' / 'proxy.py'}" in proxy.logs()

@@ -82,6 +82,17 @@ def test_billing_line_inside_a_string_system_is_removed():
     assert out["messages"][0] == {"role": "system", "content": "You are helpful."}
 
 
+def test_system_text_without_a_billing_line_loses_only_its_outer_newlines():
+    body = {"model": "claude-opus-4-8", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}],
+            "system": [{"type": "text", "text": f"\n\nYou are helpful.\n  {BILLING_LINE_PREFIX} not a line start\n"},
+                       {"type": "text", "text": f"Be brief.\n{BILLING_LINE_PREFIX} cc_version=1;\n"}]}
+    result = translate_request(body, upstream_model=OTHER)
+    assert result.body["messages"][0] == {"role": "system", "content": [
+        {"type": "text", "text": f"You are helpful.\n  {BILLING_LINE_PREFIX} not a line start"},
+        {"type": "text", "text": "Be brief."}]}
+    assert sum("billing line" in reason for reason in result.dropped) == 1
+
+
 def test_esc_without_tool_result_gets_a_placeholder():
     body = claude_code("claude_code_request_02_tool_result_turn.json")
     body["messages"][-1]["content"] = [{"type": "text", "text": "never mind, do something else"}]

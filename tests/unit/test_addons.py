@@ -16,9 +16,14 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy.addons import all_addons, routing
-from anthropic_proxy.addons.recording import RECORD_ID
-from anthropic_proxy.addons.routing import API_CALL
+from anthropic_proxy.addons.capture import Capture
+from anthropic_proxy.addons.errorpages import ErrorPages
+from anthropic_proxy.addons.mitmweb_view import MitmwebView
+from anthropic_proxy.addons.recording import RECORD_ID, Recorder
+from anthropic_proxy.addons.routing import API_CALL, Router
 from anthropic_proxy.addons.startup import Startup
+from anthropic_proxy.addons.telemetry import Telemetry
+from anthropic_proxy.addons.webapp import WebApp
 from anthropic_proxy.capture import exchange as exchange_module
 from anthropic_proxy.webui.app import WebRoutes, create_app
 from anthropic_proxy.wire.sse import encode_event
@@ -76,6 +81,64 @@ def test_invalid_options_are_refused(proxy):
         tctx.configure(addons[0], anthropic_upstream="ftp://example.com")
     with pytest.raises(exceptions.OptionsError, match="request_timeout"):
         tctx.configure(addons[0], request_timeout=0)
+
+
+# The options each addon declares, in hook order: its own and no other's, as mitmproxy's addons do.
+OWN_OPTIONS: dict[type, set[str]] = {
+    Startup: {"state_dir", "store_url", "max_records", "retention_days", "request_timeout", "stream_keepalive"},
+    ErrorPages: set(),
+    WebApp: {"web_token", "web_hosts"},
+    Capture: {"capture_hosts"},
+    Router: {"anthropic_upstream", "openrouter_base_url", "proxy_mode"},
+    Recorder: set(),
+    MitmwebView: {"web_max_flows", "web_mask_keys"},
+    Telemetry: {"otel_endpoint"},
+}
+
+
+@pytest.mark.parametrize("addon_type", OWN_OPTIONS)
+def test_each_addon_declares_its_own_options(addon_type: type):
+    assert [type(addon) for addon in all_addons()] == list(OWN_OPTIONS)
+    # Proxyserver: mitmproxy's own options the Startup addon reads (mode, listen_host, ...)
+    with taddons.context(Proxyserver()) as tctx:
+        before = set(tctx.options.keys())
+        tctx.master.addons.add(addon_type())
+        assert set(tctx.options.keys()) - before == OWN_OPTIONS[addon_type]
+
+
+@pytest.mark.parametrize(("addon_type", "option", "value", "message"), [
+    (Startup, "request_timeout", 0, "request_timeout must be a positive number"),
+    (Startup, "stream_keepalive", -1, "stream_keepalive must be 0"),
+    (Startup, "retention_days", 0, "max_records and retention_days must be at least 1"),
+    (Router, "anthropic_upstream", "ftp://example.com", "anthropic_upstream must be an http"),
+    (Router, "openrouter_base_url", "openrouter.ai/api/v1", "openrouter_base_url must be an http"),
+    (WebApp, "web_hosts", "proxy.test, http://proxy.test", "web_hosts: 'http://proxy.test' is not a host name"),
+    (Capture, "capture_hosts", ["https://api.anthropic.com"], "bare host names"),
+    (MitmwebView, "web_max_flows", -1, "web_max_flows must be 0"),
+])
+def test_a_bad_value_is_refused_by_the_addon_that_owns_it(addon_type: type, option: str, value: object,
+                                                         message: str):
+    try:
+        with taddons.context(Proxyserver()) as tctx:  # the owner alone: nobody else could refuse it
+            addon = addon_type()
+            tctx.master.addons.add(addon)
+            with pytest.raises(exceptions.OptionsError, match=message):
+                tctx.configure(addon, **{option: value})
+    finally:
+        runtime_module.close_runtime()  # (the Startup addon opens it again as the options roll back)
+
+
+def test_a_new_runtime_gets_every_addons_settings(proxy, tmp_path: Path):
+    tctx, addons = proxy
+    tctx.configure(addons[0], web_hosts="proxy.test", openrouter_base_url="https://or.test/api/v1/")
+    first = runtime_module.current_runtime()
+    tctx.configure(addons[0], state_dir=str(tmp_path / "elsewhere"))  # a runtime of its own, fresh settings
+    runtime = runtime_module.current_runtime()
+    assert runtime is not first
+    assert (runtime.settings.anthropic_upstream, runtime.settings.openrouter_base_url) == \
+        ("https://upstream.test:8443/base", "https://or.test/api/v1")
+    assert runtime.settings.web_hosts == ("proxy.test",)
+    assert runtime.settings.listen_port == addons[0].listen_address()[1]
 
 
 def test_own_address_as_upstream_is_a_loop(proxy):

@@ -14,12 +14,8 @@ from fakes.claude_session import session_records
 
 from anthropic_proxy import cli
 from anthropic_proxy.record.model import HttpRequestPart, Record, RecordError, Usage
-from anthropic_proxy.reports.export import (
-    ImportFailed,
-    export_chunks,
-    gzipped,
-    read_records,
-)
+from anthropic_proxy.reports.export import export_chunks, gzipped
+from anthropic_proxy.reports.importing import ImportFailed, read_records
 from anthropic_proxy.store import RecordFilter, Store, record_json
 
 from .test_dedup_store import odd_records

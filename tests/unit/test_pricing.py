@@ -15,19 +15,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from anthropic_proxy.record.model import Chunk, HttpRequestPart, Record, Usage
+from anthropic_proxy.record.price_book import GENAI_PRICES, PRICES_FILE, ModelPrice, PriceBook, genai_models, model_key
 from anthropic_proxy.record.pricing import (
-    GENAI_PRICES,
-    PRICES_FILE,
     Cost,
-    ModelPrice,
-    PriceBook,
     TokenCounts,
     anthropic_cost,
     apply_cost,
     cache_savings_usd,
     cache_write_premium_usd,
-    genai_models,
-    model_key,
     price_record,
     savings_for_tokens,
     token_counts,
