@@ -38,13 +38,11 @@ from anthropic_proxy.translate.reasoning import (
 from anthropic_proxy.translate.tool_ids import anthropic_tool_id
 from anthropic_proxy.translate.tool_names import original_tool_name
 from anthropic_proxy.wire import fastjson
-from anthropic_proxy.wire.accumulate import MessageAccumulator
 from anthropic_proxy.wire.sse import SSEDecoder, encode_event
 
 logger = logging.getLogger("anthropic_proxy.translate")
 
 
-_OUTLINE_EVENTS = frozenset({"message_start", "message_delta", "message_stop"})
 _TEXT_DELTA = frozenset({"content", "role"})  # the keys of a delta that holds text alone (or nothing)
 # The delta that carries a block's pieces, by the kind of block: (delta type, its string field).
 _PIECE_DELTAS = {"text": ("text_delta", "text"), "thinking": ("thinking_delta", "thinking"),
@@ -106,10 +104,6 @@ class StreamTranslator:
         self._finish_reason: str | None = None
         self._native_finish_reason: str | None = None
         self.upstream_usage: dict[str, Any] | None = None
-        # What the client's stream says of the message (usage, stop reason, an error, message_stop) and how many
-        # events it has: written here as they go out, so the exchange's end need not read the stream again.
-        self.outline = MessageAccumulator()
-        self.events = 0
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -163,16 +157,12 @@ class StreamTranslator:
     def _emit(self, event: str, payload: dict[str, Any]) -> None:
         data = {"type": event, **payload}
         self._out.append(encode_event(event, data))
-        self.events += 1
-        if event in _OUTLINE_EVENTS:
-            self.outline.add(data)
 
     def _piece(self, text: str) -> None:
         """The open block's next piece (text, thinking or tool input JSON): the event `_delta` would write, made
         from the block's template (see `_piece_template`); nearly every event of a stream is one."""
         prefix, suffix = self._template
         self._out.append(prefix + fastjson.dumps(text) + suffix)
-        self.events += 1
 
     def _on_data(self, data: str) -> None:
         if data == "[DONE]":
@@ -387,6 +377,4 @@ class StreamTranslator:
         # Anthropic ends a failed stream with the error event alone; Claude Code then retries the request.
         body = anthropic_error_body(error_type, message)
         self._out.append(encode_event("error", body))
-        self.events += 1
-        self.outline.add(body)
         self._state = _State.FINISHED

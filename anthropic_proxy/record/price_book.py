@@ -263,8 +263,3 @@ def _validation_summary(exc: ValidationError) -> str:
         parts.append(f"{where}: {error.get('msg')}")
     more = exc.error_count() - len(parts)
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
-
-
-def load_price_file(path: Path) -> PriceFile:
-    """Validate a price file (raises ValidationError or OSError): for a check before saving one."""
-    return PriceFile.model_validate_json(path.read_bytes())
