@@ -126,8 +126,8 @@ class Startup:
         if runtime is not None and runtime.watchdog is None:  # one per process, across script reloads
             runtime.watchdog = asyncio.get_running_loop().create_task(watchdog.watch(runtime))
             # Everything loaded so far (mitmproxy, pydantic, the web app: ~110k objects) lives as long as the
-            # process: out of the collector's sight, a full collection stops rescanning it. Measured: GC time
-            # under a stream load 1.0 s -> 0.4 s of 6 s CPU.
+            # process: out of the collector's sight, a full collection stops rescanning it (less GC time under a
+            # stream load: bench/RESULTS.md).
             gc.freeze()
             logger.info("%s", start_line(runtime))
         if self.manages_mode and list(ctx.options.mode) == ["regular"]:

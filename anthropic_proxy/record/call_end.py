@@ -10,7 +10,7 @@ Prometheus counters).
 
 Contract for listeners (`CallEnds.subscribe`):
 - one `CallEnd` per call that ended in this proxy, once (a writer restart sends a record again: the store drops
-  the second report, see `store.writer.WriterProcess`), typically 50-100 ms after the call's end; whether or not
+  the second report, see `store.writer.WriterProcess`), shortly after the call's end (the writer's next batch); whether or not
   the database accepted the write (facts come from the record, not from the disk);
 - called in the store's receiver thread, not the event loop: be quick (the receiver acknowledges writes after
   it), thread-safe, and never block; an exception is logged and the other listeners still run;
@@ -33,7 +33,7 @@ logger = logging.getLogger("anthropic_proxy.call_end")
 
 class CallEnd(NamedTuple):
     """What a finished call was, as the store will keep it. A named tuple: it comes back from the writer process
-    pickled in its reports, and a tuple unpickles about ten times faster than a frozen dataclass (1.5 µs, not 21)."""
+    pickled in its reports, and a tuple unpickles far faster than a frozen dataclass (bench/RESULTS.md)."""
 
     record_id: str
     started: float  # seconds since the epoch: when the request's first byte arrived

@@ -13,7 +13,7 @@ place that does.
     MAGIC (4 bytes) | version (1 byte) | header length (4 bytes, big-endian) | header | segments
 
 The header is the facts as orjson (with each segment's length); the segments are the byte fields and the logs'
-chunks, raw and in order, so no body or chunk is ever JSON-encoded. A typical call encodes and decodes in a few µs.
+chunks, raw and in order, so no body or chunk is ever JSON-encoded.
 """
 
 from __future__ import annotations
