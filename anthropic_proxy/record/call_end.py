@@ -10,8 +10,8 @@ Prometheus counters).
 
 Contract for listeners (`CallEnds.subscribe`):
 - one `CallEnd` per call that ended in this proxy, once (a writer restart sends a record again: the store drops
-  the second report, see `store.writer.WriterProcess`), shortly after the call's end (the writer's next batch); whether or not
-  the database accepted the write (facts come from the record, not from the disk);
+  the second report, see `store.writer.WriterProcess`), shortly after the call's end (the writer's next batch);
+  whether or not the database accepted the write (facts come from the record, not from the disk);
 - called in the store's receiver thread, not the event loop: be quick (the receiver acknowledges writes after
   it), thread-safe, and never block; an exception is logged and the other listeners still run;
 - records imported from a file and those closed at start-up (a crash's orphans) are not calls of this proxy and

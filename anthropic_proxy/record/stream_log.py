@@ -1,11 +1,11 @@
 """A stream as it passed the proxy (a `StreamLog`), and the one reader of its events.
 
 On its hot path the proxy keeps only each network chunk's bytes and the time they passed: decoding, parsing and
-keeping every event there would cost the client's path CPU that nobody there needs. The events are read from the log where
-someone needs them, always with a `StreamReader` (`derive.to_record` for the record; the live monitor's progress with
-one that goes on where it stopped): one decoding (content coding, any SSE line end, a byte order mark; events told
-apart by their data's `type`, as Anthropic's SDKs do, not by `event:` lines, which are optional), so a record is the
-same whoever reads it.
+keeping every event there would cost the client's path CPU that nobody there needs. The events are read from the
+log where someone needs them, always with a `StreamReader` (`derive.to_record` for the record; the live monitor's
+progress with one that goes on where it stopped): one decoding (content coding, any SSE line end, a byte order
+mark; events told apart by their data's `type`, as Anthropic's SDKs do, not by `event:` lines, which are
+optional), so a record is the same whoever reads it.
 """
 
 from __future__ import annotations
