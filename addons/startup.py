@@ -1,8 +1,9 @@
 """Start-up and shutdown: the shared runtime (store, config) and its options, the listen address, the watchdog.
 
 Each addon declares and validates its own options (as mitmproxy's do); this one those of the runtime it opens
-(`state_dir`, `store_url`, `max_records`, `retention_days`) and of the watchdog it starts (`request_timeout`,
-`stream_keepalive`). It runs first, so the addons after it find the runtime open in their `configure`.
+(`state_dir`, `store_url`, `max_records`, `retention_days`, `memory_budget`) and of the watchdog it starts
+(`request_timeout`, `stream_keepalive`). It runs first, so the addons after it find the runtime open in their
+`configure`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mitmproxy.proxy import mode_specs
 from anthropic_proxy import runtime as runtime_module
 from anthropic_proxy.capture import watchdog
 from anthropic_proxy.environment import DEFAULT_STATE_DIR, environment
+from anthropic_proxy.store import MEMORY_BUDGET_MB, MIN_MEMORY_BUDGET_MB
 from anthropic_proxy.store.dialects import check_store_url, mask_url
 from anthropic_proxy.telemetry.call_log import quiet_connection_lines
 from anthropic_proxy.webui.security import public_url
@@ -71,6 +73,9 @@ class Startup:
                           "Keep at most this many records; the oldest go first (env MAX_RECORDS).")
         loader.add_option("retention_days", int, env.get_int("RETENTION_DAYS", 30),
                           "Delete records older than this many days (env RETENTION_DAYS).")
+        loader.add_option("memory_budget", int, env.get_int("MEMORY_BUDGET", MEMORY_BUDGET_MB),
+                          "MB of memory (RSS) the proxy and its store's writer use together at most: the store's "
+                          "in-memory bounds follow from it; its backlog waits on disk (env MEMORY_BUDGET).")
         quiet_connection_lines()
         level = env.get("LOG_LEVEL").lower()
         # (--set values of mitmproxy's own options are in place by now: one given wins over LOG_LEVEL)
@@ -93,13 +98,16 @@ class Startup:
             raise exceptions.OptionsError("stream_keepalive must be 0 (off) or a number of seconds")
         if opts.max_records < 1 or opts.retention_days < 1:
             raise exceptions.OptionsError("max_records and retention_days must be at least 1")
+        if opts.memory_budget < MIN_MEMORY_BUDGET_MB:
+            raise exceptions.OptionsError(f"memory_budget must be at least {MIN_MEMORY_BUDGET_MB} (MB)")
         host, port = self.listen_address()
         if "state_dir" in updated:
             environment.use_state_dir(Path(opts.state_dir))  # its .env holds secrets read per request
         try:
             check_store_url(opts.store_url)
             runtime = runtime_module.open_runtime(Path(opts.state_dir), max_records=opts.max_records,
-                                                  retention_days=opts.retention_days, store_url=opts.store_url)
+                                                  retention_days=opts.retention_days, store_url=opts.store_url,
+                                                  memory_budget_mb=opts.memory_budget)
         except (ValueError, RuntimeError) as exc:  # a bad store_url, psycopg missing, a newer schema
             raise exceptions.OptionsError(str(exc)) from None
         except Exception as exc:  # the database refused (PostgreSQL down, wrong password): no password shown

@@ -24,7 +24,7 @@ from anthropic_proxy.providers.failover import CoolDowns, Relay
 from anthropic_proxy.providers.openrouter_api import ModelCatalog
 from anthropic_proxy.providers.proxy_config import ConfigStore
 from anthropic_proxy.record.pricing import PriceBook
-from anthropic_proxy.store import Store
+from anthropic_proxy.store import MEMORY_BUDGET_MB, Store
 from anthropic_proxy.telemetry.metrics import ProxyMetrics, ProxyState
 
 logger = logging.getLogger("anthropic_proxy")
@@ -107,7 +107,8 @@ class Runtime:
 _current: Runtime | None = None
 
 
-def open_runtime(state_dir: Path, *, max_records: int, retention_days: int, store_url: str = "") -> Runtime:
+def open_runtime(state_dir: Path, *, max_records: int, retention_days: int, store_url: str = "",
+                 memory_budget_mb: int = MEMORY_BUDGET_MB) -> Runtime:
     """The runtime for `state_dir` and `store_url` (empty: SQLite in state_dir), reusing the live one across
     script reloads."""
     global _current
@@ -118,7 +119,8 @@ def open_runtime(state_dir: Path, *, max_records: int, retention_days: int, stor
     if _current is not None:
         _current.close()
         _current = None
-    store = Store(state_dir, url=store_url, max_records=max_records, retention_days=retention_days)
+    store = Store(state_dir, url=store_url, max_records=max_records, retention_days=retention_days,
+                  memory_budget_mb=memory_budget_mb)
     logger.info("anthropic-proxy records to %s (%s)", store.location, store.dialect.name)
     _current = Runtime(state_dir=state_dir, store=store, config=ConfigStore(state_dir),
                        catalog=ModelCatalog(state_dir), store_url=store_url)

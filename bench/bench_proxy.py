@@ -8,7 +8,11 @@ Three proxies in reverse mode in front of one fake upstream (a separate process)
 Requests alternate between the proxies (interleaved, random order each round), so drift in the
 machine's load hits all of them alike. Prints a table; ratios are addon / baseline.
 
-    .venv/bin/python bench/bench_proxy.py [--rounds 300] [--streams 250] [--slices 11]
+Then the bulk run, alone: a fourth proxy with the addon, pinned to one core with its writer (`taskset`), takes
+4,000 non-streamed calls with unique 50 KB bodies at concurrency 10; the table gets the peak RSS of that proxy and
+its writer together (sampled every 20 ms), its calls per second and the time until its store held them all.
+
+    .venv/bin/python bench/bench_proxy.py [--rounds 300] [--streams 250] [--slices 11] [--bulk 4000] [--bulk-only]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -157,6 +162,83 @@ async def send_bodies(url: str, count: int, body_kb: int, concurrency: int = 10)
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
+def tree_rss_mb(pid: int) -> tuple[float, float]:
+    """The RSS of a process, and of all its descendants together (the proxy, and its store's writer)."""
+    own, total, pending = 0.0, 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            total += rss_mb(current)
+            own = own or total
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):  # (it ended while we looked)
+            continue
+    return own, total - own
+
+
+async def send_unique_bodies(url: str, count: int, body_kb: int, concurrency: int = 10) -> None:
+    """`count` non-streamed calls, each with a prompt of `body_kb` KB that no other call has."""
+    filler = "x" * body_kb * 1024
+    remaining = list(range(count))
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=concurrency)) as client:
+        async def worker() -> None:
+            while remaining:
+                prompt = f"{remaining.pop()} {random.random()} " + filler
+                body = {"model": "claude-sonnet-4-5", "max_tokens": 64,
+                        "messages": [{"role": "user", "content": prompt}]}
+                (await client.post("/v1/messages", json=body)).raise_for_status()
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def bulk_run(env: dict[str, str], tmp: Path, upstream: int, calls: int) -> dict[str, float]:
+    """The addon proxy alone on the last core (its writer inherits the pinning): peak RSS of the two while `calls`
+    unique 50 KB calls go through and are stored, their rate, and the seconds until the store held them all."""
+    port, core = free_port(), str((os.cpu_count() or 1) - 1)
+    proc = start(["taskset", "-c", core, str(BIN / "mitmdump"), "--mode", f"reverse:http://127.0.0.1:{upstream}",
+                  "-p", str(port), "--set", "connection_strategy=lazy", "--set", "termlog_verbosity=error",
+                  "--set", "flow_detail=0", "-s", str(ROOT / "addons" / "proxy.py"),
+                  "--set", f"state_dir={tmp}/bulk-state", "--set", f"anthropic_upstream=http://127.0.0.1:{upstream}",
+                  "--set", f"confdir={tmp}/c4"], env)
+    url = f"http://127.0.0.1:{port}"
+    peaks = [0.0, 0.0, 0.0]  # proxy + writer, proxy, writer
+    sampling = True
+
+    def sample() -> None:
+        while sampling:
+            own, children = tree_rss_mb(proc.pid)
+            for index, value in enumerate((own + children, own, children)):
+                peaks[index] = max(peaks[index], value)
+            time.sleep(0.02)
+
+    try:
+        wait_ready(url)
+
+        def records() -> int:
+            return httpx.get(url + "/health", timeout=30).json()["store"]["records"] or 0
+
+        deadline = time.monotonic() + 30
+        while records() < 1 and time.monotonic() < deadline:  # (wait_ready's own call)
+            time.sleep(0.1)
+        stored_before = records()
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        t0 = time.perf_counter()
+        asyncio.run(send_unique_bodies(url, calls, 50))
+        sent = time.perf_counter() - t0
+        while records() < stored_before + calls and time.perf_counter() - t0 < 600:
+            time.sleep(0.2)
+        stored = time.perf_counter() - t0
+        sampling = False
+        sampler.join()
+        return {"peak_mb": peaks[0], "proxy_mb": peaks[1], "writer_mb": peaks[2], "calls_per_s": calls / sent,
+                "stored_s": stored}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 async def streams_per_second(url: str, total: int, concurrency: int) -> float:
     """`total` streamed calls over `concurrency` keep-alive connections. The client is a few lines of asyncio, not
     httpx: on a small machine a heavy client takes the CPU the proxies need, and ends up measuring itself."""
@@ -210,6 +292,9 @@ def main() -> None:
                         help="interleaved throughput runs per proxy and concurrency; the median counts (default 11)")
     parser.add_argument("--rss-requests", type=int, default=10_000,
                         help="calls with 50 KB bodies before reading each proxy's RSS (default 10000; 0 skips)")
+    parser.add_argument("--bulk", type=int, default=4000,
+                        help="calls of the single-core bulk run with unique 50 KB bodies (default 4000; 0 skips)")
+    parser.add_argument("--bulk-only", action="store_true", help="only the bulk run")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -225,6 +310,13 @@ def main() -> None:
     common = ["--mode", f"reverse:http://127.0.0.1:{upstream}", "--set", "connection_strategy=lazy",
               "--set", "termlog_verbosity=error", "--set", "flow_detail=0"]
     procs = [start([sys.executable, __file__, "--serve", str(upstream)], env)]
+    if args.bulk_only:
+        try:
+            wait_ready(f"http://127.0.0.1:{upstream}")
+            report_bulk(bulk_run(env, tmp, upstream, args.bulk), args)
+        finally:
+            os.killpg(procs[0].pid, signal.SIGTERM)
+        return
     procs.append(start([str(BIN / "mitmdump"), *common, "-p", str(ports["bare"]),
                         "--set", f"confdir={tmp}/c1"], env))
     procs.append(start([str(BIN / "mitmdump"), *common, "-p", str(ports["bare+stream"]),
@@ -255,7 +347,14 @@ def main() -> None:
                 for name in pids:
                     asyncio.run(send_bodies(targets[name], args.rss_requests // 10, 50))
             rss = {name: (before[name], rss_mb(pid)) for name, pid in pids.items()}
+        for proc in procs[1:]:  # (the bulk run has the machine to itself)
+            os.killpg(proc.pid, signal.SIGSTOP)
+        bulk = bulk_run(env, tmp, upstream, args.bulk) if args.bulk else None
+        for proc in procs[1:]:
+            os.killpg(proc.pid, signal.SIGCONT)
         report(latency, throughput, rss, args)
+        if bulk:
+            report_bulk(bulk, args)
     finally:
         for proc in procs:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -296,6 +395,14 @@ def report(latency: dict, throughput: dict, rss: dict, args: argparse.Namespace)
         print(row("RSS idle (baseline: bare mitmdump)", rss["addon"][0], rss["bare"][0], "MB"))
         print(row(f"RSS after {args.rss_requests} calls with 50 KB bodies (baseline: bare mitmdump)",
                   rss["addon"][1], rss["bare"][1], "MB"))
+
+
+
+def report_bulk(bulk: dict[str, float], args: argparse.Namespace) -> None:
+    print(f"| bulk run on one core: {args.bulk} calls with unique 50 KB bodies, concurrency 10 | peak RSS, proxy + "
+          f"writer: {bulk['peak_mb']:.0f} MB (each at its peak: proxy {bulk['proxy_mb']:.0f} MB, writer "
+          f"{bulk['writer_mb']:.0f} MB) | {bulk['calls_per_s']:.0f} calls/s; all stored after "
+          f"{bulk['stored_s']:.1f} s | |")
 
 
 if __name__ == "__main__":

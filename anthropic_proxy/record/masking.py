@@ -40,6 +40,13 @@ def mask_text(text: str) -> str:
     return text
 
 
+def mask_bytes(data: bytes) -> bytes:
+    """`mask_text` over bytes (a body, a stream's chunk); bytes that are not UTF-8 pass through as they are."""
+    if b"sk-" not in data and b"earer" not in data:
+        return data
+    return mask_text(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+
+
 def mask_header_value(name: str, value: str) -> str:
     if name.lower() not in SECRET_HEADERS:
         return mask_text(value)

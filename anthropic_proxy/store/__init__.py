@@ -7,6 +7,8 @@
     statistics.py  the monitor's figures (`Store.aggregate`, `Store.analyze`)
     rows.py        a record as rows (every writer's), retention, collection of unused pieces
     writer/        the writer process (protocol.py, the proxy side process.py, the child child.py)
+    journal/       what the proxy puts, on disk until the writer has written it (docs/journal.md); consumed.py:
+                   how far the writer is, kept with the rows
     dialects.py    SQLite and what PostgreSQL spells differently (postgres.py); schema.py: the migrations
     cache_break.py why a call's prompt cache missed
 """
@@ -14,6 +16,7 @@
 from anthropic_proxy.store.dialects import DB_NAME
 from anthropic_proxy.store.filters import RecordFilter, parse_time_range
 from anthropic_proxy.store.reading import StoreCorrupt, record_json
-from anthropic_proxy.store.store import Store
+from anthropic_proxy.store.store import MEMORY_BUDGET_MB, MIN_MEMORY_BUDGET_MB, Store
 
-__all__ = ["DB_NAME", "RecordFilter", "Store", "StoreCorrupt", "parse_time_range", "record_json"]
+__all__ = ["DB_NAME", "MEMORY_BUDGET_MB", "MIN_MEMORY_BUDGET_MB", "RecordFilter", "Store", "StoreCorrupt",
+           "parse_time_range", "record_json"]

@@ -41,6 +41,14 @@ def _search_over_pieces(db: Any) -> None:
     convert(db)
 
 
+# v8 (PostgreSQL v5): how far the writer has consumed each journal (`consumed.py`), written in the transaction
+# that writes the records it read there.
+_JOURNAL_POSITIONS = """
+    CREATE TABLE journal_positions (
+        journal TEXT PRIMARY KEY, position TEXT NOT NULL, updated DOUBLE PRECISION NOT NULL
+    );
+"""
+
 SQLITE_MIGRATIONS: list[Migration] = [
     """
     CREATE TABLE records (
@@ -99,6 +107,7 @@ SQLITE_MIGRATIONS: list[Migration] = [
     _CACHE_BREAK_COLUMNS.replace("DOUBLE PRECISION", "REAL"),
     _TURNS.replace("));", ")) WITHOUT ROWID;"),
     _search_over_pieces,
+    _JOURNAL_POSITIONS.replace("DOUBLE PRECISION", "REAL"),
 ]
 
 
@@ -153,5 +162,6 @@ POSTGRES_MIGRATIONS: list[Migration] = [
     _CACHE_BREAK_COLUMNS,
     _TURNS,
     _search_over_pieces,
+    _JOURNAL_POSITIONS,
 ]
 

@@ -52,7 +52,7 @@ from anthropic_proxy.record.derive import to_record
 from anthropic_proxy.record.masking import mask_text
 from anthropic_proxy.record.model import Record, RecordError
 from anthropic_proxy.record.pricing import PRICES_FILE, PriceBook
-from anthropic_proxy.store import reading, search, statistics
+from anthropic_proxy.store import consumed, reading, search, statistics
 from anthropic_proxy.store import writer as store_writer
 from anthropic_proxy.store.dialects import Connection, dialect_for
 from anthropic_proxy.store.filters import RecordFilter
@@ -61,6 +61,12 @@ from anthropic_proxy.store.writer import WriterProcess, WriterSettings
 from anthropic_proxy.telemetry.tracing import TraceConfig
 
 _STALE_SECONDS = 300.0  # an instance silent this long is gone: its pending records are orphans
+JOURNAL_DIR = "journal"  # in the state dir: what the proxy put and the writer has not written yet (docs/journal.md)
+MEMORY_BUDGET_MB = 250  # the proxy and its writer together, RSS (the `memory_budget` option)
+MIN_MEMORY_BUDGET_MB = 100  # what the two take idle, give or take
+BATCH_SHARE = 64  # of the budget: the most of the journal the writer takes in one transaction
+BACKLOG_SHARE = 8  # of the budget: what the journal holds in memory while its disk refuses writes
+RECOVERY_SECONDS = 60.0  # how long a start waits for the writer to take what a crash left in the journal
 
 
 class Store:
@@ -71,7 +77,8 @@ class Store:
     an instance (the `export`/`import` commands, which run beside a proxy)."""
 
     def __init__(self, state_dir: Path, *, url: str = "", max_records: int = 50_000, retention_days: float = 30,
-                 busy_timeout: float = 30, close_orphans: bool = True) -> None:
+                 busy_timeout: float = 30, close_orphans: bool = True,
+                 memory_budget_mb: int = MEMORY_BUDGET_MB) -> None:
         self.dialect = dialect_for(state_dir, url, busy_timeout=busy_timeout)
         self.state_dir, self.url = state_dir, url
         if not url:
@@ -90,16 +97,27 @@ class Store:
         self._writer: WriterProcess | None = None  # started by the first put (the proxy's store: at once)
         self.call_ends = CallEnds()  # each call's final facts, as the writer reads them (call_end.py)
         self.tracing: TraceConfig | None = None  # the writer makes a span per call (tracing.py)
+        self.memory_budget_mb = memory_budget_mb
+        self._close_orphans_at_start = close_orphans
         with self._connect() as db:
             self.dialect.migrate(db)
-            if close_orphans:
-                self._close_orphans(db)
             self._legacy = db.execute("SELECT 1 FROM records WHERE refs IS NULL LIMIT 1").fetchone() is not None
         if close_orphans:  # a proxy's store: its writer also beats the heartbeat and rewrites v2 rows when idle
-            self._writer_process()
+            writer = self._writer_process()
+            with self._connect() as db:
+                # What a crash left in the journal is written first: then only the calls it cut short are pending.
+                if self._unconsumed(db, writer):
+                    writer.flush(RECOVERY_SECONDS)
+                self._close_orphans(db)
 
     def _connect(self) -> Connection:
         return self.dialect.connect()
+
+    @staticmethod
+    def _unconsumed(db: Connection, writer: WriterProcess) -> bool:
+        """Whether the journal holds entries the database has not taken (a crash, or a writer stopped)."""
+        position = consumed.load(db, writer.journal.journal.hex())
+        return writer.journal.last_seq >= (position.seq if position is not None else 1)
 
     def _close_orphans(self, db: Connection) -> None:
         """Records a crashed run left `pending` can never finish now: end them with the reason. Only those no
@@ -174,9 +192,14 @@ class Store:
                 state_dir=self.state_dir, url=self.url, busy_timeout=self.busy_timeout,
                 instance_id=self.instance_id, instance_name=self.instance_name, announced=self._announced,
                 legacy=self._legacy, prune_every=store_writer.PRUNE_EVERY,
-                heartbeat_seconds=store_writer.HEARTBEAT_SECONDS, trace=self.tracing)
+                heartbeat_seconds=store_writer.HEARTBEAT_SECONDS, trace=self.tracing,
+                batch_bytes=self.memory_budget_mb * (1 << 20) // BATCH_SHARE)
+            # A proxy's store keeps its journal in the state dir (what a crash leaves there is written at the next
+            # start); a tool's, one of its own.
+            journal = self.state_dir / JOURNAL_DIR if self._close_orphans_at_start else None
             self._writer = WriterProcess(settings, lambda: (self.max_records, self.retention_days),
-                                         on_ends=self.call_ends.deliver)
+                                         on_ends=self.call_ends.deliver, journal=journal,
+                                         backlog_bytes=self.memory_budget_mb * (1 << 20) // BACKLOG_SHARE)
         return self._writer
 
     # The writer's counters (0 / None before the first put): /health and `stats` show them.
@@ -192,8 +215,11 @@ class Store:
 
     @property
     def unsaved(self) -> int:
-        """Records waiting in the writer's memory for a write that works."""
-        return self._writer.unsaved if self._writer else 0
+        """Records waiting in memory for a write that works: the journal's disk refuses them, or the database."""
+        if self._writer is None:
+            return 0
+        journal = self._writer.journal
+        return self._writer.unsaved + (journal.unwritten if journal.last_error is not None else 0)
 
     @property
     def lost(self) -> int:
@@ -202,7 +228,7 @@ class Store:
 
     @property
     def queued(self) -> int:
-        """Records put and not yet written."""
+        """Records put and not yet written (as far as the proxy keeps count: see `MAX_HELD`)."""
         return len(self._writer.queued) if self._writer else 0
 
     @property
@@ -333,7 +359,22 @@ class Store:
                 "unsaved": self.unsaved, "lost": self.lost, "queued": self.queued,
                 "writerRestarts": self.writer_restarts, "notice": writer.notice if writer else None,
                 "threadRestarts": writer.thread_restarts if writer else 0,
-                "lastThreadError": writer.last_thread_error if writer else None}
+                "lastThreadError": writer.last_thread_error if writer else None,
+                "journal": self._journal_stats(), "memory": self._memory()}
+
+    def _journal_stats(self) -> dict[str, Any] | None:
+        """The journal (docs/journal.md): its size on disk, what it holds in memory, appends it had to drop."""
+        if self._writer is None:
+            return None
+        journal = self._writer.journal
+        return {"path": str(journal.directory), "bytes": journal.disk_bytes, "unwritten": journal.unwritten,
+                "lost": journal.lost, "lastError": journal.last_error}
+
+    def _memory(self) -> dict[str, Any]:
+        """The resident memory of the proxy and its writer (MB), against the budget they share."""
+        proxy, writer = self._writer.memory_mb() if self._writer else (None, None)
+        return {"proxyMb": proxy and round(proxy, 1), "writerMb": writer and round(writer, 1),
+                "budgetMb": self.memory_budget_mb}
 
     def clear(self) -> int:
         self.flush()

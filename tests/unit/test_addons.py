@@ -85,7 +85,8 @@ def test_invalid_options_are_refused(proxy):
 
 # The options each addon declares, in hook order: its own and no other's, as mitmproxy's addons do.
 OWN_OPTIONS: dict[type, set[str]] = {
-    Startup: {"state_dir", "store_url", "max_records", "retention_days", "request_timeout", "stream_keepalive"},
+    Startup: {"state_dir", "store_url", "max_records", "retention_days", "memory_budget", "request_timeout",
+              "stream_keepalive"},
     ErrorPages: set(),
     WebApp: {"web_token", "web_hosts"},
     Capture: {"capture_hosts"},
@@ -110,6 +111,7 @@ def test_each_addon_declares_its_own_options(addon_type: type):
     (Startup, "request_timeout", 0, "request_timeout must be a positive number"),
     (Startup, "stream_keepalive", -1, "stream_keepalive must be 0"),
     (Startup, "retention_days", 0, "max_records and retention_days must be at least 1"),
+    (Startup, "memory_budget", 10, "memory_budget must be at least 100"),
     (Router, "anthropic_upstream", "ftp://example.com", "anthropic_upstream must be an http"),
     (Router, "openrouter_base_url", "openrouter.ai/api/v1", "openrouter_base_url must be an http"),
     (WebApp, "web_hosts", "proxy.test, http://proxy.test", "web_hosts: 'http://proxy.test' is not a host name"),

@@ -41,3 +41,14 @@ def test_bearer_tokens_of_any_shape_are_masked_whole():
 def test_text_without_keys_is_unchanged():
     text = "sk-short and a bearer of news"
     assert mask_text(text) == text
+
+
+def test_mask_bytes_masks_keys_in_bytes_and_keeps_other_bytes():
+    from anthropic_proxy.record.masking import mask_bytes
+
+    key = "sk-ant-api03-" + "a" * 40 + "end9"
+    data = b"\xff\xfe not utf-8, then " + f"Bearer {key} and {key}".encode()
+    masked = mask_bytes(data)
+    assert key.encode() not in masked and masked.startswith(b"\xff\xfe not utf-8")
+    assert masked.count(b"sk-ant-api...end9") == 2
+    assert mask_bytes(b"no key here") == b"no key here"

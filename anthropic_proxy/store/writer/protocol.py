@@ -1,19 +1,23 @@
-"""What the proxy and its store's writer process say to each other: small dataclasses, pickled over a socket pair.
+"""What the proxy and its store's writer process say to each other: small dataclasses, pickled over a socket pair,
+and the puts themselves, which go through the journal (store/journal/, docs/journal.md).
 
+    proxy -> journal  each put, as an entry (`entry`): its record's capture or JSON
     proxy -> writer   WriterSettings (first, once), then any of:
-                      Puts(max_records, retention_days, [Put])   a batch to decode, prepare, write (retried)
-                      Flush(token)                               answered in the report after the write attempt
+                      Wake(max_records, retention_days)          the journal has more (and the retention options)
+                      Flush(token, seq)                          answered once the journal up to `seq` is written
+                                                                 (or a write of it failed)
                       Trace(config)                              spans from now on (tracing.py), None: none
-                      Stop()                                     write what is held, report, exit
-    writer -> proxy   Report after each round: puts written or given up, flushes done, counters, log lines, and
-                      the CallEnd of each final record taken (call_end.py)
+                      Stop()                                     consume the journal to its end, report, exit
+    writer -> proxy   Report after each round: how far the journal is consumed, flushes done, counters, log lines,
+                      and the CallEnd of each final record taken (call_end.py)
 
-A `Put` carries one put of a record: a call's capture in its own encoding (`Capture.encode`: the writer derives the
-record from it) or a record as its JSON (what tests and tools put). `encode` and `decode` are the two ends.
+An entry carries one put of a record: a call's capture in its own encoding (`Capture.encode`: the writer derives the
+record from it) or a record as its JSON (what tests and tools put). `entry` and `decode` are the two ends.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +26,7 @@ from typing import Any
 from anthropic_proxy.record.call_end import CallEnd
 from anthropic_proxy.record.capture import Capture
 from anthropic_proxy.record.derive import to_stored
+from anthropic_proxy.record.masking import mask_bytes, mask_text
 from anthropic_proxy.record.model import Record
 from anthropic_proxy.record.pricing import PriceBook
 from anthropic_proxy.telemetry.tracing import TraceConfig
@@ -41,32 +46,24 @@ class WriterSettings:
     legacy: bool  # v2 rows are waiting to be rewritten in the v3 form
     prune_every: int  # PRUNE_EVERY and HEARTBEAT_SECONDS as they were when the store started (tests lower them)
     heartbeat_seconds: float
+    batch_bytes: int  # how much of the journal one transaction takes at most (the writer's memory follows it)
     trace: TraceConfig | None = None  # an OpenTelemetry span per call, made here (tracing.py)
+    journal: Path | None = None  # the journal's directory (store/journal/): set by WriterProcess
 
 
 @dataclass(frozen=True, slots=True)
-class Put:
-    """One put of a record: the `seq` of the put (the latest of a record wins), and its bytes, in pieces (a
-    capture's are its own bytes, not copied until they are sent)."""
-
-    record_id: str
-    seq: int
-    capture: bool  # `data` is a capture's encoding; else a record's JSON
-    data: list[bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class Puts:
-    """A batch of puts, with the retention options as they are now (they change while the proxy runs)."""
+class Wake:
+    """The journal has entries the writer may not have read yet; the retention options as they are now (they change
+    while the proxy runs)."""
 
     max_records: int
     retention_days: float
-    items: list[Put]
 
 
 @dataclass(frozen=True, slots=True)
 class Flush:
     token: int
+    seq: int  # the journal's last entry when the flush was asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,16 +76,14 @@ class Stop:
     pass
 
 
-Message = Puts | Flush | Trace | Stop
+Message = Wake | Flush | Trace | Stop
 
 
 @dataclass(slots=True)
 class Report:
-    """The writer's answer after each round: which puts are in the database, which are given up, the flushes
-    done, and its counters."""
+    """The writer's answer after each round: how far the journal is consumed, the flushes done, and its counters."""
 
-    written: list[tuple[str, int]] = field(default_factory=list)  # (record id, seq)
-    dropped: list[tuple[str, int]] = field(default_factory=list)
+    consumed: int = 0  # every journal entry before this seq is in the database (or given up); 0: not known yet
     flushed: list[int] = field(default_factory=list)
     write_errors: int = 0
     last_write_error: str | None = None
@@ -99,23 +94,53 @@ class Report:
     ends: list[CallEnd] = field(default_factory=list)  # the final records taken this round (see call_end.py)
 
 
-def encode(item: Record | Capture, seq: int) -> Put:
-    """What the writer is sent of a put: a capture in its own compact encoding, a record as its JSON (a lone
-    surrogate, which UTF-8 cannot hold, goes as a JSON escape)."""
+_CAPTURE, _RECORD = b"C", b"R"  # an entry's first byte: what its bytes are
+
+
+def entry(item: Record | Capture) -> bytes:
+    """A put as a journal entry: a capture in its own compact encoding, a record as its JSON (a lone surrogate,
+    which UTF-8 cannot hold, goes as a JSON escape)."""
     if isinstance(item, Capture):
-        return Put(item.id, seq, True, item.encode_parts())
+        return _CAPTURE + item.encode()
     try:
         data = item.model_dump_json(by_alias=True).encode()
     except ValueError:
         data = json.dumps(item.model_dump(mode="json", by_alias=True)).encode()
-    return Put(item.id, seq, False, [data])
+    return _RECORD + data
 
 
-def decode(put: Put, prices: PriceBook | None = None) -> tuple[Record, dict[str, Any]]:
-    """A put's record, and its JSON data (`model_dump(mode="json", by_alias=True)`) for `prepare`: a capture's is
+def masked(payload: bytes) -> bytes:
+    """An entry with every key-like token masked, as the store keeps it: what the journal writes to disk (its
+    flusher thread calls this, off the event loop). Most entries hold none, and pass as they are."""
+    if b"sk-" not in payload and b"earer" not in payload:
+        return payload
+    if payload[:1] != _CAPTURE:
+        return mask_bytes(payload)
+    try:
+        capture = Capture.decode(payload[1:])
+    except ValueError:  # (the writer says it cannot be stored; masked all the same)
+        return mask_bytes(payload)
+    optional = lambda data: None if data is None else mask_bytes(data)  # noqa: E731
+    capture = dataclasses.replace(
+        capture, path=mask_text(capture.path), request=mask_bytes(capture.request),
+        upstream_request=optional(capture.upstream_request), response=optional(capture.response),
+        upstream_response=optional(capture.upstream_response),
+        client_log=[(t_ms, mask_bytes(data)) for t_ms, data in capture.client_log],
+        upstream_log=[(t_ms, mask_bytes(data)) for t_ms, data in capture.upstream_log])
+    return _CAPTURE + capture.encode()
+
+
+def item_of(payload: bytes) -> Record | Capture:
+    """`entry`'s put, as it was put (what `Store.get` shows of a put not yet written)."""
+    if payload[:1] == _CAPTURE:
+        return Capture.decode(payload[1:])
+    return Record.model_validate(fastjson.loads(payload[1:]))
+
+
+def decode(payload: bytes, prices: PriceBook | None = None) -> tuple[Record, dict[str, Any]]:
+    """An entry's record, and its JSON data (`model_dump(mode="json", by_alias=True)`) for `prepare`: a capture's is
     derived here (`derive.to_stored`, priced with `prices`)."""
-    payload = b"".join(put.data)
-    if put.capture:
-        return to_stored(Capture.decode(payload), prices)
-    data = fastjson.loads(payload)
+    if payload[:1] == _CAPTURE:
+        return to_stored(Capture.decode(payload[1:]), prices)
+    data = fastjson.loads(payload[1:])
     return Record.model_validate(data), data
