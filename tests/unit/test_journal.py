@@ -442,3 +442,30 @@ def test_a_journal_deleted_under_its_appender_goes_on_in_a_new_directory(journal
     batch = read_all(directory, position)
     assert [(e.seq, e.payload) for e in batch.entries] == [(2, b"after")]
     assert batch.problems == []
+
+
+KEY = "sk-ant-api03-" + "Zq7" * 14 + "-end9"
+
+
+def test_an_entry_holds_no_key_anywhere_a_call_could_carry_one():
+    from anthropic_proxy.record.capture import Capture, Ending
+    from anthropic_proxy.record.model import Attempt
+    from anthropic_proxy.store.writer.protocol import entry, masked
+
+    carried = Capture(
+        id="r1", started=1.0, method="POST", path=f"/v1/messages?key={KEY}", request_headers={},
+        request=f'{{"note": "{KEY}"}}'.encode(), upstream_request=f"Bearer {KEY}".encode(), streamed=True,
+        client_log=[(1.0, b"event: a\n"), (2.0, f"data: {KEY}\n\n".encode())],
+        attempts=[Attempt(provider="p", error=f"refused {KEY}")],
+        ending=Ending("failed", f"upstream said {KEY}", "api_error"))
+    written = masked(entry(carried))
+    assert KEY[12:-4].encode() not in written
+    back = Capture.decode(written[1:])
+    assert back.client_log[0] == (1.0, b"event: a\n") and back.request.startswith(b'{"note": "sk-ant-api')
+    assert back.ending is not None and back.ending.error_type == "api_error"
+
+    # what a Claude Code request holds (masked header values, "sk-" and "clearer" in prose) goes as it is
+    plain = entry(Capture(id="r2", started=1.0, method="POST", path="/v1/messages",
+                          request_headers={"x-api-key": "sk-ant-api...end9"},
+                          request=b'{"text": "a risk-first plan, clearer than a bearer of news"}'))
+    assert masked(plain) is plain

@@ -5,8 +5,9 @@
 
 The flusher thread frames what was appended (checksums), writes it to the newest segment with one `writev` per
 batch (the OS's page cache keeps it from then on: a SIGKILL of the process loses nothing written; nothing is
-fsynced), starts a new segment past `segment_bytes`, and calls `on_written(last seq)`. It is woken by each append,
-so an entry reaches the OS within a thread switch of its append while the disk takes writes.
+fsynced), starts a new segment past `segment_bytes`, and calls `on_written(last seq)`. It gathers what is appended
+for `GATHER_SECONDS` after the first append it sees, so an entry reaches the OS within that (and the time to write
+it) while the disk takes writes; `flush` has it written at once.
 
 When the disk refuses (full, read-only, `max_bytes` reached) the entries wait in memory, up to `backlog_bytes`, and
 the flusher retries every `retry_seconds`; appends past that bound are dropped and counted (`lost`): a call never
@@ -47,6 +48,7 @@ from anthropic_proxy.store.journal.format import (
 SEGMENT_BYTES = 64 << 20  # a segment is closed and a new one begun past this size
 BACKLOG_BYTES = 32 << 20  # payloads held in memory while the disk refuses writes
 RETRY_SECONDS = 1.0
+GATHER_SECONDS = 0.05  # the flusher gathers appends this long before it writes them (a flush does not wait)
 _MARK_BYTES = 1 << 20  # `read` scans at most about this much of a segment to find an entry
 _MAX_IOV = 512  # entries per writev (two buffers each; the OS allows 1024)
 
@@ -104,7 +106,8 @@ class Journal:
         self._carry: list[tuple[int, bytes]] = []  # taken from the queue, not yet written (a failed write)
         self._lock = threading.Lock()  # the queue, seqs and the backlog
         self._done = threading.Condition()  # written_seq moved
-        self._wake = threading.Event()  # something was appended (or a flush wants it written now)
+        self._wake = threading.Event()  # something was appended
+        self._urgent = threading.Event()  # a flush (or close) wants it written now
         self._stop = threading.Event()
         self._retry_at = 0.0
         self._new_segment_safely()
@@ -154,6 +157,7 @@ class Journal:
         """Wait until everything appended so far is written; False if it is not after `timeout` seconds."""
         with self._lock:
             target = self._next_seq - 1
+        self._urgent.set()
         self._wake.set()
         with self._done:
             return self._done.wait_for(lambda: self.written_seq >= target, timeout)
@@ -163,6 +167,7 @@ class Journal:
         how many entries could not be written."""
         self.flush(timeout)
         self._stop.set()
+        self._urgent.set()
         self._wake.set()
         self._thread.join(timeout=max(1.0, timeout))
         if self._fd is not None:
@@ -212,9 +217,11 @@ class Journal:
         while True:
             if self.last_error is None:
                 self._wake.wait()
+                self._urgent.wait(GATHER_SECONDS)  # (one write, and one thread switch, for a moment's appends)
             elif (delay := self._retry_at - time.monotonic()) > 0:  # (retries go at their pace, whatever wakes)
                 self._stop.wait(delay)
             self._wake.clear()
+            self._urgent.clear()
             try:
                 self._write_all()
             except Exception as exc:  # a bug must not end the thread: appends would only pile up

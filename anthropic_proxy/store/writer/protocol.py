@@ -101,7 +101,7 @@ def entry(item: Record | Capture) -> bytes:
     """A put as a journal entry: a capture in its own compact encoding, a record as its JSON (a lone surrogate,
     which UTF-8 cannot hold, goes as a JSON escape)."""
     if isinstance(item, Capture):
-        return _CAPTURE + item.encode()
+        return b"".join((_CAPTURE, *item.encode_parts()))
     try:
         data = item.model_dump_json(by_alias=True).encode()
     except ValueError:
@@ -111,8 +111,13 @@ def entry(item: Record | Capture) -> bytes:
 
 def masked(payload: bytes) -> bytes:
     """An entry with every key-like token masked, as the store keeps it: what the journal writes to disk (its
-    flusher thread calls this, off the event loop). Most entries hold none, and pass as they are."""
-    if b"sk-" not in payload and b"earer" not in payload:
+    flusher thread calls this, off the event loop). Most entries hold no key: one look for the keys' literals
+    through the whole entry says so, and it is written as it is (the same object).
+
+    A capture's parts are masked one by one, as the store masks them: a key cut in two by a chunk boundary is
+    no key to either. (A part's match is a match in the whole entry too, but for a bearer token of exactly 16
+    characters that ends in "." where the next part starts with ".": the store's writer masks that one.)"""
+    if mask_bytes(payload) is payload:
         return payload
     if payload[:1] != _CAPTURE:
         return mask_bytes(payload)
@@ -121,13 +126,17 @@ def masked(payload: bytes) -> bytes:
     except ValueError:  # (the writer says it cannot be stored; masked all the same)
         return mask_bytes(payload)
     optional = lambda data: None if data is None else mask_bytes(data)  # noqa: E731
+    ending = capture.ending
     capture = dataclasses.replace(
         capture, path=mask_text(capture.path), request=mask_bytes(capture.request),
         upstream_request=optional(capture.upstream_request), response=optional(capture.response),
         upstream_response=optional(capture.upstream_response),
         client_log=[(t_ms, mask_bytes(data)) for t_ms, data in capture.client_log],
-        upstream_log=[(t_ms, mask_bytes(data)) for t_ms, data in capture.upstream_log])
-    return _CAPTURE + capture.encode()
+        upstream_log=[(t_ms, mask_bytes(data)) for t_ms, data in capture.upstream_log],
+        ending=ending and dataclasses.replace(ending, message=ending.message and mask_text(ending.message)),
+        attempts=[attempt.model_copy(update={"error": attempt.error and mask_text(attempt.error)})
+                  for attempt in capture.attempts])
+    return entry(capture)
 
 
 def item_of(payload: bytes) -> Record | Capture:
