@@ -358,23 +358,28 @@ def explain_around(db: Connection, record_ids: list[str], book: PriceBook,
                    on_error: Callable[[str, Exception], None]) -> None:
     """Explain the written records' cache breaks, and again those of the calls that follow them (written earlier
     perhaps, against other previous calls). Inside the caller's transaction; a record that cannot be explained
-    keeps none (`on_error` hears why) and never stops the write."""
+    keeps none (`on_error` hears why) and never stops the write. Each call is explained once per write: the
+    records of one batch follow each other, and an explanation reads only the calls before it, which are all
+    written by now."""
+    targets: dict[str, tuple[tuple[Any, ...], str | None, str | None]] = {}  # id -> (row, session, head)
     for record_id in record_ids:
         row = db.execute(f"SELECT {_CALL_COLUMNS}, status, session, cache_head FROM records WHERE id = ?",
                          (record_id,)).fetchone()
         if row is None or row[-1] is None or row[2] is None:
             continue
         *call_row, status, session, head = row
-        targets = [tuple(call_row)] if status == "success" else []
-        targets += _neighbours(db, tuple(call_row), session, head, later=True)  # none when written in order
-        for target in targets:
-            try:
-                _explain_one(db, target, session, head, book)
-            except db.dialect.errors:
-                raise  # the database's own trouble: the whole write fails and is retried
-            except Exception as exc:  # an odd body, a bug: that record has no explanation
-                db.execute(_SET, (None, None, None, target[0]))
-                on_error(target[0], exc)
+        if status == "success":
+            targets[record_id] = (tuple(call_row), session, head)
+        for later in _neighbours(db, tuple(call_row), session, head, later=True):  # none when written in order
+            targets.setdefault(later[0], (later, session, head))
+    for target_id, (target, session, head) in targets.items():
+        try:
+            _explain_one(db, target, session, head, book)
+        except db.dialect.errors:
+            raise  # the database's own trouble: the whole write fails and is retried
+        except Exception as exc:  # an odd body, a bug: that record has no explanation
+            db.execute(_SET, (None, None, None, target_id))
+            on_error(target_id, exc)
 
 
 def _explain_one(db: Connection, row: tuple[Any, ...], session: str | None, head: str | None,
