@@ -7,6 +7,7 @@
     statistics.py  the monitor's figures (`Store.aggregate`, `Store.analyze`)
     rows.py        a record as rows (every writer's), retention, collection of unused pieces
     writer/        the writer process (protocol.py, the proxy side process.py, the child child.py)
+    threads.py     the store's threads in the proxy: a log they survive, a loop started again if it ends
     journal/       what the proxy puts, on disk until the writer has written it (docs/journal.md); consumed.py:
                    how far the writer is, kept with the rows
     dialects.py    SQLite and what PostgreSQL spells differently (postgres.py); schema.py: the migrations

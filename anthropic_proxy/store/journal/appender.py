@@ -44,6 +44,7 @@ from anthropic_proxy.store.journal.format import (
     segment_numbers,
     segment_path,
 )
+from anthropic_proxy.store.threads import log_safely
 
 SEGMENT_BYTES = 64 << 20  # a segment is closed and a new one begun past this size
 BACKLOG_BYTES = 32 << 20  # payloads held in memory while the disk refuses writes
@@ -51,16 +52,6 @@ RETRY_SECONDS = 1.0
 GATHER_SECONDS = 0.05  # the flusher gathers appends this long before it writes them (a flush does not wait)
 _MARK_BYTES = 1 << 20  # `read` scans at most about this much of a segment to find an entry
 _MAX_IOV = 512  # entries per writev (two buffers each; the OS allows 1024)
-
-
-logger = logging.getLogger("anthropic_proxy.store")
-
-
-def _log(message: str, *, exc_info: bool = False) -> None:
-    """Log from the flusher thread, which must survive its log (mitmproxy's terminal log exits when it cannot
-    print)."""
-    with contextlib.suppress(BaseException):
-        logger.error(message, exc_info=exc_info)
 
 
 class JournalBusy(RuntimeError):
@@ -228,7 +219,7 @@ class Journal:
                 self.write_errors += 1
                 self.last_error = f"{self.directory}: {exc!r}"
                 self._retry_at = time.monotonic() + self.retry_seconds
-                _log("journal: writing failed unexpectedly", exc_info=True)
+                log_safely(logging.ERROR, "journal: writing failed unexpectedly", exc_info=True)
             if self._stop.is_set():
                 return
 
@@ -291,7 +282,7 @@ class Journal:
         try:
             return self._transform(payload)
         except Exception:  # (a payload the transform cannot read is written as it is)
-            _log("journal: an entry could not be transformed", exc_info=True)
+            log_safely(logging.ERROR, "journal: an entry could not be transformed", exc_info=True)
             return payload
 
     def _write_frames(self, frames: list[bytes], first_seq: int) -> int:
@@ -386,7 +377,7 @@ class Journal:
             try:
                 self._on_written(self.written_seq)
             except Exception:  # (the entries are written all the same)
-                _log("journal: on_written failed", exc_info=True)
+                log_safely(logging.ERROR, "journal: on_written failed", exc_info=True)
 
 
 class _Cut(OSError):

@@ -12,14 +12,13 @@ the journal (store/journal/, docs/journal.md).
 
 Memory does not grow with the writer's backlog: that waits on disk. No put is lost to the hand-over: the writer
 stores its position in the journal with the rows it wrote, so a writer process that dies is replaced by one that goes
-on from there. The journal's own bounds (a full disk) are in appender.py. The threads' log lines go through a guard
-(mitmproxy's terminal log calls `sys.exit(1)` when it cannot print), and a thread that ends anyway is started again.
+on from there. The journal's own bounds (a full disk) are in appender.py. The threads log through `threads.log_safely`,
+and a thread that ends anyway is started again (`threads.start_supervised`).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import itertools
 import logging
@@ -35,12 +34,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Channel
 from pathlib import Path
-from typing import Any
 
 from anthropic_proxy.record.call_end import CallEnd
 from anthropic_proxy.record.capture import Capture
 from anthropic_proxy.record.model import Record
 from anthropic_proxy.store.journal import Journal, JournalBusy
+from anthropic_proxy.store.threads import log_safely, start_supervised
 from anthropic_proxy.store.writer.protocol import (
     Flush,
     Message,
@@ -55,19 +54,10 @@ from anthropic_proxy.store.writer.protocol import (
 )
 from anthropic_proxy.telemetry.tracing import TraceConfig
 
-logger = logging.getLogger("anthropic_proxy.store")
-
 BATCH_SECONDS = 0.05  # how long the sender gathers puts before sending them
 PENDING_DELAY = 0.25  # a pending record is written only if its call is still running this much later
 MAX_HELD = 100_000  # puts in the journal that `get` can read back (the newest; older ones are still written)
 _RESTART_PAUSE = 1.0  # between two starts of a writer process that keeps dying
-
-
-def _log(level: int, message: str, *args: Any, exc_info: bool = False) -> None:
-    """Log from the store's threads, which must survive their log: mitmproxy's terminal log calls `sys.exit(1)`
-    when it cannot print (a full disk under the log, a closed pipe), which would end the thread, not the proxy."""
-    with contextlib.suppress(BaseException):  # (nowhere left to say it)
-        logger.log(level, message, *args, exc_info=exc_info)
 
 
 @dataclass(slots=True)
@@ -238,7 +228,7 @@ class WriterProcess:
                 self._process.kill()
         unwritten = self.journal.close()
         if unwritten:
-            _log(logging.ERROR, "store: %d record(s) could not be put in the journal before shutdown", unwritten)
+            log_safely(logging.ERROR, "store: %d record(s) could not be put in the journal before shutdown", unwritten)
         if self._private is not None:
             shutil.rmtree(self._private, ignore_errors=True)
 
@@ -247,7 +237,7 @@ class WriterProcess:
             try:
                 return Journal(directory, backlog_bytes=backlog_bytes, on_written=self._written, transform=masked)
             except JournalBusy:
-                _log(logging.WARNING, "store: another process appends to the journal in %s; this one keeps a "
+                log_safely(logging.WARNING, "store: another process appends to the journal in %s; this one keeps a "
                      "journal of its own, which a crash would lose", directory)
         self._private = Path(tempfile.mkdtemp(prefix="anthropic-proxy-journal-"))
         return Journal(self._private, backlog_bytes=backlog_bytes, on_written=self._written, transform=masked)
@@ -259,7 +249,7 @@ class WriterProcess:
         self._ended.discard(record_id)
         if seq is None:  # (counted by the journal: its memory bound is reached while its disk refuses)
             if self.journal.lost == 1 or self.journal.lost % 1000 == 0:
-                _log(logging.ERROR, "store: %d record(s) lost: the journal in %s cannot write (%s)",
+                log_safely(logging.ERROR, "store: %d record(s) lost: the journal in %s cannot write (%s)",
                      self.journal.lost, self.journal.directory, self.journal.last_error)
             return
         self.held[record_id] = seq  # (at the end: `held` runs in journal order)
@@ -279,33 +269,17 @@ class WriterProcess:
 
     def _lose(self, record_id: str) -> None:
         self._lost += 1
-        _log(logging.ERROR, "store: record %s cannot be stored", record_id, exc_info=True)
+        log_safely(logging.ERROR, "store: record %s cannot be stored", record_id, exc_info=True)
 
     # --- threads -----------------------------------------------------------------------------------
 
     def _thread(self, loop: Callable[[], None], name: str) -> threading.Thread:
-        thread = threading.Thread(target=self._supervised, args=(loop, name), name=f"anthropic-proxy-store-{name}",
-                                  daemon=True)
-        thread.start()
-        return thread
-
-    def _supervised(self, loop: Callable[[], None], name: str) -> None:
-        """Run a thread's loop, and run it again if it fails: whatever ends it (a bug, a `SystemExit` that a log
-        handler raised) must not leave records in memory for good. /health says it happened."""
-        while True:
-            try:
-                loop()
-                return
-            except BaseException as exc:
-                if self._closing:
-                    return
-                self._thread_failed(name, repr(exc))
-                time.sleep(0.1)  # (a loop that fails at once must not spin)
+        return start_supervised(loop, name, closing=lambda: self._closing, failed=self._thread_failed)
 
     def _thread_failed(self, name: str, why: str) -> None:
         self.thread_restarts += 1
         self.last_thread_error = f"the store's {name} thread failed ({why}) and was started again"
-        _log(logging.ERROR, "store: %s", self.last_thread_error)
+        log_safely(logging.ERROR, "store: %s", self.last_thread_error)
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair()
@@ -326,7 +300,7 @@ class WriterProcess:
         self.restarts += 1
         # /health says degraded until the new process reports (its first report sets the writer's own state)
         self._writer_error = f"the store's writer process stopped (exit code {code})"
-        _log(logging.ERROR, "store: %s; starting another", self._writer_error)
+        log_safely(logging.ERROR, "store: %s; starting another", self._writer_error)
         if self._channel is not None:
             self._channel.close()
         time.sleep(max(0.0, self._started_at + _RESTART_PAUSE - time.monotonic()))
@@ -439,4 +413,4 @@ class WriterProcess:
             if (done := self._flushes.pop(token, None)) is not None:
                 done.set()
         for level, message in report.logs:  # last: the report has taken effect whatever logging does
-            _log(level, message)
+            log_safely(level, message)
