@@ -25,7 +25,7 @@ from typing import Any, Literal
 import orjson
 
 from anthropic_proxy.record.model import Attempt
-from anthropic_proxy.record.stream_log import StreamLog
+from anthropic_proxy.record.stream_log import StreamLog, log_size
 
 MAGIC = b"APcp"
 VERSION = 1
@@ -72,6 +72,21 @@ class Capture:
     ending: Ending | None = None
     reported_cost: float | None = None  # USD, as the provider reported it (OpenRouter's usage.cost)
     catalog_price: dict[str, Any] | None = None  # the model catalogue's price of the upstream model
+    # The sizes as they passed, kept only where the bytes above are not those bytes (the journal masks keys)
+    request_size: int | None = None
+    response_size: int | None = None
+
+    @property
+    def request_bytes(self) -> int:
+        """The size of the client's request as it passed."""
+        return len(self.request) if self.request_size is None else self.request_size
+
+    @property
+    def response_bytes(self) -> int:
+        """The size of the answer the client got as it passed: the stream's, or the whole answer's."""
+        if self.response_size is not None:
+            return self.response_size
+        return log_size(self.client_log) if self.streamed else len(self.response or b"")
 
     def encode(self) -> bytes:
         """This capture as bytes (`decode` reads them). Safe while the call still runs: the logs are read once."""
@@ -92,6 +107,7 @@ class Capture:
             "ttfbMs": self.ttfb_ms, "durationMs": self.duration_ms,
             "ending": [ending.kind, ending.message, ending.error_type] if ending is not None else None,
             "reportedCost": self.reported_cost, "catalogPrice": self.catalog_price,
+            "requestSize": self.request_size, "responseSize": self.response_size,
             "fields": [None if data is None else len(data) for data in fields],
             "clientLog": [[t_ms for t_ms, _ in client], [len(data) for _, data in client]],
             "upstreamLog": [[t_ms for t_ms, _ in upstream], [len(data) for _, data in upstream]],
@@ -140,4 +156,5 @@ class Capture:
             response=response, client_log=client, upstream_log=upstream, upstream_response=upstream_response,
             ttfb_ms=header["ttfbMs"], duration_ms=header["durationMs"],
             ending=Ending(*ending) if ending is not None else None,
-            reported_cost=header["reportedCost"], catalog_price=header["catalogPrice"])
+            reported_cost=header["reportedCost"], catalog_price=header["catalogPrice"],
+            request_size=header.get("requestSize"), response_size=header.get("responseSize"))

@@ -38,7 +38,7 @@ from anthropic_proxy.record.model import (
     single_attempt,
 )
 from anthropic_proxy.record.pricing import PriceBook, apply_cost
-from anthropic_proxy.record.stream_log import StreamReader, log_size
+from anthropic_proxy.record.stream_log import StreamReader
 from anthropic_proxy.wire.accumulate import MessageAccumulator
 from anthropic_proxy.wire.codings import codings_of
 
@@ -102,7 +102,7 @@ def _derive(capture: Capture, prices: PriceBook | None, call: Call | None, clien
         upstream_request=parse_body(capture.upstream_request), route=capture.route_match,
         upstream_response=parse_body(capture.upstream_response))
     metrics = record.metrics
-    metrics.request_bytes, metrics.duration_ms = len(capture.request), capture.duration_ms
+    metrics.request_bytes, metrics.duration_ms = capture.request_bytes, capture.duration_ms
     if capture.status is not None:
         record.response = HttpResponsePart(status=capture.status, headers=capture.response_headers)
     ending = capture.ending
@@ -121,14 +121,14 @@ def _derive(capture: Capture, prices: PriceBook | None, call: Call | None, clien
             reader.finish(log)
             upstream.finish(upstream_log)
         chunks, upstream_chunks = reader.chunks, upstream.chunks
-        _take_stream(record, reader.accumulator, reader.count, log_size(log), reader.first_event_ms)
+        _take_stream(record, reader.accumulator, reader.count, capture.response_bytes, reader.first_event_ms)
         error_event = reader.accumulator.error
         if ending is not None and ending.kind == "completed":
             outcome = _stream_outcome(reader.accumulator, reader.undecodable)
     else:
         metrics.ttfb_ms = capture.ttfb_ms
         if ending is not None and ending.kind == "completed":
-            outcome = _take_response(record, capture.response)
+            outcome = _take_response(record, capture.response, capture.response_bytes)
     if ending is not None and ending.kind != "completed":
         outcome = _broken_off(ending.kind, ending.message or "", ending.error_type, error_event)
     if not as_json:
@@ -165,11 +165,11 @@ def _stream_outcome(accumulator: MessageAccumulator, undecodable: str | None) ->
     return "success", None
 
 
-def _take_response(record: Record, content: bytes | None) -> tuple[Status, RecordError | None]:
+def _take_response(record: Record, content: bytes | None, size: int) -> tuple[Status, RecordError | None]:
     """What a whole (not streamed) answer tells of its record, `record.response` having its status: its body, size,
     message, usage and stop reason; and the outcome."""
     assert record.response is not None  # (the exchange records the status at the latest at the end)
-    record.metrics.response_bytes = len(content or b"")
+    record.metrics.response_bytes = size
     parsed = record.response.body = parse_body(content)
     status = record.response.status or 0
     if not 200 <= status < 300:

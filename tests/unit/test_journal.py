@@ -449,6 +449,7 @@ KEY = "sk-ant-api03-" + "Zq7" * 14 + "-end9"
 
 def test_an_entry_holds_no_key_anywhere_a_call_could_carry_one():
     from anthropic_proxy.record.capture import Capture, Ending
+    from anthropic_proxy.record.derive import to_record
     from anthropic_proxy.record.model import Attempt
     from anthropic_proxy.store.writer.protocol import entry, masked
 
@@ -463,6 +464,10 @@ def test_an_entry_holds_no_key_anywhere_a_call_could_carry_one():
     back = Capture.decode(written[1:])
     assert back.client_log[0] == (1.0, b"event: a\n") and back.request.startswith(b'{"note": "sk-ant-api')
     assert back.ending is not None and back.ending.error_type == "api_error"
+    # the sizes are those that passed, not those of the masked bytes
+    assert len(back.request) < len(carried.request) and back.request_bytes == len(carried.request)
+    assert back.response_bytes == sum(len(data) for _, data in carried.client_log)
+    assert to_record(back).metrics.request_bytes == len(carried.request)
 
     # what a Claude Code request holds (masked header values, "sk-" and "clearer" in prose) goes as it is
     plain = entry(Capture(id="r2", started=1.0, method="POST", path="/v1/messages",

@@ -128,7 +128,8 @@ def masked(payload: bytes) -> bytes:
     optional = lambda data: None if data is None else mask_bytes(data)  # noqa: E731
     ending = capture.ending
     capture = dataclasses.replace(
-        capture, path=mask_text(capture.path), request=mask_bytes(capture.request),
+        capture, request_size=capture.request_bytes, response_size=capture.response_bytes,  # (as they passed)
+        path=mask_text(capture.path), request=mask_bytes(capture.request),
         upstream_request=optional(capture.upstream_request), response=optional(capture.response),
         upstream_response=optional(capture.upstream_response),
         client_log=[(t_ms, mask_bytes(data)) for t_ms, data in capture.client_log],
