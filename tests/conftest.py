@@ -12,6 +12,8 @@ Fixtures (see also the helpers on `ProxyProcess`):
   `x-test-tag: <test_tag>`; each request the SDK puts on the wire is appended to `sent_requests`.
 - `make_client(**kwargs)`: more SDK clients on the same `proxy`/`sent_requests` (e.g. max_retries=2).
 - `postgres` (session): a throwaway PostgreSQL server (`fakes.postgres.PostgresServer`), started on first use.
+- `tmpfs`: `tmpfs(size)` mounts a real filesystem of that size (e.g. "2m"; tmpfs: the suite runs as root, as CI
+  does) in the test's dir, to fill up; unmounted at the end.
 - `store_url`: parametrises a test over both store backends: "" (SQLite in the test's dir) or the URL of a fresh
   PostgreSQL database (with a password in it, which must never show).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -176,3 +179,19 @@ def pytest_runtest_makereport(item, call):
                     with contextlib.suppress(Exception):
                         report.sections.append((f"proxy logs ({p.url})", p.logs(tail=6000)))
     return report
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        point = tmp_path / f"disk{len(mounts)}"
+        point.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], check=True)
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], check=False)

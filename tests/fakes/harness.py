@@ -209,6 +209,25 @@ class ProxyProcess:
             proc.kill()
             return proc.wait(5)
 
+    def writer_pid(self, timeout: float = 10.0) -> int:
+        """The store's writer process: this proxy's child running anthropic_proxy.store.writer (a killed one is
+        replaced a moment later: waited for up to `timeout` seconds)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    cmdline = (entry / "cmdline").read_bytes()
+                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if ppid == self.proc.pid and b"anthropic_proxy.store.writer" in cmdline:
+                    return int(entry.name)
+            time.sleep(0.1)
+        raise AssertionError("no store writer process")
+
     def restart(self, *, timeout: float = 15.0) -> ProxyProcess:
         """Stop (SIGTERM) and start again on the same port, state_dir and confdir."""
         self.stop()

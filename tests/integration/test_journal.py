@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -24,26 +23,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
-
-
-def writer_pid(proxy: ProxyProcess, timeout: float = 10) -> int:
-    """The store's writer process: the proxy's child running anthropic_proxy.store.writer (a killed one is
-    replaced a moment later)."""
-    assert proxy.proc is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid == proxy.proc.pid and b"anthropic_proxy.store.writer" in cmdline:
-                return int(entry.name)
-        time.sleep(0.1)
-    raise AssertionError("no store writer process")
 
 
 async def calls(url: str, tags: list[str], done: dict[str, float], concurrency: int = 10,
@@ -111,7 +90,7 @@ def test_memory_stays_bounded_while_the_writer_is_stopped(start_proxy, test_tag)
     warm_up = [f"{test_tag}-warm-{i}" for i in range(200)]
     asyncio.run(calls(proxy.url, warm_up, {}))
     wait_stored(proxy, len(warm_up))
-    writer = writer_pid(proxy)
+    writer = proxy.writer_pid()
     before = rss_mb(proxy.proc.pid) + rss_mb(writer)
     os.kill(writer, signal.SIGSTOP)
     try:
@@ -137,7 +116,7 @@ def test_a_killed_writer_loses_nothing(start_proxy, test_tag, load):
     for _ in range(2):
         while len(done) < 100 * (_ + 1):
             time.sleep(0.01)
-        os.kill(writer_pid(proxy), signal.SIGKILL)
+        os.kill(proxy.writer_pid(), signal.SIGKILL)
         time.sleep(0.5)  # (a new writer is started)
     thread.join(timeout=60)
     assert len(done) == len(tags)
@@ -155,7 +134,7 @@ def test_a_killed_proxy_loses_no_call_that_completed_a_second_before(start_proxy
     thread, done, stop = load(proxy.url, tags)
     while len(done) < 200:
         time.sleep(0.01)
-    writer = writer_pid(proxy)
+    writer = proxy.writer_pid()
     os.kill(writer, signal.SIGSTOP)  # (the writer behind: the journal must hold what the database has not)
     time.sleep(1.5)
     proxy.proc.send_signal(signal.SIGKILL)
@@ -178,7 +157,7 @@ def test_a_killed_proxy_loses_no_call_that_completed_a_second_before(start_proxy
 def test_a_torn_journal_tail_is_skipped_and_said(start_proxy, test_tag):
     proxy = start_proxy()
     assert proxy.proc is not None
-    writer = writer_pid(proxy)
+    writer = proxy.writer_pid()
     os.kill(writer, signal.SIGSTOP)
     tags = [f"{test_tag}-{i}" for i in range(3)]
     asyncio.run(calls(proxy.url, tags, {}, concurrency=1))
@@ -196,17 +175,8 @@ def test_a_torn_journal_tail_is_skipped_and_said(start_proxy, test_tag):
         time.sleep(0.1)
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 8 MiB filesystem (tmpfs; the suite runs as root, as CI does)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def test_a_full_disk_keeps_calls_flowing_and_records_resume(fake_anthropic, tmp_path, test_tag, tiny_disk, request):
+def test_a_full_disk_keeps_calls_flowing_and_records_resume(fake_anthropic, tmp_path, test_tag, tmpfs, request):
+    tiny_disk = tmpfs("8m")
     proxy = ProxyProcess(workdir=tmp_path, upstream=fake_anthropic.url)
     proxy.state_dir = tiny_disk / "state"
     proxy.start()

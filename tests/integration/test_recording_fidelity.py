@@ -178,22 +178,6 @@ def test_the_live_monitor_masks_keys_in_the_path_and_the_text(odd_proxy, test_ta
 
 
 # ---- store faults -----------------------------------------------------------------------------------------------
-def writer_pid(proxy: ProxyProcess) -> int:
-    """The store's writer process: the proxy's child running anthropic_proxy.store.writer."""
-    assert proxy.proc is not None
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == proxy.proc.pid and b"anthropic_proxy.store.writer" in cmdline:
-            return int(entry.name)
-    raise AssertionError("no store writer process")
-
-
 def test_the_store_survives_a_log_that_cannot_be_written(proxy_factory, odd, test_tag) -> None:
     """Defect 7: mitmproxy's terminal log raises SystemExit when it cannot print (a closed pipe, a full disk).
     Every log line of a background thread raises so here (tests/fakes/failing_log.py): the store's threads must
@@ -201,7 +185,7 @@ def test_the_store_survives_a_log_that_cannot_be_written(proxy_factory, odd, tes
     proxy = proxy_factory(upstream=odd.url, extra_args=["-s", str(FAILING_LOG)])
     post(proxy, f"{test_tag}-1", stream=False)
     proxy.wait_record(by_tag(f"{test_tag}-1"))
-    os.kill(writer_pid(proxy), signal.SIGKILL)  # the receiver logs that, and starts another writer
+    os.kill(proxy.writer_pid(), signal.SIGKILL)  # the receiver logs that, and starts another writer
     time.sleep(0.3)
     post(proxy, f"{test_tag}-2", stream=False)
     deadline = time.monotonic() + 15

@@ -181,12 +181,17 @@ def frame_offsets(payloads: list[bytes]) -> list[int]:
     return offsets
 
 
-def test_a_bad_checksum_mid_file_skips_that_entry_only(directory: Path):
+def closed_journal(directory: Path, count: int) -> tuple[list[bytes], Path]:
+    """A journal holding entries 1..`count`, closed: their payloads, and its one segment."""
     journal = Journal(directory)
-    payloads = [payload(i) for i in range(1, 6)]
+    payloads = [payload(i) for i in range(1, count + 1)]
     append_all(journal, payloads)
     journal.close()
-    segment = segment_path(directory, segment_numbers(directory)[0])
+    return payloads, segment_path(directory, segment_numbers(directory)[0])
+
+
+def test_a_bad_checksum_mid_file_skips_that_entry_only(directory: Path):
+    payloads, segment = closed_journal(directory, 5)
     at = frame_offsets(payloads)[2]
     corrupt(segment, at + FRAME_HEADER.size + 10)
     batch = read_all(directory)
@@ -198,11 +203,7 @@ def test_a_bad_checksum_mid_file_skips_that_entry_only(directory: Path):
 
 
 def test_a_damaged_header_is_skipped_to_the_next_valid_frame(directory: Path):
-    journal = Journal(directory)
-    payloads = [payload(i) for i in range(1, 6)]
-    append_all(journal, payloads)
-    journal.close()
-    segment = segment_path(directory, segment_numbers(directory)[0])
+    payloads, segment = closed_journal(directory, 5)
     offsets = frame_offsets(payloads)
     corrupt(segment, offsets[1] + 5)  # entry 2's length: its header no longer checks
     batch = read_all(directory)
@@ -214,11 +215,7 @@ def test_a_damaged_header_is_skipped_to_the_next_valid_frame(directory: Path):
 
 
 def test_a_torn_tail_is_left_while_newest_then_skipped_once_a_new_segment_exists(directory: Path):
-    journal = Journal(directory)
-    payloads = [payload(i) for i in range(1, 4)]
-    append_all(journal, payloads)
-    journal.close()
-    segment = segment_path(directory, segment_numbers(directory)[0])
+    payloads, segment = closed_journal(directory, 3)
     torn = segment.stat().st_size - 5  # a crash cut the last frame's write short
     os.truncate(segment, torn)
     at = frame_offsets(payloads)[2]
@@ -298,17 +295,8 @@ def test_append_never_waits_while_writes_fail_and_everything_lands_after(directo
         journal.close()
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path):
-    """A real 1 MiB filesystem (tmpfs; the suite runs as root, as CI does)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def test_a_full_disk_holds_entries_in_memory_until_space_returns(tiny_disk: Path):
+def test_a_full_disk_holds_entries_in_memory_until_space_returns(tmpfs):
+    tiny_disk = tmpfs("1m")
     filler = tiny_disk / "filler"
     filler.write_bytes(b"\0" * (900 << 10))
     directory = tiny_disk / "journal"

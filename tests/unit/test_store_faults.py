@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from anthropic_proxy.store import DB_NAME, RecordFilter, Store
 
 from .test_store import make_record
@@ -41,17 +39,8 @@ def test_locked_database_keeps_records_and_writes_them_later(tmp_path: Path):
         store.close()
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path):
-    """A real 2 MiB filesystem (tmpfs; the suite runs as root, as CI does)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def test_full_disk_keeps_records_in_memory_until_space_returns(tiny_disk: Path):
+def test_full_disk_keeps_records_in_memory_until_space_returns(tmpfs):
+    tiny_disk = tmpfs("2m")
     store = Store(tiny_disk)
     try:
         filler = tiny_disk / "filler"
