@@ -5,9 +5,9 @@ Masking is idempotent: a masked key contains "..." and no longer matches the key
 
 Bodies are searched by hand-written code rather than `re.sub` over the whole text: every key pattern begins with a
 literal, which `str.find`/`bytes.find` locate at memory speed, and the pattern is then matched only there. `re`
-itself would step through a 100 KB Claude Code body a character at a time (a few hundred µs), and such bodies do
-contain "sk-" and "earer" ("clearer") in their prose; the proxy's journal checks every entry it writes, and the
-store's writer every record. Bytes are masked as bytes (no decoding): every pattern is ASCII.
+itself would step through a Claude Code body of hundreds of KB a character at a time, and such bodies do contain
+"sk-" and "earer" ("clearer") in their prose; the proxy's journal checks every entry it writes, and the store's
+writer every record. Bytes are masked as bytes (no decoding): every pattern is ASCII.
 """
 
 from __future__ import annotations
