@@ -117,14 +117,13 @@ def masked(payload: bytes) -> bytes:
     A capture's parts are masked one by one, as the store masks them: a key cut in two by a chunk boundary is
     no key to either. (A part's match is a match in the whole entry too, but for a bearer token of exactly 16
     characters that ends in "." where the next part starts with ".": the store's writer masks that one.)"""
-    if mask_bytes(payload) is payload:
-        return payload
-    if payload[:1] != _CAPTURE:
-        return mask_bytes(payload)
+    whole = mask_bytes(payload)
+    if whole is payload or payload[:1] != _CAPTURE:  # (a record's JSON stays JSON, its keys masked)
+        return whole
     try:
         capture = Capture.decode(payload[1:])
     except ValueError:  # (the writer says it cannot be stored; masked all the same)
-        return mask_bytes(payload)
+        return whole
     optional = lambda data: None if data is None else mask_bytes(data)  # noqa: E731
     ending = capture.ending
     capture = dataclasses.replace(
