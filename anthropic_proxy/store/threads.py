@@ -17,10 +17,11 @@ from typing import Any
 logger = logging.getLogger("anthropic_proxy.store")
 
 
-def log_safely(level: int, message: str, *args: Any, exc_info: bool = False) -> None:
-    """Log from a store thread; nothing a log handler raises gets out (there is nowhere left to say it)."""
+def log_safely(level: int, message: str, *args: Any, exc_info: bool = False, name: str = logger.name) -> None:
+    """Log from a store thread (to the logger `name`); nothing a log handler raises gets out (there is nowhere left
+    to say it)."""
     with contextlib.suppress(BaseException):
-        logger.log(level, message, *args, exc_info=exc_info)
+        logging.getLogger(name).log(level, message, *args, exc_info=exc_info)
 
 
 def start_supervised(loop: Callable[[], None], name: str, *, closing: Callable[[], bool],

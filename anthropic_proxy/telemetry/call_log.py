@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+from mitmproxy.log import LegacyLogEvents
+
 from anthropic_proxy.record.model import Record
 
 logger = logging.getLogger("anthropic_proxy.calls")
@@ -77,11 +79,24 @@ class _ConnectionDetail(logging.Filter):
         return True
 
 
+class _NotCallLines(logging.Filter):
+    """Keeps the call lines out of mitmproxy's deprecated `add_log` event. Its handler (`LegacyLogEvents`) hands
+    every log record to the event loop and dispatches it through every addon there: a cost on the client's path
+    per call, and a wake-up of the loop from the store's receiver thread, for an event that mitmproxy's terminal
+    log and mitmweb's event log no longer use (both are logging handlers of their own)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != logger.name
+
+
 def quiet_connection_lines() -> None:
-    """Idempotent (the filter outlives a reload of the addon script, which calls this again)."""
+    """Idempotent (the filters outlive a reload of the addon script, which calls this again)."""
     connections = logging.getLogger("mitmproxy.proxy.server")
     if not any(isinstance(f, _ConnectionDetail) for f in connections.filters):
         connections.addFilter(_ConnectionDetail())
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, LegacyLogEvents) and not any(isinstance(f, _NotCallLines) for f in handler.filters):
+            handler.addFilter(_NotCallLines())
 
 
 def log_call(record: Record) -> None:

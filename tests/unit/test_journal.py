@@ -9,13 +9,20 @@ import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from anthropic_proxy.store.journal import Damage, Journal, JournalBusy, JournalReader, Position
-from anthropic_proxy.store.journal.format import FRAME_HEADER, SEGMENT_HEADER, segment_numbers, segment_path
+from anthropic_proxy.store.journal.format import (
+    FRAME_HEADER,
+    SEGMENT_HEADER,
+    checksum,
+    segment_numbers,
+    segment_path,
+)
 
 
 def payload(i: int, size: int = 0) -> bytes:
@@ -200,6 +207,24 @@ def test_a_bad_checksum_mid_file_skips_that_entry_only(directory: Path):
     assert (problem.kind, problem.seq, problem.offset) == (Damage.BAD_CHECKSUM, 3, at)
     assert problem.length == FRAME_HEADER.size + len(payloads[2])
     assert "bad checksum (entry 3)" in str(problem)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096, 50_000])
+def test_the_checksum_taken_in_pieces_is_the_payloads_crc32(size: int):
+    data = os.urandom(size)
+    assert checksum(data) == zlib.crc32(data) == checksum(memoryview(data))
+
+
+def test_damage_in_the_last_piece_of_a_large_entry_is_found(directory: Path):
+    journal = Journal(directory)
+    payloads = [os.urandom(50_000) for _ in range(3)]
+    append_all(journal, payloads)
+    journal.close()
+    at = frame_offsets(payloads)[1]
+    corrupt(segment_path(directory, segment_numbers(directory)[0]), at + FRAME_HEADER.size + 49_990)
+    batch = read_all(directory)
+    assert [e.payload for e in batch.entries] == [payloads[0], payloads[2]]
+    assert [(p.kind, p.seq) for p in batch.problems] == [(Damage.BAD_CHECKSUM, 2)]
 
 
 def test_a_damaged_header_is_skipped_to_the_next_valid_frame(directory: Path):

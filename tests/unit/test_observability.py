@@ -3,6 +3,7 @@ span attributes and tracing configuration (the real thing end to end: tests/inte
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import sys
 import threading
@@ -83,6 +84,23 @@ def test_the_writer_reports_the_end_of_a_call_nobody_watched(tmp_path: Path):
         # a stream's first byte is its first event (the 2nd log entry completes it), as the writer reads the stream
         assert (end.duration_ms, end.ttfb_ms) == (1234.5, 200.0) == (1234.5, stored.chunks[0].t_ms)
         assert end.started == pytest.approx(record.started, abs=1e-6)
+    finally:
+        store.close()
+
+
+def test_the_writers_call_line_is_logged_here_under_the_call_loggers_name(tmp_path: Path, caplog):
+    """The writer makes each call's line; the proxy logs it again under `anthropic_proxy.calls`, the name a
+    filter (or LOG_LEVEL) picks it out by, and its other lines under their own names."""
+    store = Store(tmp_path)
+    try:
+        with caplog.at_level(logging.INFO):
+            record = ended_stream_capture()
+            store.put(record)
+            store.flush()
+            wait_until(lambda: any(r.name == "anthropic_proxy.calls" for r in caplog.records))
+        [line] = [r for r in caplog.records if r.name == "anthropic_proxy.calls"]
+        assert line.levelno == logging.INFO
+        assert line.getMessage().startswith("POST /v1/messages 200 · claude-sonnet-4-5 · anthropic · end_turn")
     finally:
         store.close()
 

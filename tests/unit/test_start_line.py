@@ -3,16 +3,19 @@ the log level the user gives wins."""
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.addons.termlog import TermLog
+from mitmproxy.log import LegacyLogEvents
 from mitmproxy.test import taddons
 
 from anthropic_proxy.addons import startup
 from anthropic_proxy.addons.startup import start_line
 from anthropic_proxy.runtime import ProxySettings
+from anthropic_proxy.telemetry.call_log import quiet_connection_lines
 
 
 def runtime(mode: str, **settings: object) -> SimpleNamespace:
@@ -42,3 +45,19 @@ def test_log_level_from_the_environment_yields_to_set(monkeypatch, given, expect
             tctx.options.update(termlog_verbosity=given)  # what --set does before the script's addons load
         tctx.master.addons.add(startup.Startup())
         assert tctx.options.termlog_verbosity == expected
+
+
+def test_call_lines_reach_the_terminal_but_not_the_deprecated_add_log_event():
+    """mitmproxy dispatches every log record's add_log event through every addon on its event loop: the call
+    lines, one per call, skip that dispatch (the terminal and mitmweb's event log are logging handlers)."""
+    with taddons.context(Proxyserver(), TermLog()) as tctx:
+        tctx.master.addons.add(startup.Startup())
+        [legacy] = [h for h in logging.getLogger().handlers if isinstance(h, LegacyLogEvents)]
+        terminal = tctx.master.addons.get("termlog").logger
+        line = logging.LogRecord("anthropic_proxy.calls", logging.INFO, __file__, 1, "POST /v1/messages 200", None,
+                                 None)
+        other = logging.LogRecord("anthropic_proxy.store", logging.INFO, __file__, 1, "store: ready", None, None)
+        assert not legacy.filter(line) and legacy.filter(other)
+        assert terminal.filter(line)
+        quiet_connection_lines()  # (what a reload of the script does again) adds no second filter
+        assert len(legacy.filters) == 1

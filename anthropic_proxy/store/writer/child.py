@@ -46,17 +46,18 @@ CHECK_SECONDS = 1.0  # how often an idle writer looks whether its database file 
 
 
 class _Collect(logging.Handler):
-    """Keeps the writer's log lines for the next report (the proxy logs them its own way)."""
+    """Keeps the writer's log lines for the next report, each with its logger's name (the proxy logs them again
+    under the same name: a call's line is `anthropic_proxy.calls`'s wherever it is made)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.lines: list[tuple[int, str]] = []
+        self.lines: list[tuple[str, int, str]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
         if record.exc_info:
             text += "\n" + logging.Formatter().formatException(record.exc_info)
-        self.lines.append((record.levelno, text))
+        self.lines.append((record.name, record.levelno, text))
 
 
 @dataclass(slots=True)

@@ -412,5 +412,5 @@ class WriterProcess:
         for token in report.flushed:
             if (done := self._flushes.pop(token, None)) is not None:
                 done.set()
-        for level, message in report.logs:  # last: the report has taken effect whatever logging does
-            log_safely(level, message)
+        for name, level, message in report.logs:  # last: the report has taken effect whatever logging does
+            log_safely(level, message, name=name)

@@ -90,7 +90,7 @@ class Report:
     unsaved: int = 0
     lost: int = 0
     notice: str | None = None  # something the operator should know that is not a failing write (a re-created file)
-    logs: list[tuple[int, str]] = field(default_factory=list)
+    logs: list[tuple[str, int, str]] = field(default_factory=list)  # (logger name, level, message)
     ends: list[CallEnd] = field(default_factory=list)  # the final records taken this round (see call_end.py)
 
 
