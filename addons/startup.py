@@ -22,7 +22,7 @@ from anthropic_proxy.capture import watchdog
 from anthropic_proxy.environment import DEFAULT_STATE_DIR, environment
 from anthropic_proxy.store import MEMORY_BUDGET_MB, MIN_MEMORY_BUDGET_MB
 from anthropic_proxy.store.dialects import check_store_url, mask_url
-from anthropic_proxy.telemetry.call_log import quiet_connection_lines
+from anthropic_proxy.telemetry.call_log import install_log_filters
 from anthropic_proxy.webui.security import public_url
 
 logger = logging.getLogger("anthropic_proxy")
@@ -76,7 +76,7 @@ class Startup:
         loader.add_option("memory_budget", int, env.get_int("MEMORY_BUDGET", MEMORY_BUDGET_MB),
                           "MB of memory (RSS) the proxy and its store's writer use together at most: the store's "
                           "in-memory bounds follow from it; its backlog waits on disk (env MEMORY_BUDGET).")
-        quiet_connection_lines()
+        install_log_filters()
         level = env.get("LOG_LEVEL").lower()
         # (--set values of mitmproxy's own options are in place by now: one given wins over LOG_LEVEL)
         if level in _LOG_LEVELS and not loader.master.options.has_changed("termlog_verbosity"):

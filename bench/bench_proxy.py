@@ -397,7 +397,6 @@ def report(latency: dict, throughput: dict, rss: dict, args: argparse.Namespace)
                   rss["addon"][1], rss["bare"][1], "MB"))
 
 
-
 def report_bulk(bulk: dict[str, float], args: argparse.Namespace) -> None:
     print(f"| bulk run on one core: {args.bulk} calls with unique 50 KB bodies, concurrency 10 | peak RSS, proxy + "
           f"writer: {bulk['peak_mb']:.0f} MB (each at its peak: proxy {bulk['proxy_mb']:.0f} MB, writer "

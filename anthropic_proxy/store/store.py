@@ -56,6 +56,7 @@ from anthropic_proxy.store import consumed, reading, search, statistics
 from anthropic_proxy.store import writer as store_writer
 from anthropic_proxy.store.dialects import Connection, dialect_for
 from anthropic_proxy.store.filters import RecordFilter
+from anthropic_proxy.store.journal import next_seq
 from anthropic_proxy.store.rows import RowWriter, prepare
 from anthropic_proxy.store.writer import WriterProcess, WriterSettings
 from anthropic_proxy.telemetry.tracing import TraceConfig
@@ -117,7 +118,7 @@ class Store:
     def _unconsumed(db: Connection, writer: WriterProcess) -> bool:
         """Whether the journal holds entries the database has not taken (a crash, or a writer stopped)."""
         position = consumed.load(db, writer.journal.journal.hex())
-        return writer.journal.last_seq >= (position.seq if position is not None else 1)
+        return writer.journal.last_seq >= next_seq(position)
 
     def _close_orphans(self, db: Connection) -> None:
         """Records a crashed run left `pending` can never finish now: end them with the reason. Only those no

@@ -89,8 +89,9 @@ class _NotCallLines(logging.Filter):
         return record.name != logger.name
 
 
-def quiet_connection_lines() -> None:
-    """Idempotent (the filters outlive a reload of the addon script, which calls this again)."""
+def install_log_filters() -> None:
+    """mitmproxy's per-connection lines down to debug (`_ConnectionDetail`), the call lines out of its `add_log`
+    event (`_NotCallLines`). Idempotent (the filters outlive a reload of the addon script, which calls this again)."""
     connections = logging.getLogger("mitmproxy.proxy.server")
     if not any(isinstance(f, _ConnectionDetail) for f in connections.filters):
         connections.addFilter(_ConnectionDetail())

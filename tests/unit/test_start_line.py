@@ -15,7 +15,7 @@ from mitmproxy.test import taddons
 from anthropic_proxy.addons import startup
 from anthropic_proxy.addons.startup import start_line
 from anthropic_proxy.runtime import ProxySettings
-from anthropic_proxy.telemetry.call_log import quiet_connection_lines
+from anthropic_proxy.telemetry.call_log import install_log_filters
 
 
 def runtime(mode: str, **settings: object) -> SimpleNamespace:
@@ -59,5 +59,5 @@ def test_call_lines_reach_the_terminal_but_not_the_deprecated_add_log_event():
         other = logging.LogRecord("anthropic_proxy.store", logging.INFO, __file__, 1, "store: ready", None, None)
         assert not legacy.filter(line) and legacy.filter(other)
         assert terminal.filter(line)
-        quiet_connection_lines()  # (what a reload of the script does again) adds no second filter
+        install_log_filters()  # (what a reload of the script does again) adds no second filter
         assert len(legacy.filters) == 1

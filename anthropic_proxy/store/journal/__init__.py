@@ -9,7 +9,7 @@ it made of the entries, and deletes the segments it has consumed. docs/journal.m
 
 from anthropic_proxy.store.journal.appender import Journal, JournalBusy, JournalFull
 from anthropic_proxy.store.journal.format import Damage
-from anthropic_proxy.store.journal.reader import Batch, Entry, JournalReader, Position, Problem
+from anthropic_proxy.store.journal.reader import Batch, Entry, JournalReader, Position, Problem, next_seq
 
 __all__ = ["Batch", "Damage", "Entry", "Journal", "JournalBusy", "JournalFull", "JournalReader", "Position",
-           "Problem"]
+           "Problem", "next_seq"]

@@ -171,7 +171,7 @@ class Journal:
     @property
     def unwritten(self) -> int:
         """Entries appended and not yet written (held in memory)."""
-        return self._next_seq - 1 - self.written_seq
+        return self.last_seq - self.written_seq
 
     @property
     def last_seq(self) -> int:

@@ -75,10 +75,10 @@ _CHECKSUM_PIECE = 4096  # under zlib's 5 KiB, past which `zlib.crc32` lets go of
 
 
 def checksum(payload: bytes | memoryview) -> int:
-    """The CRC-32 of `payload`, taken in pieces that keep the GIL. The appender's flusher thread checksums each
-    entry between two writes: a crc32 that let the GIL go for every entry would hand it to the proxy's event loop
-    and take it back each time (a wait on the loop's side whenever it comes back from a socket write), where one
-    batch holding it throughout costs the loop one wait."""
+    """The CRC-32 of `payload`, a frame's payload checksum (written and checked), taken in pieces that keep the
+    GIL. The appender's flusher thread checksums each entry between two writes: a crc32 that let the GIL go for
+    every entry would hand it to the proxy's event loop and take it back each time (a wait on the loop's side
+    whenever it comes back from a socket write), where one batch holding it throughout costs the loop one wait."""
     if len(payload) <= _CHECKSUM_PIECE:
         return zlib.crc32(payload)
     crc, view = 0, memoryview(payload)
@@ -160,7 +160,7 @@ def scan(file: BinaryIO, offset: int, size: int, *, payloads: bool = True) -> It
             return
         if not payloads:
             yield Frame(seq, offset, end, None)
-        elif zlib.crc32(payload := file.read(length)) != payload_crc:
+        elif checksum(payload := file.read(length)) != payload_crc:
             yield Skipped(Damage.BAD_CHECKSUM, offset, end - offset, seq)
         else:
             yield Frame(seq, offset, end, payload)

@@ -55,6 +55,12 @@ class Position:
         return cls(journal, int(segment), int(offset), int(seq))
 
 
+def next_seq(position: Position | None) -> int:
+    """The first seq a consumer at `position` has not consumed (None: it has consumed nothing, and seqs begin at
+    1)."""
+    return position.seq if position is not None else 1
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     seq: int

@@ -32,7 +32,7 @@ from anthropic_proxy.record.model import Record
 from anthropic_proxy.record.pricing import PRICES_FILE, PriceBook
 from anthropic_proxy.store import consumed
 from anthropic_proxy.store.dialects import Connection, dialect_for
-from anthropic_proxy.store.journal import Entry, JournalReader, Position
+from anthropic_proxy.store.journal import Entry, JournalReader, Position, next_seq
 from anthropic_proxy.store.rows import Prepared, RowWriter, prepare
 from anthropic_proxy.store.writer.protocol import Flush, Message, Report, Stop, Trace, Wake, WriterSettings, decode
 from anthropic_proxy.telemetry.call_log import log_call
@@ -249,7 +249,7 @@ class Writer:
 
     def _answer_flushes(self, report: Report) -> None:
         """A flush is done once the journal up to its seq is written, or a write was just tried and failed."""
-        done = self.position.seq if self.position is not None else 1
+        done = next_seq(self.position)
         waiting = []
         for flush in self.flushes:
             if flush.seq < done or self.last_write_error is not None:
@@ -328,7 +328,7 @@ class Writer:
             return None
 
     def _report(self, report: Report) -> None:
-        report.consumed = self.position.seq if self.position is not None else 0
+        report.consumed = next_seq(self.position)
         report.write_errors, report.last_write_error = self.write_errors, self.last_write_error
         report.unsaved = len(self.batch.prepared) if self.batch is not None else 0
         report.lost, report.notice = self.lost, self.notice

@@ -83,7 +83,7 @@ Message = Wake | Flush | Trace | Stop
 class Report:
     """The writer's answer after each round: how far the journal is consumed, the flushes done, and its counters."""
 
-    consumed: int = 0  # every journal entry before this seq is in the database (or given up); 0: not known yet
+    consumed: int = 1  # every journal entry before this seq is in the database (or given up)
     flushed: list[int] = field(default_factory=list)
     write_errors: int = 0
     last_write_error: str | None = None
