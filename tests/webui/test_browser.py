@@ -327,6 +327,9 @@ def test_request_list_is_above_the_fold_at_1440x900_and_the_overview_folds(brows
         expect(page.get_by_test_id("session-row")).to_have_count(20)
         expect(rows(page).first).to_be_in_viewport(ratio=1)  # (live updates re-render the rows: not a snapshot)
         expect(page.locator("#chart-requests")).to_be_visible()
+        # (the rate-limit panel above the list comes with its own fetch: measured before it shows, the list would
+        # move down by its height while the overview folds)
+        expect(page.get_by_test_id("ratelimits")).to_be_visible()
         list_top = "document.querySelector('table.requests').getBoundingClientRect().top"
         top = page.evaluate(list_top)
 
