@@ -15,7 +15,7 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import traverse
 
 from anthropic_proxy import runtime as runtime_module
-from anthropic_proxy.addons.routing import API_CALL
+from anthropic_proxy.addons.routing import API_CALL, header_pairs
 from anthropic_proxy.capture.exchange import Exchange
 from anthropic_proxy.providers.route import ClientRequest, Route
 from anthropic_proxy.record.capture import Capture
@@ -85,12 +85,12 @@ class Recorder:
         if runtime is None:
             return
         route = runtime.inflight.route_of(flow.id)
-        client = route.client if route else ClientRequest(flow.request.method, flow.request.path,
-                                                          flow.request.headers.items(multi=True),
-                                                          flow.request.content or b"")
+        request = flow.request
+        client = route.client if route else ClientRequest(request.method, request.path, header_pairs(request.headers),
+                                                          request.content or b"")
         # The call's bytes as they are: whoever needs what they say reads them (derive.py), rather than this event
         # loop parsing Claude Code's hundreds of KB of JSON on the client's path.
-        capture = Capture(id=uuid.uuid4().hex, started=flow.request.timestamp_start, method=client.method,
+        capture = Capture(id=uuid.uuid4().hex, started=request.timestamp_start, method=client.method,
                           path=client.path, request_headers=mask_headers(client.headers), request=client.content)
         if route is not None:
             _take_target(capture, route)
@@ -116,7 +116,7 @@ class Recorder:
             exchange.response_started(response.status_code, {})  # its headers come with its body (`response`)
             exchange.body_received = lambda: body_bytes_received(flow)  # the watchdog's sign of a body arriving
         else:
-            exchange.response_started(response.status_code, mask_headers(response.headers.items(multi=True)),
+            exchange.response_started(response.status_code, mask_headers(header_pairs(response.headers)),
                                       stream=True)
             response.stream = exchange.stream_tap
             if exchange.transform is not None and response.headers.get("transfer-encoding", "").lower() == "chunked":
@@ -134,7 +134,7 @@ class Recorder:
         if streamed:  # its headers went to the client before its body: the capture has them (responseheaders)
             headers, body = None, None
         else:
-            headers, body = mask_headers(response.headers.items(multi=True)), response.content
+            headers, body = mask_headers(header_pairs(response.headers)), response.content
         exchange.ended(response.status_code, headers, body, streamed)
         # The client's response ends only once this hook returns (mitmproxy sends a stream's last chunk after it):
         # the capture is handed on in the loop's next turn, off the client's path.
@@ -145,7 +145,7 @@ class Recorder:
         if exchange is not None and flow.error is not None:
             capture = exchange.capture
             if capture.status is not None and not capture.response_headers and flow.response is not None:
-                capture.response_headers = mask_headers(flow.response.headers.items(multi=True))  # cut in a body
+                capture.response_headers = mask_headers(header_pairs(flow.response.headers))  # cut in a body
             exchange.fail(flow.error.msg, cancelled=_is_client_gone(flow))
 
     @staticmethod

@@ -166,7 +166,7 @@ class Router:
         """Choose the call's targets once (the route, its fallbacks), then send it to the first, or to the relay."""
         request = flow.request
         # (a list: routes and the record both read the headers)
-        route = Route(client=ClientRequest(request.method, request.path, list(request.headers.items(multi=True)),
+        route = Route(client=ClientRequest(request.method, request.path, header_pairs(request.headers),
                                            request.content or b""))
         runtime.inflight.route(flow.id, route)
         settings = runtime.settings
@@ -247,6 +247,13 @@ class Router:
         status, body, headers = translate_full_response(route, response.status_code, content,
                                                         dict(response.headers))
         flow.response = json_response(status, body, {**_passed_headers(response), **headers})
+
+
+def header_pairs(headers: http.Headers) -> list[tuple[str, str]]:
+    """A message's header fields as (name, value) text, each field as it came: `headers.items(multi=True)` as a list,
+    in one pass (read for every recorded call)."""
+    return [(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+            for name, value in headers.fields]
 
 
 def _headers(pairs: Iterable[tuple[str, str]]) -> http.Headers:

@@ -97,8 +97,13 @@ class Exchange:
 
         Returning b"" mid-stream would end a chunked HTTP/1.1 response, so "nothing yet" is `[]`.
         """
-        end = not data
         self.last_activity = now = time.monotonic()
+        if data and self.transform is None:  # a chunk passed through as it came: the one path run per chunk
+            self.capture.client_log.append((round((now - self.started) * 1000, 2), data))
+            if self._bus.has_subscribers:
+                self._progressed()
+            return data
+        end = not data
         if end and self._stream_ended:
             return b""  # HTTP/2 upstreams can signal the end twice
         self._stream_ended = end
@@ -123,7 +128,12 @@ class Exchange:
         if not out:
             return
         self.capture.client_log.append((t_ms, out))
-        if self._bus.has_subscribers and self.last_activity - self._last_progress > _PROGRESS_INTERVAL:
+        if self._bus.has_subscribers:
+            self._progressed()
+
+    def _progressed(self) -> None:
+        """Tell the live monitor how the record is going now, at most every `_PROGRESS_INTERVAL`."""
+        if self.last_activity - self._last_progress > _PROGRESS_INTERVAL:
             self._last_progress = self.last_activity
             try:
                 if self._progress is None:

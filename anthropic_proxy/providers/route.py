@@ -8,7 +8,6 @@ answer beside the translated answer, and every attempt made.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +41,7 @@ class ClientRequest:
 
     method: str
     path: str
-    headers: Iterable[tuple[str, str]]  # as they were when the call came in (read once, by the Recorder)
+    headers: list[tuple[str, str]]  # as they were when the call came in
     content: bytes
 
 
