@@ -446,21 +446,14 @@ class FakeAnthropic(FakeServer):
     async def _scenario_hold(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
         hold_id = request.headers.get("x-fake-hold-id", f"hold-{ex.seq}")
         timeout = float(request.headers.get("x-fake-hold-timeout", "10"))
-        event = self._hold_event(hold_id)
         events = self.stream_text_events(ex)
         first, rest = events[:4], events[4:]  # message_start, ping, content_block_start, first text delta
         resp = await self._start_stream(request, ex)
-        for data in first:
+        for data in first[:-1]:
             await self._write(resp, ex, data)
-        with self._lock:
-            self._holding.add(hold_id)
-        try:
-            deadline = time.monotonic() + timeout
-            while not event.is_set() and time.monotonic() < deadline:
-                await asyncio.sleep(0.005)
-        finally:
-            with self._lock:
-                self._holding.discard(hold_id)
+        self._mark_holding(hold_id)
+        await self._write(resp, ex, first[-1])
+        await self._hold(hold_id, timeout)
         for data in rest:
             await self._write(resp, ex, data)
             await asyncio.sleep(0.002)

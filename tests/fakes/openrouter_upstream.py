@@ -513,12 +513,15 @@ class FakeOpenRouter(FakeServer):
             for i, data in enumerate(writes):
                 if self._stopping.is_set():
                     break
+                if i == hold_after:
+                    assert hold_id is not None
+                    self._mark_holding(hold_id)
                 await resp.write(data)
                 ex.sent += data
                 ex.writes.append((time.monotonic(), data))
                 if i == hold_after:
                     assert hold_id is not None
-                    await self._hold(hold_id)
+                    await self._hold(hold_id, HOLD_TIMEOUT)
                 await asyncio.sleep(self.write_delay)
             await resp.write_eof()
         except ConnectionError:
@@ -527,14 +530,3 @@ class FakeOpenRouter(FakeServer):
         ex.completed = True
         return resp
 
-    async def _hold(self, hold_id: str) -> None:
-        event = self._hold_event(hold_id)
-        with self._lock:
-            self._holding.add(hold_id)
-        try:
-            deadline = time.monotonic() + HOLD_TIMEOUT
-            while not event.is_set() and time.monotonic() < deadline:
-                await asyncio.sleep(0.005)
-        finally:
-            with self._lock:
-                self._holding.discard(hold_id)

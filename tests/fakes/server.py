@@ -129,6 +129,23 @@ class FakeServer:
         with self._lock:
             return self._holds.setdefault(hold_id, threading.Event())
 
+    def _mark_holding(self, hold_id: str) -> None:
+        """Say the answer holds from now on: called before the write that ends its first part, since the client can
+        read that part before the coroutine that wrote it runs again."""
+        with self._lock:
+            self._holding.add(hold_id)
+
+    async def _hold(self, hold_id: str, timeout: float) -> None:
+        """Wait (the answer marked holding) until `release(hold_id)` or `timeout` seconds."""
+        event = self._hold_event(hold_id)
+        try:
+            deadline = time.monotonic() + timeout
+            while not event.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+        finally:
+            with self._lock:
+                self._holding.discard(hold_id)
+
     def release(self, hold_id: str) -> None:
         self._hold_event(hold_id).set()
 
