@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mitmproxy import http
 
-from anthropic_proxy.addons.routing import _headers, _replaced
+from anthropic_proxy.addons.routing import _headers, _replaced, header_pairs
 
 NAMES = [b"Content-Length", b"content-encoding", b"Content-Type", b"cache-control", b"transfer-encoding", b"x-a",
          b"X-Ratelimit-Remaining", b"date"]
@@ -36,3 +36,10 @@ def test_headers_keep_every_pair_in_order_with_any_bytes():
         reference.add(name, value)
     assert _headers(pairs).fields == reference.fields
     assert list(_headers(pairs).items(multi=True)) == pairs
+
+
+@given(st.lists(st.tuples(st.sampled_from(NAMES), st.binary(max_size=8)), max_size=12))
+def test_header_pairs_are_mitmproxys_own_reading(fields):
+    """Each field as mitmproxy reads it (`items(multi=True)`): repeated names, their order, bytes that are not UTF-8."""
+    headers = http.Headers(fields)
+    assert header_pairs(headers) == list(headers.items(multi=True))
