@@ -15,7 +15,7 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import traverse
 
 from anthropic_proxy import runtime as runtime_module
-from anthropic_proxy.addons.routing import API_CALL, header_pairs
+from anthropic_proxy.addons.routing import API_CALL, body_of, header_pairs
 from anthropic_proxy.capture.exchange import Exchange
 from anthropic_proxy.providers.route import ClientRequest, Route
 from anthropic_proxy.record.capture import Capture
@@ -87,7 +87,7 @@ class Recorder:
         route = runtime.inflight.route_of(flow.id)
         request = flow.request
         client = route.client if route else ClientRequest(request.method, request.path, header_pairs(request.headers),
-                                                          request.content or b"")
+                                                          body_of(request))
         # The call's bytes as they are: whoever needs what they say reads them (derive.py), rather than this event
         # loop parsing Claude Code's hundreds of KB of JSON on the client's path.
         capture = Capture(id=uuid.uuid4().hex, started=request.timestamp_start, method=client.method,
@@ -134,7 +134,7 @@ class Recorder:
         if streamed:  # its headers went to the client before its body: the capture has them (responseheaders)
             headers, body = None, None
         else:
-            headers, body = mask_headers(header_pairs(response.headers)), response.content
+            headers, body = mask_headers(header_pairs(response.headers)), body_of(response)
         exchange.ended(response.status_code, headers, body, streamed)
         # The client's response ends only once this hook returns (mitmproxy sends a stream's last chunk after it):
         # the capture is handed on in the loop's next turn, off the client's path.

@@ -159,7 +159,7 @@ class Router:
             request.scheme, request.host, request.port = scheme, host, port
         if prefix:
             request.path = prefix + request.path
-        if flow.metadata.get(API_CALL) == MESSAGES_PATH and _OPENROUTER_SIGNATURE in (request.content or b""):
+        if flow.metadata.get(API_CALL) == MESSAGES_PATH and _OPENROUTER_SIGNATURE in body_of(request):
             _strip_openrouter_reasoning(request)
 
     def _route(self, flow: http.HTTPFlow, runtime: Runtime, config: ProxyConfig, path: str) -> None:
@@ -167,7 +167,7 @@ class Router:
         request = flow.request
         # (a list: routes and the record both read the headers)
         route = Route(client=ClientRequest(request.method, request.path, header_pairs(request.headers),
-                                           request.content or b""))
+                                           body_of(request)))
         runtime.inflight.route(flow.id, route)
         settings = runtime.settings
         dispatch = Dispatch(config, settings.anthropic_upstream, settings.openrouter_base_url, environment.get,
@@ -242,7 +242,7 @@ class Router:
         response = flow.response
         if route is None or response is None or response.stream or route.translated is None:
             return
-        content = response.content or b""
+        content = body_of(response)
         route.upstream_response = content
         status, body, headers = translate_full_response(route, response.status_code, content,
                                                         dict(response.headers))
@@ -254,6 +254,12 @@ def header_pairs(headers: http.Headers) -> list[tuple[str, str]]:
     in one pass (read for every recorded call)."""
     return [(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
             for name, value in headers.fields]
+
+
+def body_of(message: http.Message) -> bytes:
+    """A message's body with its `Content-Encoding` undone; as it came when it is not in that coding (mitmproxy's
+    `content` raises then, and a hook that raised would skip the hooks after it: the call would go unrecorded)."""
+    return message.get_content(strict=False) or b""
 
 
 def _headers(pairs: Iterable[tuple[str, str]]) -> http.Headers:
@@ -295,7 +301,7 @@ def _strip_openrouter_reasoning(request: http.Request) -> None:
     """History from openrouter mode carries reasoning signatures Anthropic never issued: drop those blocks
     (the only change passthrough ever makes to a body, and only when such blocks are present)."""
     try:
-        body = json.loads(request.content or b"")
+        body = json.loads(body_of(request))
     except ValueError:
         return
     if isinstance(body, dict) and strip_openrouter_reasoning(body):

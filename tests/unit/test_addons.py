@@ -382,3 +382,30 @@ async def test_an_error_right_after_the_response_ends_the_record_as_the_response
     assert (stored.status, stored.stop_reason, stored.usage.output_tokens, stored.response.body["type"]) == \
         ("success", "end_turn", 4, "message")
     assert stored.cost_usd, "priced by the writer"
+
+
+async def test_a_body_in_a_coding_it_is_not_in_is_still_recorded(proxy):
+    """A request whose `Content-Encoding` does not match its body, and an answer whose does not match its own, are
+    passed on as they are and recorded: mitmproxy's decoding of them fails, and that must not cost the record (nor
+    leave it pending)."""
+    _, addons = proxy
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    flow = api_flow(body)
+    flow.request.headers["content-encoding"] = "gzip"  # (the body is plain JSON)
+    await run_request(addons, flow)
+    runtime = runtime_module.current_runtime()
+    exchange = runtime.inflight.exchange_of(flow.id)
+    assert exchange is not None, "the call is recorded"
+    assert flow.request.raw_content == json.dumps(body).encode(), "passed on as it came"
+    answer = json.dumps({"type": "message", "stop_reason": "end_turn", "content": [],
+                         "usage": {"input_tokens": 3, "output_tokens": 4}}).encode()
+    flow.response = tutils.tresp(status_code=200, headers=[(b"content-type", b"application/json"),
+                                                           (b"content-encoding", b"br")], content=None)
+    flow.response.raw_content = answer  # (not brotli)
+    run_response(addons, flow, "responseheaders")
+    run_response(addons, flow, "response")
+    await asyncio.sleep(0)
+    assert exchange.is_over and runtime.inflight.exchange_of(flow.id) is None, "the record ended with the answer"
+    record = runtime.store.get(exchange.capture.id)
+    assert record.status != "pending" and record.metrics.response_bytes == len(answer)
+    assert record.request.body == body
