@@ -37,6 +37,8 @@ from fakes.harness import (
     json_body,
 )
 
+from anthropic_proxy.translate.reasoning import SIGNATURE_PREFIX
+
 MODEL = "claude-opus-4-8"
 MESSAGES = [{"role": "user", "content": "Hello, how are you?"}]
 HOP_BY_HOP = {"host", "connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"}
@@ -211,6 +213,42 @@ def test_claude_code_request_bytes_unchanged(fixture: Path, http, sent_requests,
     assert record["status"] == "success"
     assert json_body(record["request"]["body"]) == captured["body"]  # role: "system" messages included
     assert record["model"] == captured["body"]["model"]
+
+
+def test_history_from_openrouter_mode_loses_only_its_reasoning_blocks(http, fake_anthropic, proxy, test_tag):
+    """A conversation that went on in openrouter mode carries thinking blocks whose signature Anthropic never issued
+    (the translator's `SIGNATURE_PREFIX`): passthrough drops those, and only those, before the real API sees them."""
+    ours = f"{SIGNATURE_PREFIX}eyJ0eXBlIjoicmVhc29uaW5nLnRleHQifQ=="
+    history = [
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "Adding.", "signature": ours},
+            {"type": "redacted_thinking", "data": ours},
+            {"type": "thinking", "thinking": "Sure.", "signature": THINKING_SIGNATURE},  # Anthropic's: kept
+            {"type": "text", "text": "4"}]},
+        {"role": "user", "content": "And 3 + 3?"},
+    ]
+    body = {"model": MODEL, "max_tokens": 64, "messages": history}
+    r = http.post("/v1/messages", json=body, headers={"x-test-tag": test_tag, "x-api-key": FAKE_API_KEY})
+    assert r.status_code == 200, r.text[:300]
+    sent = only(fake_anthropic.tagged(test_tag), "upstream request").json()
+    assert sent["messages"][1]["content"] == history[1]["content"][2:]
+    assert sent["messages"][0] == history[0] and sent["messages"][2] == history[2]
+    record = proxy.wait_record(by_tag(test_tag))
+    assert json_body(record["request"]["body"]) == sent, "the record shows the body as the API got it"
+
+
+def test_a_body_not_in_its_declared_coding_is_passed_on_and_recorded(http, proxy, test_tag):
+    """`Content-Encoding: gzip` on a plain body: mitmproxy cannot decode it; the proxy passes it on as it came (the
+    fake upstream cannot read it either, and answers 500) and records the call with that answer."""
+    body = json.dumps({"model": MODEL, "max_tokens": 64, "messages": MESSAGES}).encode()
+    r = http.post("/v1/messages", content=body, headers={"x-test-tag": test_tag, "x-api-key": FAKE_API_KEY,
+                                                         "content-type": "application/json",
+                                                         "content-encoding": "gzip"})
+    assert r.status_code == 500
+    record = proxy.wait_record(by_tag(test_tag))
+    assert record["response"]["status"] == 500 and record["status"] == "error"
+    assert json_body(record["request"]["body"]) == json.loads(body), "the body as it came"
 
 
 def test_claude_code_fixtures_include_system_role_messages():
