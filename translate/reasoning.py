@@ -156,8 +156,11 @@ def strip_openrouter_reasoning(body: dict[str, Any]) -> int:
     openrouter mode and goes on in anthropic mode must not send them. A block whose signature Anthropic
     issued (it passed through OpenRouter unchanged) is kept.
     """
+    messages = body.get("messages")
+    if not isinstance(messages, list):  # (the API refuses such a body: it goes on as it is)
+        return 0
     removed = 0
-    for message in body.get("messages") or []:
+    for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, list):
             continue
