@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -29,10 +30,13 @@ from anthropic_proxy.providers.route import (
 )
 from anthropic_proxy.providers.targets import CallFacts, Dispatch, UpstreamCall, select_targets
 from anthropic_proxy.runtime import Pin, Runtime
+from anthropic_proxy.translate.errors import anthropic_error_body
 from anthropic_proxy.translate.reasoning import SIGNATURE_PREFIX, strip_openrouter_reasoning
 from anthropic_proxy.translate.tokens import estimate_input_tokens
 from anthropic_proxy.webui.common import INTERNAL_HEADER
 from anthropic_proxy.wire.media import is_event_stream
+
+logger = logging.getLogger("anthropic_proxy.routing")
 
 MESSAGES_PATH = "/v1/messages"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
@@ -143,10 +147,17 @@ class Router:
             return
         config = runtime.config.current  # this call keeps this snapshot, whatever changes meanwhile
         api_call = flow.metadata.get(API_CALL)
-        if api_call and (config.mode != "anthropic" or config.routes or config.fallbacks):
-            self._route(flow, runtime, config, api_call)
-        else:  # the common case stays byte-exact and parses nothing
-            self._to_anthropic(flow, runtime)
+        try:
+            if api_call and (config.mode != "anthropic" or config.routes or config.fallbacks):
+                self._route(flow, runtime, config, api_call)
+            else:  # the common case stays byte-exact and parses nothing
+                self._to_anthropic(flow, runtime)
+        except Exception as exc:
+            # A bug here must not send a half-rewritten request anywhere, nor escape: mitmproxy would then skip the
+            # Recorder's hook, and the call would go unrecorded. The client gets an Anthropic error instead.
+            logger.exception("routing %s %s failed", flow.request.method, flow.request.path)
+            flow.response = json_response(500, anthropic_error_body(
+                "api_error", f"anthropic-proxy could not route this call ({type(exc).__name__}: {exc})"))
 
     @staticmethod
     def _to_anthropic(flow: http.HTTPFlow, runtime: Runtime) -> None:

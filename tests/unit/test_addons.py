@@ -409,3 +409,27 @@ async def test_a_body_in_a_coding_it_is_not_in_is_still_recorded(proxy):
     record = runtime.store.get(exchange.capture.id)
     assert record.status != "pending" and record.metrics.response_bytes == len(answer)
     assert record.request.body == body
+
+
+async def test_a_routing_bug_answers_an_anthropic_error_and_the_call_is_still_recorded(proxy, monkeypatch):
+    """An exception in the Router's request hook would send a half-rewritten request on, and (escaping into
+    mitmproxy) skip the Recorder's hook: the client gets an Anthropic-shaped 500 instead, and the call its record."""
+    _, addons = proxy
+
+    def broken(upstream: str) -> None:
+        raise RuntimeError("a routing bug")
+
+    monkeypatch.setattr(routing, "_upstream_parts", broken)
+    flow = api_flow({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+    await run_request(addons, flow)
+    assert flow.response is not None and flow.response.status_code == 500
+    error = json.loads(flow.response.content)
+    assert error["type"] == "error" and error["error"]["type"] == "api_error" and "a routing bug" in \
+        error["error"]["message"]
+    runtime = runtime_module.current_runtime()
+    exchange = runtime.inflight.exchange_of(flow.id)
+    assert exchange is not None, "the call is recorded"
+    run_response(addons, flow, "response")
+    await asyncio.sleep(0)
+    record = runtime.store.get(exchange.capture.id)
+    assert (record.status, record.response.status, record.error.type) == ("error", 500, "api_error")
