@@ -255,8 +255,13 @@ class Router:
             return
         content = body_of(response)
         route.upstream_response = content
-        status, body, headers = translate_full_response(route, response.status_code, content,
-                                                        dict(response.headers))
+        try:
+            status, body, headers = translate_full_response(route, response.status_code, content,
+                                                            dict(response.headers))
+        except Exception as exc:  # (a bug: escaping, it would skip the Recorder's hook and leave the record open)
+            logger.exception("translating the answer to %s %s failed", flow.request.method, flow.request.path)
+            status, body, headers = 502, anthropic_error_body(
+                "api_error", f"anthropic-proxy could not translate the answer ({type(exc).__name__}: {exc})"), {}
         flow.response = json_response(status, body, {**_passed_headers(response), **headers})
 
 

@@ -146,14 +146,15 @@ class Exchange:
     # --- endings --------------------------------------------------------------------------------
 
     def ended(self, status: int, headers: dict[str, str] | None, body: bytes | None, streamed: bool) -> None:
-        """The whole response passed: record how (`headers`: the response's, masked, or None to keep those recorded
-        when it started; `body`: a whole answer's bytes). The capture is handed on in a moment (`settle`), off the
-        client's path."""
+        """The whole response passed: record how (`status`: the answer's the client got; `headers`: the response's,
+        masked, or None to keep those recorded when it started; `body`: a whole answer's bytes). The capture is handed
+        on in a moment (`settle`), off the client's path."""
         capture = self.capture
         if capture.ending is not None:
             return
         if capture.status is None:  # (an answer the proxy made itself: no response headers hook before it)
             self.response_started(status, headers or {})
+        capture.status = status  # the client's: a translated answer's may not be the upstream's (an error in a 200)
         if headers is not None:
             capture.response_headers = headers
         if not streamed:

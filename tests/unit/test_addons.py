@@ -433,3 +433,52 @@ async def test_a_routing_bug_answers_an_anthropic_error_and_the_call_is_still_re
     await asyncio.sleep(0)
     record = runtime.store.get(exchange.capture.id)
     assert (record.status, record.response.status, record.error.type) == ("error", 500, "api_error")
+
+
+async def test_a_translation_bug_answers_an_anthropic_error_and_ends_the_record(proxy, monkeypatch):
+    """An exception translating a whole OpenRouter answer would escape the Router's response hook and skip the
+    Recorder's, leaving the record open: the client gets an Anthropic-shaped 502, and the record ends with it."""
+    tctx, addons = proxy
+    tctx.configure(addons[0], proxy_mode="openrouter")
+    monkeypatch.setattr(routing.environment, "get",
+                        lambda name, default="": "sk-or-v1-" + "0" * 40 if name == "OPENROUTER_API_KEY" else default)
+
+    def broken(*args: object) -> None:
+        raise KeyError("choices")
+
+    monkeypatch.setattr(routing, "translate_full_response", broken)
+    flow = api_flow({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+    await run_request(addons, flow)
+    flow.response = tutils.tresp(status_code=200, headers=[(b"content-type", b"application/json")],
+                                 content=b'{"id": "gen-1"}')
+    run_response(addons, flow, "responseheaders")
+    run_response(addons, flow, "response")
+    assert flow.response.status_code == 502
+    error = json.loads(flow.response.content)["error"]
+    assert error["type"] == "api_error" and "KeyError" in error["message"]
+    await asyncio.sleep(0)
+    runtime = runtime_module.current_runtime()
+    assert runtime.inflight.exchange_of(flow.id) is None, "the record ended with the answer"
+    record = runtime.store.get(flow.metadata[RECORD_ID])
+    assert (record.status, record.response.status) == ("error", 502)
+
+
+
+async def test_an_error_openrouter_sends_in_a_200_is_recorded_as_the_error_the_client_got(proxy, monkeypatch):
+    """OpenRouter reports some errors in an HTTP 200 answer; the client gets them as Anthropic errors with their
+    status, and the record says what the client got (it said success, 200)."""
+    tctx, addons = proxy
+    tctx.configure(addons[0], proxy_mode="openrouter")
+    monkeypatch.setattr(routing.environment, "get",
+                        lambda name, default="": "sk-or-v1-" + "0" * 40 if name == "OPENROUTER_API_KEY" else default)
+    flow = api_flow({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+    await run_request(addons, flow)
+    flow.response = tutils.tresp(status_code=200, headers=[(b"content-type", b"application/json")],
+                                 content=b'{"error": {"code": 429, "message": "Rate limited upstream"}}')
+    run_response(addons, flow, "responseheaders")
+    run_response(addons, flow, "response")
+    assert flow.response.status_code == 429
+    await asyncio.sleep(0)
+    record = runtime_module.current_runtime().store.get(flow.metadata[RECORD_ID])
+    assert (record.status, record.response.status) == ("error", 429)
+    assert (record.error.type, record.error.message) == ("rate_limit_error", "Rate limited upstream")
