@@ -116,6 +116,14 @@ class Capture:
         return [_PREFIX.pack(MAGIC, VERSION, len(head)) + head, *(data for data in fields if data),
                 *(data for _, data in client), *(data for _, data in upstream)]
 
+    @staticmethod
+    def header_of(data: bytes) -> bytes:
+        """The JSON header of `encode`'s bytes as it is, unparsed (b"" for bytes that are not a capture)."""
+        if len(data) < _PREFIX.size:
+            return b""
+        magic, _version, size = _PREFIX.unpack_from(data)
+        return data[_PREFIX.size:_PREFIX.size + size] if magic == MAGIC else b""
+
     @classmethod
     def decode(cls, data: bytes) -> Capture:
         """A capture from `encode`'s bytes; ValueError for bytes that are not one (or of an unknown version)."""

@@ -487,3 +487,49 @@ def test_an_entry_holds_no_key_anywhere_a_call_could_carry_one():
                           request_headers={"x-api-key": "sk-ant-api...end9"},
                           request=b'{"text": "a risk-first plan, clearer than a bearer of news"}'))
     assert masked(plain) is plain
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br"])
+def test_a_key_in_a_content_coded_stream_does_not_reach_the_journal(coding: str):
+    """A stream that passed gzip'd (or br) hides its keys from a look through its bytes: the journal looks through
+    it decoded, and writes it decoded and masked; its size stays the one that passed, and its record is the same."""
+    import gzip
+
+    import brotli
+
+    from anthropic_proxy.record.capture import Capture, Ending
+    from anthropic_proxy.record.derive import to_record
+    from anthropic_proxy.store.writer.protocol import entry, masked
+    from anthropic_proxy.wire.sse import encode_event
+
+    def stream(text: str) -> bytes:
+        return b"".join([
+            encode_event("message_start", {"type": "message_start", "message": {
+                "id": "m", "type": "message", "role": "assistant", "content": [], "usage": {"input_tokens": 1}}}),
+            encode_event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                 "content_block": {"type": "text", "text": ""}}),
+            encode_event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                 "delta": {"type": "text_delta", "text": text}}),
+            encode_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            encode_event("message_stop", {"type": "message_stop"})])
+
+    compress = gzip.compress if coding == "gzip" else brotli.compress
+
+    def captured(text: str) -> Capture:
+        coded = compress(stream(text))
+        return Capture(id="r1", started=1.0, method="POST", path="/v1/messages", request_headers={},
+                       request=b'{"stream": true}', status=200, streamed=True, ending=Ending("completed"),
+                       response_headers={"content-type": "text/event-stream", "Content-Encoding": coding},
+                       client_log=[(1.0, coded[:20]), (2.0, coded[20:])])
+
+    carried = captured(f"your key is {KEY}")
+    written = masked(entry(carried))
+    back = Capture.decode(written[1:])
+    record = to_record(back)
+    assert record.status == "success" and record.message["content"][0]["text"] == f"your key is {KEY[:10]}...end9"
+    assert KEY[12:-4] not in record.model_dump_json(), "no key once the journal's bytes are read"
+    assert back.response_bytes == carried.response_bytes, "the size that passed"
+    assert "Content-Encoding" not in back.response_headers and back.response_headers["content-type"]
+
+    clean = entry(captured("nothing secret here"))
+    assert masked(clean) is clean, "a coded stream without a key is written as it passed"

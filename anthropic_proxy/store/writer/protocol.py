@@ -29,8 +29,10 @@ from anthropic_proxy.record.derive import to_stored
 from anthropic_proxy.record.masking import mask_bytes, mask_text
 from anthropic_proxy.record.model import Record
 from anthropic_proxy.record.pricing import PriceBook
+from anthropic_proxy.record.stream_log import StreamLog
 from anthropic_proxy.telemetry.tracing import TraceConfig
 from anthropic_proxy.wire import fastjson
+from anthropic_proxy.wire.codings import ContentDecoder, DecodingError, codings_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,27 +118,55 @@ def masked(payload: bytes) -> bytes:
 
     A capture's parts are masked one by one, as the store masks them: a key cut in two by a chunk boundary is
     no key to either. (A part's match is a match in the whole entry too, but for a bearer token of exactly 16
-    characters that ends in "." where the next part starts with ".": the store's writer masks that one.)"""
+    characters that ends in "." where the next part starts with ".": the store's writer masks that one.)
+
+    A stream that passed in a content coding (gzip, br...) hides its keys from that look: such an entry's stream is
+    decoded and looked through too, and when it holds a key it is written decoded (and masked), without its
+    Content-Encoding header, its size still the one that passed."""
     whole = mask_bytes(payload)
-    if whole is payload or payload[:1] != _CAPTURE:  # (a record's JSON stays JSON, its keys masked)
+    if payload[:1] != _CAPTURE:  # (a record's JSON stays JSON, its keys masked)
         return whole
+    coded = b'"content-encoding"' in Capture.header_of(payload[1:]).lower()  # (a few hundred bytes: cheap)
+    if whole is payload and not coded:
+        return payload
     try:
         capture = Capture.decode(payload[1:])
     except ValueError:  # (the writer says it cannot be stored; masked all the same)
         return whole
+    opened = _opened_stream(capture) if coded else None
+    if whole is payload and opened is None:
+        return payload
     optional = lambda data: None if data is None else mask_bytes(data)  # noqa: E731
     ending = capture.ending
+    response_headers = capture.response_headers if opened is None else {
+        name: value for name, value in capture.response_headers.items() if name.lower() != "content-encoding"}
     capture = dataclasses.replace(
         capture, request_size=capture.request_bytes, response_size=capture.response_bytes,  # (as they passed)
         path=mask_text(capture.path), request=mask_bytes(capture.request),
         upstream_request=optional(capture.upstream_request), response=optional(capture.response),
-        upstream_response=optional(capture.upstream_response),
-        client_log=[(t_ms, mask_bytes(data)) for t_ms, data in capture.client_log],
+        upstream_response=optional(capture.upstream_response), response_headers=response_headers,
+        client_log=[(t_ms, mask_bytes(data)) for t_ms, data in opened or capture.client_log],
         upstream_log=[(t_ms, mask_bytes(data)) for t_ms, data in capture.upstream_log],
         ending=ending and dataclasses.replace(ending, message=ending.message and mask_text(ending.message)),
         attempts=[attempt.model_copy(update={"error": attempt.error and mask_text(attempt.error)})
                   for attempt in capture.attempts])
     return entry(capture)
+
+
+def _opened_stream(capture: Capture) -> StreamLog | None:
+    """The client's stream with its content coding undone, chunk by chunk, when it passed coded and holds a key
+    (None otherwise, or when its bytes are not in the coding they declare: nothing can be read from them)."""
+    codings = codings_of(capture.response_headers)
+    if not capture.streamed or not codings or not capture.client_log:
+        return None
+    try:
+        decoder = ContentDecoder(codings)
+        log = [(t_ms, decoder.feed(data)) for t_ms, data in capture.client_log]
+        log[-1] = (log[-1][0], log[-1][1] + decoder.flush())
+    except DecodingError:
+        return None
+    text = b"".join(data for _, data in log)
+    return None if mask_bytes(text) is text else log
 
 
 def item_of(payload: bytes) -> Record | Capture:
