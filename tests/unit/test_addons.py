@@ -319,13 +319,29 @@ async def test_the_call_is_parsed_only_where_the_record_is_shown_or_its_end_deci
     assert len(described) == 2
 
 
-async def test_openrouter_mode_records_the_clients_session_header(proxy, monkeypatch):
-    """The Router replaces the call's headers with OpenRouter's before the Recorder runs: the session comes from
-    the headers the client sent."""
+def use_openrouter(proxy: tuple[taddons.context, list], monkeypatch: pytest.MonkeyPatch) -> list:
+    """openrouter mode, with a key in the environment; the addons."""
     tctx, addons = proxy
     tctx.configure(addons[0], proxy_mode="openrouter")
     monkeypatch.setattr(routing.environment, "get",
                         lambda name, default="": "sk-or-v1-" + "0" * 40 if name == "OPENROUTER_API_KEY" else default)
+    return addons
+
+
+async def answered_whole(addons: list, content: bytes) -> tflow.HTTPFlow:
+    """A call through the hooks, answered by the upstream with a whole JSON body `content` in an HTTP 200."""
+    flow = api_flow({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+    await run_request(addons, flow)
+    flow.response = tutils.tresp(status_code=200, headers=[(b"content-type", b"application/json")], content=content)
+    run_response(addons, flow, "responseheaders")
+    run_response(addons, flow, "response")
+    return flow
+
+
+async def test_openrouter_mode_records_the_clients_session_header(proxy, monkeypatch):
+    """The Router replaces the call's headers with OpenRouter's before the Recorder runs: the session comes from
+    the headers the client sent."""
+    addons = use_openrouter(proxy, monkeypatch)
     flow = api_flow({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
     await run_request(addons, flow)
     assert "x-claude-code-session-id" not in flow.request.headers, "the call to OpenRouter has its own headers"
@@ -438,21 +454,13 @@ async def test_a_routing_bug_answers_an_anthropic_error_and_the_call_is_still_re
 async def test_a_translation_bug_answers_an_anthropic_error_and_ends_the_record(proxy, monkeypatch):
     """An exception translating a whole OpenRouter answer would escape the Router's response hook and skip the
     Recorder's, leaving the record open: the client gets an Anthropic-shaped 502, and the record ends with it."""
-    tctx, addons = proxy
-    tctx.configure(addons[0], proxy_mode="openrouter")
-    monkeypatch.setattr(routing.environment, "get",
-                        lambda name, default="": "sk-or-v1-" + "0" * 40 if name == "OPENROUTER_API_KEY" else default)
+    addons = use_openrouter(proxy, monkeypatch)
 
     def broken(*args: object) -> None:
         raise KeyError("choices")
 
     monkeypatch.setattr(routing, "translate_full_response", broken)
-    flow = api_flow({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
-    await run_request(addons, flow)
-    flow.response = tutils.tresp(status_code=200, headers=[(b"content-type", b"application/json")],
-                                 content=b'{"id": "gen-1"}')
-    run_response(addons, flow, "responseheaders")
-    run_response(addons, flow, "response")
+    flow = await answered_whole(addons, b'{"id": "gen-1"}')
     assert flow.response.status_code == 502
     error = json.loads(flow.response.content)["error"]
     assert error["type"] == "api_error" and "KeyError" in error["message"]
@@ -463,20 +471,11 @@ async def test_a_translation_bug_answers_an_anthropic_error_and_ends_the_record(
     assert (record.status, record.response.status) == ("error", 502)
 
 
-
 async def test_an_error_openrouter_sends_in_a_200_is_recorded_as_the_error_the_client_got(proxy, monkeypatch):
     """OpenRouter reports some errors in an HTTP 200 answer; the client gets them as Anthropic errors with their
     status, and the record says what the client got (it said success, 200)."""
-    tctx, addons = proxy
-    tctx.configure(addons[0], proxy_mode="openrouter")
-    monkeypatch.setattr(routing.environment, "get",
-                        lambda name, default="": "sk-or-v1-" + "0" * 40 if name == "OPENROUTER_API_KEY" else default)
-    flow = api_flow({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
-    await run_request(addons, flow)
-    flow.response = tutils.tresp(status_code=200, headers=[(b"content-type", b"application/json")],
-                                 content=b'{"error": {"code": 429, "message": "Rate limited upstream"}}')
-    run_response(addons, flow, "responseheaders")
-    run_response(addons, flow, "response")
+    flow = await answered_whole(use_openrouter(proxy, monkeypatch),
+                                b'{"error": {"code": 429, "message": "Rate limited upstream"}}')
     assert flow.response.status_code == 429
     await asyncio.sleep(0)
     record = runtime_module.current_runtime().store.get(flow.metadata[RECORD_ID])
