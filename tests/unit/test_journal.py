@@ -533,3 +533,9 @@ def test_a_key_in_a_content_coded_stream_does_not_reach_the_journal(coding: str)
 
     clean = entry(captured("nothing secret here"))
     assert masked(clean) is clean, "a coded stream without a key is written as it passed"
+
+    running = captured(f"your key is {KEY}")
+    running.ending, running.client_log = None, running.client_log[:1]  # (half of it passed: no end to its coding yet)
+    running.client_log[0] = (1.0, compress(stream(f"your key is {KEY}"))[:-12])
+    written = b"".join(data for _, data in Capture.decode(masked(entry(running))[1:]).client_log)
+    assert f"your key is {KEY[:10]}...end9".encode() in written and KEY[12:-4].encode() not in written

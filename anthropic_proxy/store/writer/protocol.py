@@ -17,6 +17,7 @@ record from it) or a record as its JSON (what tests and tools put). `entry` and 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -162,9 +163,10 @@ def _opened_stream(capture: Capture) -> StreamLog | None:
     try:
         decoder = ContentDecoder(codings)
         log = [(t_ms, decoder.feed(data)) for t_ms, data in capture.client_log]
-        log[-1] = (log[-1][0], log[-1][1] + decoder.flush())
     except DecodingError:
         return None
+    with contextlib.suppress(DecodingError):  # (a stream still running, or cut off, has no end to its coding yet)
+        log[-1] = (log[-1][0], log[-1][1] + decoder.flush())
     text = b"".join(data for _, data in log)
     return None if mask_bytes(text) is text else log
 
