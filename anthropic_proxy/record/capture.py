@@ -117,12 +117,14 @@ class Capture:
                 *(data for _, data in client), *(data for _, data in upstream)]
 
     @staticmethod
-    def header_of(data: bytes) -> bytes:
-        """The JSON header of `encode`'s bytes as it is, unparsed (b"" for bytes that are not a capture)."""
-        if len(data) < _PREFIX.size:
+    def header_of(data: bytes, start: int = 0) -> bytes:
+        """The JSON header of the `encode` bytes that begin at `start` in `data`, as it is, unparsed (b"" for bytes
+        that are not a capture). Only the header is copied."""
+        if len(data) < start + _PREFIX.size:
             return b""
-        magic, _version, size = _PREFIX.unpack_from(data)
-        return data[_PREFIX.size:_PREFIX.size + size] if magic == MAGIC else b""
+        magic, _version, size = _PREFIX.unpack_from(data, start)
+        begin = start + _PREFIX.size
+        return data[begin:begin + size] if magic == MAGIC else b""
 
     @classmethod
     def decode(cls, data: bytes) -> Capture:

@@ -127,7 +127,7 @@ def masked(payload: bytes) -> bytes:
     whole = mask_bytes(payload)
     if payload[:1] != _CAPTURE:  # (a record's JSON stays JSON, its keys masked)
         return whole
-    coded = b'"content-encoding"' in Capture.header_of(payload[1:]).lower()  # (a few hundred bytes: cheap)
+    coded = b'"content-encoding"' in Capture.header_of(payload, 1).lower()  # (a few hundred bytes: cheap)
     if whole is payload and not coded:
         return payload
     try:
