@@ -152,12 +152,8 @@ class Router:
                 self._route(flow, runtime, config, api_call)
             else:  # the common case stays byte-exact and parses nothing
                 self._to_anthropic(flow, runtime)
-        except Exception as exc:
-            # A bug here must not send a half-rewritten request anywhere, nor escape: mitmproxy would then skip the
-            # Recorder's hook, and the call would go unrecorded. The client gets an Anthropic error instead.
-            logger.exception("routing %s %s failed", flow.request.method, flow.request.path)
-            flow.response = json_response(500, anthropic_error_body(
-                "api_error", f"anthropic-proxy could not route this call ({type(exc).__name__}: {exc})"))
+        except Exception as exc:  # (a bug: the request may be half-rewritten; it goes nowhere)
+            flow.response = _failure(flow, 500, "route this call", exc)
 
     @staticmethod
     def _to_anthropic(flow: http.HTTPFlow, runtime: Runtime) -> None:
@@ -258,11 +254,19 @@ class Router:
         try:
             status, body, headers = translate_full_response(route, response.status_code, content,
                                                             dict(response.headers))
-        except Exception as exc:  # (a bug: escaping, it would skip the Recorder's hook and leave the record open)
-            logger.exception("translating the answer to %s %s failed", flow.request.method, flow.request.path)
-            status, body, headers = 502, anthropic_error_body(
-                "api_error", f"anthropic-proxy could not translate the answer ({type(exc).__name__}: {exc})"), {}
+        except Exception as exc:  # (a bug)
+            flow.response = _failure(flow, 502, "translate the answer", exc)
+            return
         flow.response = json_response(status, body, {**_passed_headers(response), **headers})
+
+
+def _failure(flow: http.HTTPFlow, status: int, doing: str, exc: Exception) -> http.Response:
+    """The Anthropic error the client gets when the Router failed to `doing` (a bug), logged with its traceback.
+    Caught rather than raised: escaping a hook, it would make mitmproxy skip the Recorder's hook for the event, and
+    the call would go unrecorded, or its record stay open."""
+    logger.exception("anthropic-proxy could not %s (%s %s)", doing, flow.request.method, flow.request.path)
+    return json_response(status, anthropic_error_body(
+        "api_error", f"anthropic-proxy could not {doing} ({type(exc).__name__}: {exc})"))
 
 
 def header_pairs(headers: http.Headers) -> list[tuple[str, str]]:

@@ -98,16 +98,14 @@ class Exchange:
         Returning b"" mid-stream would end a chunked HTTP/1.1 response, so "nothing yet" is `[]`.
         """
         self.last_activity = now = time.monotonic()
+        t_ms = round((now - self.started) * 1000, 2)
         if data and self.transform is None:  # a chunk passed through as it came: the one path run per chunk
-            self.capture.client_log.append((round((now - self.started) * 1000, 2), data))
-            if self._bus.has_subscribers:
-                self._progressed()
+            self._log_client_bytes(t_ms, data)
             return data
         end = not data
         if end and self._stream_ended:
             return b""  # HTTP/2 upstreams can signal the end twice
         self._stream_ended = end
-        t_ms = round((now - self.started) * 1000, 2)
         transform = self.transform
         if transform is None:
             out = data
@@ -128,12 +126,7 @@ class Exchange:
         if not out:
             return
         self.capture.client_log.append((t_ms, out))
-        if self._bus.has_subscribers:
-            self._progressed()
-
-    def _progressed(self) -> None:
-        """Tell the live monitor how the record is going now, at most every `_PROGRESS_INTERVAL`."""
-        if self.last_activity - self._last_progress > _PROGRESS_INTERVAL:
+        if self._bus.has_subscribers and self.last_activity - self._last_progress > _PROGRESS_INTERVAL:
             self._last_progress = self.last_activity
             try:
                 if self._progress is None:

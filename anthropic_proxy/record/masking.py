@@ -94,7 +94,7 @@ def mask_header_value(name: str, value: str) -> str:
 
 def mask_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
     """Headers as a dict with secrets masked; repeated names are joined with ", " as HTTP allows."""
-    items = headers if isinstance(headers, list) else headers.items() if isinstance(headers, Mapping) else headers
+    items = headers.items() if isinstance(headers, Mapping) else headers
     masked: dict[str, str] = {}
     for name, value in items:
         value = mask_header_value(name, value)
